@@ -1,0 +1,390 @@
+"""TOML configuration → frozen, validated dataclasses.
+
+Admins edit one TOML file; every key is documented in ``config.example.toml``. A bad file
+must produce one clear line that names the key and the problem, so validation happens
+here, once, and the rest of mailgate trusts the dataclasses it gets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mailgate.errors import ConfigError
+
+T = TypeVar("T")
+
+ENV_VAR = "MAILGATE_CONFIG"
+DEFAULT_FILE = "mailgate.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 2525
+    protocol: str = "smtp"  # "smtp" | "lmtp"
+    hostname: str = "localhost"
+    max_message_size: int = 25 * 1024 * 1024
+    timeout: float = 300.0  # idle seconds before a session is closed (RFC 5321 4.5.3.2)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str = "sqlite:///mailgate.db"
+    # How long a write may wait for a lock held by someone else before mailgate gives up
+    # and answers 451 (the sender retries) instead of hanging the SMTP session.
+    lock_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class MailConfig:
+    domains: tuple[str, ...] = ("support.example.com",)
+    address: str = "support@support.example.com"
+    language: str = "de"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundConfig:
+    transport: str = "maildir"  # "maildir" | "smtp"
+    maildir: str = "outbox"
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    threshold: float = 85.0
+    default_organization: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TicketsConfig:
+    close_after: timedelta = timedelta(days=3)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentsConfig:
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OrganizationConfig:
+    name: str
+    aliases: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()
+    followers: tuple[str, ...] = ()
+    agencies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    mail: MailConfig = field(default_factory=MailConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    tickets: TicketsConfig = field(default_factory=TicketsConfig)
+    agents: AgentsConfig = field(default_factory=AgentsConfig)
+    organizations: tuple[OrganizationConfig, ...] = ()
+    source: str = "built-in defaults"  # where the config came from, for messages
+
+    def organization(self, name: str) -> OrganizationConfig | None:
+        """The organization of that name (case-insensitive), or None."""
+        wanted = name.casefold()
+        return next((o for o in self.organizations if o.name.casefold() == wanted), None)
+
+
+# --- locating the file -------------------------------------------------------------------
+
+
+def find_config_path(explicit: str | None) -> Path | None:
+    """``--config`` wins, then ``$MAILGATE_CONFIG``, then ``./mailgate.toml``, else None."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env)
+    local = Path(DEFAULT_FILE)
+    return local if local.is_file() else None
+
+
+def load_config(explicit: str | None = None) -> Config:
+    """Load and validate the configuration; raise :class:`ConfigError` with one clear line."""
+    path = find_config_path(explicit)
+    if path is None:
+        return Config()
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return parse_config(data, source=str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+# --- validation ----------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$|^localhost$"
+)
+
+
+def parse_duration(value: str) -> timedelta:
+    """``"3d"``, ``"12h"``, ``"90m"``, ``"30s"``, ``"1w"`` → timedelta."""
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError("must be a duration like '3d', '12h', '90m' or '30s'")
+    return timedelta(seconds=float(match.group(1)) * _DURATION_UNITS[match.group(2)])
+
+
+class _Section:
+    """Reads typed keys from one TOML table and rejects unknown ones (typos)."""
+
+    def __init__(self, data: Any, name: str, known: set[str]) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"[{name}]: must be a table")
+        self.data = data
+        self.name = name
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{self.key(unknown[0])}: unknown key")
+
+    def key(self, key: str) -> str:
+        return (
+            f"[{self.name}].{key}"
+            if not self.name.startswith("organizations")
+            else (f"{self.name}.{key}")
+        )
+
+    def get(self, key: str, default: T, check: Callable[[Any], T]) -> T:
+        if key not in self.data:
+            return default
+        try:
+            return check(self.data[key])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.key(key)}: {exc}") from None
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError("must be a non-empty string")
+    return value.strip()
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError("must be one of " + ", ".join(repr(c) for c in choices))
+        return str(value)
+
+    return check
+
+
+def _int(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError("must be an integer")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return check
+
+
+def _number(low: float, high: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError("must be a number")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}")
+        return float(value)
+
+    return check
+
+
+def _list(item: Callable[[Any], str]) -> Callable[[Any], tuple[str, ...]]:
+    def check(value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise TypeError("must be a list")
+        out: list[str] = []
+        for i, element in enumerate(value):
+            try:
+                checked = item(element)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"item {i + 1} ({element!r}) {exc}") from None
+            if checked not in out:
+                out.append(checked)
+        return tuple(out)
+
+    return check
+
+
+def _email(value: Any) -> str:
+    text = _str(value).lower()
+    if not _EMAIL.match(text):
+        raise ValueError("must be an email address like 'name@example.com'")
+    return text
+
+
+def _domain(value: Any) -> str:
+    text = _str(value).lower().rstrip(".")
+    if not _DOMAIN.match(text):
+        raise ValueError("must be a domain name like 'example.com'")
+    return text
+
+
+def _duration(value: Any) -> timedelta:
+    if not isinstance(value, str):
+        raise TypeError("must be a duration string like '3d'")
+    result = parse_duration(value)
+    if result <= timedelta(0):
+        raise ValueError("must be longer than zero")
+    return result
+
+
+def _database_url(value: Any) -> str:
+    text = _str(value)
+    if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", text):
+        raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
+    return text
+
+
+def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
+    """Validate a decoded TOML document; raise :class:`ConfigError` naming the bad key."""
+    sections = {
+        "server",
+        "database",
+        "mail",
+        "outbound",
+        "routing",
+        "tickets",
+        "agents",
+        "organizations",
+    }
+    unknown = sorted(set(data) - sections)
+    if unknown:
+        raise ConfigError(f"[{unknown[0]}]: unknown section")
+
+    d_server = ServerConfig()
+    s = _Section(
+        data.get("server", {}),
+        "server",
+        {"host", "port", "protocol", "hostname", "max_message_size", "timeout"},
+    )
+    server = ServerConfig(
+        host=s.get("host", d_server.host, _str),
+        port=s.get("port", d_server.port, _int(0, 65535)),
+        protocol=s.get("protocol", d_server.protocol, _choice("smtp", "lmtp")),
+        hostname=s.get("hostname", d_server.hostname, _str),
+        max_message_size=s.get("max_message_size", d_server.max_message_size, _int(1024, 2**31)),
+        timeout=s.get("timeout", d_server.timeout, _number(1, 3600)),
+    )
+
+    d_db = DatabaseConfig()
+    s = _Section(data.get("database", {}), "database", {"url", "lock_timeout"})
+    database = DatabaseConfig(
+        url=s.get("url", d_db.url, _database_url),
+        lock_timeout=s.get("lock_timeout", d_db.lock_timeout, _number(0.05, 600)),
+    )
+
+    d_mail = MailConfig()
+    s = _Section(data.get("mail", {}), "mail", {"domains", "address", "language"})
+    mail = MailConfig(
+        domains=s.get("domains", d_mail.domains, _list(_domain)),
+        address=s.get("address", d_mail.address, _email),
+        language=s.get("language", d_mail.language, _choice("de", "en")),
+    )
+    if not mail.domains:
+        raise ConfigError("[mail].domains: must name at least one domain we accept mail for")
+
+    d_out = OutboundConfig()
+    s = _Section(
+        data.get("outbound", {}),
+        "outbound",
+        {"transport", "maildir", "smtp_host", "smtp_port"},
+    )
+    outbound = OutboundConfig(
+        transport=s.get("transport", d_out.transport, _choice("maildir", "smtp")),
+        maildir=s.get("maildir", d_out.maildir, _str),
+        smtp_host=s.get("smtp_host", d_out.smtp_host, _str),
+        smtp_port=s.get("smtp_port", d_out.smtp_port, _int(1, 65535)),
+    )
+
+    d_route = RoutingConfig()
+    s = _Section(data.get("routing", {}), "routing", {"threshold", "default_organization"})
+    routing = RoutingConfig(
+        threshold=s.get("threshold", d_route.threshold, _number(0, 100)),
+        default_organization=s.get("default_organization", None, _str),
+    )
+
+    s = _Section(data.get("tickets", {}), "tickets", {"close_after"})
+    tickets = TicketsConfig(
+        close_after=s.get("close_after", TicketsConfig().close_after, _duration)
+    )
+
+    s = _Section(data.get("agents", {}), "agents", {"addresses"})
+    agents = AgentsConfig(addresses=s.get("addresses", (), _list(_email)))
+
+    raw_orgs = data.get("organizations", [])
+    if not isinstance(raw_orgs, list):
+        raise ConfigError("[[organizations]]: must be an array of tables ([[organizations]])")
+    organizations: list[OrganizationConfig] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_orgs):
+        label = f"organizations[{index + 1}]"
+        s = _Section(raw, label, {"name", "aliases", "domains", "members", "followers", "agencies"})
+        if "name" not in s.data:
+            raise ConfigError(f"{label}.name: missing")
+        org = OrganizationConfig(
+            name=s.get("name", "", _str),
+            aliases=s.get("aliases", (), _list(_str)),
+            domains=s.get("domains", (), _list(_domain)),
+            members=s.get("members", (), _list(_email)),
+            followers=s.get("followers", (), _list(_email)),
+            agencies=s.get("agencies", (), _list(_str)),
+        )
+        if org.name.casefold() in seen:
+            raise ConfigError(f"{label}.name: {org.name!r} is defined twice")
+        seen.add(org.name.casefold())
+        organizations.append(org)
+
+    names = {o.casefold() for o in seen}
+    for index, org in enumerate(organizations):
+        for agency in org.agencies:
+            if agency.casefold() not in names:
+                raise ConfigError(
+                    f"organizations[{index + 1}].agencies: {agency!r} is not an organization"
+                )
+    if routing.default_organization and routing.default_organization.casefold() not in names:
+        raise ConfigError(
+            f"[routing].default_organization: {routing.default_organization!r} "
+            "is not an organization"
+        )
+
+    return Config(
+        server=server,
+        database=database,
+        mail=mail,
+        outbound=outbound,
+        routing=routing,
+        tickets=tickets,
+        agents=agents,
+        organizations=tuple(organizations),
+        source=source,
+    )
