@@ -1,0 +1,415 @@
+"""Database access: engine set-up, migrations, config sync, transactions and queries.
+
+Everything that touches SQLAlchemy lives here (plus the models), so the rest of mailgate
+speaks in plain values. Failures that mean "cannot write now" (locks, a database that is
+down, a full disk) are turned into :class:`StoreUnavailable` in one place, because the
+SMTP layer must answer 451 for exactly those and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, selectinload
+
+from mailgate.config import Config
+from mailgate.errors import NotFound, Refused, StoreUnavailable
+from mailgate.models import (
+    Blob,
+    Comment,
+    Follower,
+    Membership,
+    Meta,
+    Organization,
+    Participant,
+    Status,
+    Ticket,
+    User,
+)
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Serialises migrations and config sync between instances sharing one PostgreSQL.
+_PG_LOCK_KEY = 0x6D61696C67617465  # "mailgate"
+
+# The errors that mean "the database cannot take this write now; try again later".
+_TEMPORARY = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.InternalError,
+    sa_exc.TimeoutError,
+)
+
+
+def is_temporary(exc: BaseException) -> bool:
+    """True for database failures a retry can cure (lock, outage, disk full, read-only)."""
+    if isinstance(exc, (StoreUnavailable, *_TEMPORARY)):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _describe(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return " ".join(str(orig).split())[:300] or type(orig).__name__
+
+
+class Store:
+    """One database, shared by the SMTP listener, the CLI and the jobs."""
+
+    def __init__(self, url: str, lock_timeout: float = 10.0) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        connect_args: dict[str, Any] = {}
+        if self.dialect == "sqlite":
+            # Wait this long for another writer's lock before giving up with "locked".
+            connect_args["timeout"] = lock_timeout
+            connect_args["check_same_thread"] = False
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            ms = int(lock_timeout * 1000)
+            options = parsed.query.get("options", "")
+            if isinstance(options, tuple):
+                options = " ".join(options)
+            connect_args["options"] = f"{options} -c lock_timeout={ms}".strip()
+            connect_args["connect_timeout"] = max(1, int(lock_timeout))
+            parsed = parsed.difference_update_query(["options"])
+        self.engine: Engine = create_engine(
+            parsed, connect_args=connect_args, pool_pre_ping=True, future=True
+        )
+        if self.dialect == "sqlite":
+            _sqlite_immediate_transactions(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- transactions -------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session in one transaction, committed on success; temporary failures → 451."""
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if is_temporary(exc):
+                raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
+            raise
+
+    @contextmanager
+    def _locked_connection(self) -> Iterator[Connection]:
+        """One connection in a transaction that no other instance's migrate/sync overlaps."""
+        try:
+            with self.engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+                yield conn
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if is_temporary(exc):
+                raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
+            raise
+
+    # --- schema -------------------------------------------------------------------------
+
+    def _alembic_config(self) -> AlembicConfig:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        return cfg
+
+    def schema_is_current(self) -> bool:
+        head = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+        try:
+            with self.engine.connect() as conn:
+                current = MigrationContext.configure(conn).get_current_revision()
+        except Exception as exc:
+            if is_temporary(exc):
+                raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
+            raise
+        return current == head
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (cheap when it already is)."""
+        if self.schema_is_current():
+            return
+        cfg = self._alembic_config()
+        with self._locked_connection() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        log.info("database schema migrated to the newest revision")
+
+    # --- config sync --------------------------------------------------------------------
+
+    def sync(self, config: Config, now: datetime) -> bool:
+        """Make organizations, users, memberships, followers and agents match the config.
+
+        Idempotent, and skipped when the config has not changed since the last sync (its
+        fingerprint is kept in ``meta``), so every CLI call can afford it. Returns whether
+        anything was written.
+        """
+        fingerprint = config_fingerprint(config)
+        with Session(self.engine) as probe:
+            try:
+                current = probe.get(Meta, "config")
+            except Exception as exc:
+                if is_temporary(exc):
+                    raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
+                raise
+            if current is not None and current.value == fingerprint:
+                return False
+        with self._locked_connection() as conn, Session(bind=conn) as session:
+            _sync(session, config, now)
+            session.merge(Meta(key="config", value=fingerprint))
+            session.flush()
+        log.info("organizations, members, followers and agents synced from %s", config.source)
+        return True
+
+
+def _sqlite_immediate_transactions(engine: Engine) -> None:
+    """Take SQLite's write lock at BEGIN, so concurrent writers wait instead of deadlocking."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def config_fingerprint(config: Config) -> str:
+    """A hash of the parts of the config that are synced into the database."""
+    payload = {
+        "organizations": [asdict(o) for o in config.organizations],
+        "agents": list(config.agents.addresses),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _insert(session: Session) -> Any:
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+def ensure_user(session: Session, email: str, name: str, now: datetime) -> User:
+    """The user with this address, created if new; safe against a concurrent insert."""
+    email = email.lower()
+    user = session.scalar(select(User).where(User.email == email))
+    if user is None:
+        stmt = _insert(session)(User).values(email=email, name=name, is_agent=False, created_at=now)
+        session.execute(stmt.on_conflict_do_nothing(index_elements=["email"]))
+        user = session.scalar(select(User).where(User.email == email))
+        assert user is not None
+    elif name and not user.name:
+        user.name = name
+    return user
+
+
+def ensure_blob(session: Session, data: bytes) -> str:
+    """Store attachment content once by its SHA-256 and return the hash."""
+    digest = hashlib.sha256(data).hexdigest()
+    stmt = _insert(session)(Blob).values(sha256=digest, size=len(data), data=data)
+    session.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
+    return digest
+
+
+def _sync(session: Session, config: Config, now: datetime) -> None:
+    orgs_by_name = {o.name: o for o in session.scalars(select(Organization))}
+    wanted_names = set()
+    org_ids: dict[str, int] = {}
+    for position, org_cfg in enumerate(config.organizations):
+        org = orgs_by_name.get(org_cfg.name)
+        if org is None:
+            org = Organization(name=org_cfg.name, active=True, position=position)
+            session.add(org)
+            session.flush()
+        org.active = True
+        org.position = position
+        wanted_names.add(org.name)
+        org_ids[org_cfg.name] = org.id
+    for org in orgs_by_name.values():
+        if org.name not in wanted_names:
+            org.active = False  # keeps its tickets; no new routing into it
+
+    agents = set(config.agents.addresses)
+    emails = set(agents)
+    for org_cfg in config.organizations:
+        emails.update(org_cfg.members)
+        emails.update(org_cfg.followers)
+    users = {email: ensure_user(session, email, "", now) for email in sorted(emails)}
+    for user in session.scalars(select(User).where(User.is_agent.is_(True))):
+        if user.email not in agents:
+            user.is_agent = False
+    for email in agents:
+        users[email].is_agent = True
+
+    for model, attr in ((Membership, "members"), (Follower, "followers")):
+        wanted = {
+            (users[email].id, org_ids[org_cfg.name])
+            for org_cfg in config.organizations
+            for email in getattr(org_cfg, attr)
+        }
+        existing = {
+            (row.user_id, row.organization_id): row
+            for row in session.scalars(select(model).where(model.source == "config"))
+        }
+        for key, row in existing.items():
+            if key not in wanted:
+                session.delete(row)
+        for user_id, org_id in wanted - set(existing):
+            if session.get(model, (user_id, org_id)) is None:
+                session.add(model(user_id=user_id, organization_id=org_id, source="config"))
+
+
+# --- read side ----------------------------------------------------------------------------
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 with offset, in UTC, as the JSON contract promises."""
+    return value.isoformat() if value is not None else None
+
+
+def ticket_summary(ticket: Ticket) -> dict[str, Any]:
+    return {
+        "id": ticket.id,
+        "subject": ticket.subject,
+        "status": ticket.status,
+        "organization": ticket.organization.name if ticket.organization else None,
+        "requester": ticket.requester.email,
+        "created_at": iso(ticket.created_at),
+        "updated_at": iso(ticket.updated_at),
+    }
+
+
+def ticket_detail(session: Session, ticket: Ticket) -> dict[str, Any]:
+    detail = ticket_summary(ticket)
+    detail.update(
+        {
+            "solved_at": iso(ticket.solved_at),
+            "closed_at": iso(ticket.closed_at),
+            "follow_up_of": ticket.follow_up_of,
+            "routing": {"reason": ticket.routing_reason, "score": ticket.routing_score},
+            "participants": [p.user.email for p in ticket.participants],
+            "comments": [
+                {
+                    "author": c.author.email,
+                    "public": c.public,
+                    "body": c.body,
+                    "created_at": iso(c.created_at),
+                    "message_id": c.message_id,
+                    "attachments": [
+                        {
+                            "filename": a.filename,
+                            "content_type": a.content_type,
+                            "size": a.size,
+                            "sha256": a.sha256,
+                        }
+                        for a in c.attachments
+                    ],
+                }
+                for c in ticket.comments
+            ],
+        }
+    )
+    return detail
+
+
+def list_tickets(
+    session: Session, organization: str | None = None, status: str | None = None
+) -> list[Ticket]:
+    query = (
+        select(Ticket)
+        .options(selectinload(Ticket.organization), selectinload(Ticket.requester))
+        .order_by(Ticket.id)
+    )
+    if organization is not None:
+        org = find_organization(session, organization)
+        query = query.where(Ticket.organization_id == org.id)
+    if status is not None:
+        query = query.where(Ticket.status == status)
+    return list(session.scalars(query))
+
+
+def get_ticket(session: Session, ticket_id: int) -> Ticket:
+    ticket = session.scalar(
+        select(Ticket)
+        .where(Ticket.id == ticket_id)
+        .options(
+            selectinload(Ticket.comments).selectinload(Comment.attachments),
+            selectinload(Ticket.comments).selectinload(Comment.author),
+            selectinload(Ticket.participants).selectinload(Participant.user),
+        )
+    )
+    if ticket is None:
+        raise NotFound(f"ticket {ticket_id} not found")
+    return ticket
+
+
+def find_organization(session: Session, name: str) -> Organization:
+    """An organization by exact name, case-insensitively (admins type them by hand)."""
+    for org in session.scalars(select(Organization).order_by(Organization.position)):
+        if org.name.casefold() == name.casefold():
+            return org
+    raise NotFound(f"organization {name!r} not found")
+
+
+def update_ticket(
+    session: Session,
+    ticket: Ticket,
+    now: datetime,
+    status: str | None = None,
+    organization: str | None = None,
+    requester: str | None = None,
+) -> None:
+    """Apply an admin's change, enforcing that a closed ticket's requester and org are fixed."""
+    if ticket.status == Status.CLOSED:
+        if organization is not None or requester is not None:
+            raise Refused(
+                f"ticket {ticket.id} is closed: its requester and organization can no longer change"
+            )
+        if status is not None and status != Status.CLOSED:
+            raise Refused(
+                f"ticket {ticket.id} is closed and cannot be reopened; a reply creates a "
+                "follow-up ticket"
+            )
+    if organization is not None:
+        org = find_organization(session, organization)
+        ticket.organization = org
+        ticket.routing_reason = f"set by admin to {org.name}"
+        ticket.routing_score = None
+    if requester is not None:
+        ticket.requester = ensure_user(session, requester, "", now)
+    if status is not None and status != ticket.status:
+        ticket.status = status
+        if status == Status.SOLVED:
+            ticket.solved_at = now
+        elif status == Status.CLOSED:
+            ticket.closed_at = now
+            ticket.solved_at = ticket.solved_at or now
+        else:
+            ticket.solved_at = None
+    ticket.updated_at = now
