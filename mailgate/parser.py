@@ -1,0 +1,1362 @@
+"""Raw bytes → an immutable :class:`InboundMessage`.
+
+Every later stage (filters, threading, routing, ingest) reads this one object, so the
+parser is the only place that deals with MIME, charsets and header encodings. It never
+raises for bad input: whatever can be decoded is, and what cannot is replaced.
+
+mail-parser (``mailparser``) is the primary parser: it builds the MIME tree with a guard
+against deep nesting, classifies attachments and supplies their names and payloads, parses
+dates, recovers addresses from malformed headers (its ``get_addresses``) and reports MIME
+defects. The stdlib ``email`` package and the helpers here fill the gaps where mail-parser is
+lossy for a helpdesk:
+
+* header text: mail-parser drops undecodable bytes (``errors="ignore"``), keeps raw 8-bit
+  bytes as ``\\udcxx`` escapes in display names and never tries Windows-1252, so headers are
+  decoded here from the raw items, and addresses are parsed from that decoded text;
+* body text: mail-parser returns 7-bit ISO-2022-JP undecoded, falls back to UTF-8 only, and
+  merges the bodies of forwarded ``message/rfc822`` parts into the main body, so body parts
+  are selected and decoded here from mail-parser's MIME tree;
+* parts mail-parser lists neither as attachment nor as body (unnamed non-text parts,
+  ``message/*`` parts) become attachments, with stable fallback names instead of its random
+  ones.
+
+When mail-parser itself fails (other than for too-deep nesting) the same extraction runs on a
+stdlib-only parse, so one library bug cannot lose a customer's mail. Hostile input is bounded
+(header, part and nesting floods, encoded-word floods, pathological HTML): see the limits.
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import datetime as dt
+import email
+import email.message
+import email.utils
+import hashlib
+import mimetypes
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from email.message import Message
+from html import unescape
+from html.parser import HTMLParser
+from typing import Any
+
+import mailparser
+from mailparser.exceptions import MailParserRecursionError
+from mailparser.utils import get_addresses, mime_header_view, ported_string
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A mailbox as written in a header: display name and lower-cased address."""
+
+    name: str
+    email: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One attachment or inline part that is not the body text."""
+
+    filename: str
+    content_type: str
+    content_id: str | None
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """What mailgate knows about one received mail, decoded and normalised."""
+
+    message_id: str  # without angle brackets; synthesised from the raw bytes when missing
+    message_id_synthesized: bool
+    subject: str
+    from_: Address | None
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    reply_to: tuple[Address, ...]
+    in_reply_to: tuple[str, ...]  # Message-IDs without angle brackets
+    references: tuple[str, ...]
+    date: str | None  # ISO 8601 UTC, when the Date header could be read
+    text: str  # the body as plain text (HTML-only mail converted)
+    html: str | None
+    attachments: tuple[Attachment, ...]
+    headers: tuple[tuple[str, str], ...]  # every header, decoded, in order
+    defects: tuple[str, ...] = field(default=())
+
+    def header(self, name: str) -> str | None:
+        """First value of a header, case-insensitively; None when absent."""
+        wanted = name.lower()
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value
+        return None
+
+
+class UnparseableMessage(ValueError):
+    """The bytes are not an email at all (empty, or no header block)."""
+
+
+# --------------------------------------------------------------------------------------
+# Limits. They keep hostile input (header floods, part floods) to a bounded amount of work.
+# --------------------------------------------------------------------------------------
+
+_MAX_MESSAGE_ID = 250  # longer ids are junk and would not fit the database column
+_MAX_PARTS = 5000  # MIME parts examined for body and attachments
+_MAX_DEPTH = 100  # MIME nesting examined; deeper parts are ignored with a defect
+_MAX_DEFECTS = 50  # diagnostics are for humans; a flood of them helps nobody
+_MAX_ENCODED_WORDS = 2000  # more in one header block: skip mail-parser (quadratic there)
+_MAX_FILENAME = 255
+_MP_LOOKAHEAD = 64  # mail-parser attachment items searched to pair one with its MIME part
+
+_SYNTHETIC_DOMAIN = "mailgate.invalid"
+
+# --------------------------------------------------------------------------------------
+# Text hygiene and charsets
+# --------------------------------------------------------------------------------------
+
+# PostgreSQL text rejects NUL, and lone surrogates cannot be encoded as UTF-8 at all.
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+# Runs of bytes the email package smuggled into str via the surrogateescape handler.
+_ESCAPED_BYTES = re.compile("[\udc80-\udcff]+")
+_ISO2022_ESCAPE = re.compile(rb"\x1b(?:\$[@AB(]|\([BJI])")
+
+# Labels seen in the wild mapped to the codec that decodes what senders actually mean
+# (WHATWG practice: Latin-1 labels carry Windows-1252, GB2312 labels carry GBK, ...).
+_CHARSET_ALIASES: dict[str, tuple[str, ...]] = {
+    "us-ascii": ("ascii",),  # 8-bit text labelled ASCII is usually UTF-8: the chain follows
+    "ascii": ("ascii",),
+    "iso-8859-1": ("cp1252", "latin-1"),
+    "iso8859-1": ("cp1252", "latin-1"),
+    "iso_8859-1": ("cp1252", "latin-1"),
+    "latin1": ("cp1252", "latin-1"),
+    "latin-1": ("cp1252", "latin-1"),
+    "gb2312": ("gb18030",),
+    "gbk": ("gb18030",),
+    "x-gbk": ("gb18030",),
+    "euc-cn": ("gb18030",),
+    "big5": ("big5hkscs", "cp950"),
+    "shift_jis": ("cp932", "shift_jis"),
+    "shift-jis": ("cp932", "shift_jis"),
+    "sjis": ("cp932", "shift_jis"),
+    "x-sjis": ("cp932", "shift_jis"),
+    "iso-2022-jp": ("iso2022_jp", "iso2022_jp_ext", "iso2022_jp_2"),
+    "euc-kr": ("cp949",),
+    "ks_c_5601-1987": ("cp949",),
+    "ks_c_5601": ("cp949",),
+    "iso-8859-8-i": ("iso-8859-8",),
+    "windows-874": ("cp874",),
+    "utf8": ("utf-8",),
+    "unicode-1-1-utf-7": ("utf-7",),
+    "x-unknown": (),
+    "unknown": (),
+    "unknown-8bit": (),
+    "x-user-defined": (),
+    "default": (),
+}
+_FALLBACK_CHARSETS = ("utf-8", "cp1252")
+
+
+def _clean(text: str) -> str:
+    """Replace NUL and lone surrogates with U+FFFD so every string is storable."""
+    return _BAD_CHARS.sub("\ufffd", text)
+
+
+def _charset_candidates(declared: str | None) -> list[str]:
+    """Codecs to try for a declared charset label, best guess first."""
+    if not declared:
+        return []
+    label = declared.strip().strip("\"'").strip().lower()
+    if not label or len(label) > 40:
+        return []
+    if label in _CHARSET_ALIASES:
+        return list(_CHARSET_ALIASES[label])
+    if label.startswith(("windows-", "win-")) and label.split("-", 1)[1].isdigit():
+        return ["cp" + label.split("-", 1)[1]]
+    return [label]
+
+
+def _is_text_codec(name: str) -> bool:
+    """True for real text codecs; ``base64``, ``rot13`` or ``zlib`` labels are refused."""
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, TypeError, ValueError):
+        return False
+    return bool(getattr(info, "_is_text_encoding", True))
+
+
+def _decode_bytes(data: bytes, declared: str | None = None, *, prefer_utf8: bool = False) -> str:
+    """Decode bytes, never failing: declared charset → UTF-8 → Windows-1252 → Latin-1.
+
+    Mail routinely lies about its charset (or names one Python does not know), so a strict
+    decode with the label is only the first guess. ``prefer_utf8`` tries UTF-8 before the
+    label: for raw 8-bit header bytes the label is only a hint borrowed from the body, and
+    a strict UTF-8 decode practically never succeeds on text that is not UTF-8.
+    """
+    candidates: list[str] = []
+    if _ISO2022_ESCAPE.search(data):
+        candidates += ["iso2022_jp_2", "iso2022_jp_ext"]
+    if prefer_utf8:
+        candidates.append("utf-8")
+    candidates += _charset_candidates(declared)
+    candidates += _FALLBACK_CHARSETS
+    seen: set[str] = set()
+    for name in candidates:
+        if name in seen:
+            continue
+        seen.add(name)
+        if not _is_text_codec(name):
+            continue
+        try:
+            return _clean(data.decode(name))
+        except (UnicodeError, LookupError, ValueError, TypeError):
+            continue
+    return _clean(data.decode("latin-1", "replace"))
+
+
+def _unescape_bytes(text: str, declared: str | None = None) -> str:
+    """Decode raw 8-bit header bytes that the email package left as surrogate escapes."""
+    if not _ESCAPED_BYTES.search(text):
+        return _clean(text)
+
+    def repl(match: re.Match[str]) -> str:
+        raw = match.group(0).encode("ascii", "surrogateescape")
+        return _decode_bytes(raw, declared, prefer_utf8=True)
+
+    return _clean(_ESCAPED_BYTES.sub(repl, text))
+
+
+def _to_bytes(text: str) -> bytes:
+    """Encode a str that may carry surrogate-escaped raw bytes back to bytes."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
+
+
+# --------------------------------------------------------------------------------------
+# Headers
+# --------------------------------------------------------------------------------------
+
+_FOLD = re.compile(r"\r?\n[ \t]|\r[ \t]")
+_NEWLINES = re.compile(r"[\r\n]+")
+# The encoded text may hold a few stray "?" (invalid, but sent); bounding them keeps the
+# scan linear: an unbounded ".*?" rescans to the end of the header for every "=?x?q?".
+_ENCODED_WORD = re.compile(r"=\?([^?\s]{1,75})\?([qQbB])\?([^?]*(?:\?(?!=)[^?]*){0,3})\?=")
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+_B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+def _decode_q(text: str) -> bytes:
+    """RFC 2047 Q decoding, leaving malformed ``=`` escapes as they are."""
+    raw = text.replace("_", " ").encode("ascii", "surrogateescape")
+    return _QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
+
+
+def _decode_b(text: str) -> bytes | None:
+    """Lenient base64: senders drop padding or add junk; None when nothing is left."""
+    raw = _B64_JUNK.sub(b"", text.split("=", 1)[0].encode("ascii", "surrogateescape"))
+    if len(raw) % 4 == 1:
+        raw = raw[:-1]
+    raw += b"=" * (-len(raw) % 4)
+    try:
+        return binascii.a2b_base64(raw)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _decode_encoded_words(text: str) -> str:
+    """Decode RFC 2047 encoded words, also where senders break the rules.
+
+    Adjacent encoded words in the same charset are joined *before* decoding, because
+    mailers split multi-byte characters across words; whitespace between encoded words is
+    dropped as RFC 2047 requires; encoded words glued to other text are decoded too.
+    """
+    if "=?" not in text:
+        return text
+    out: list[str] = []
+    pending: list[bytes] = []
+    pending_charset: str | None = None
+    pos = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_charset
+        if pending:
+            out.append(_decode_bytes(b"".join(pending), pending_charset))
+        pending, pending_charset = [], None
+
+    for match in _ENCODED_WORD.finditer(text):
+        between = text[pos : match.start()]
+        charset = match.group(1).split("*", 1)[0].lower()
+        encoding = match.group(2).lower()
+        decoded = _decode_q(match.group(3)) if encoding == "q" else _decode_b(match.group(3))
+        if decoded is None:  # undecodable: keep the encoded word literally
+            flush()
+            out.append(between + match.group(0))
+            pos = match.end()
+            continue
+        if between and not (pending and not between.strip()):
+            flush()
+            out.append(between)
+        elif pending and charset != pending_charset:
+            flush()
+        pending.append(decoded)
+        pending_charset = charset
+        pos = match.end()
+    flush()
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _unfold(text: str) -> str:
+    """One line: folding whitespace becomes a single space, stray line breaks too."""
+    return _NEWLINES.sub(" ", _FOLD.sub(" ", text))
+
+
+def _decode_header(raw: Any, declared: str | None = None) -> str:
+    """Unfold and decode one raw header value (8-bit bytes and RFC 2047) to clean text."""
+    text = _unfold(raw if isinstance(raw, str) else str(raw))
+    text = _unescape_bytes(text, declared)
+    return _clean(_decode_encoded_words(text)).strip()
+
+
+def _raw_headers(message: Message) -> list[tuple[str, str]]:
+    """Header (name, raw value) pairs in order, as the parser saw them."""
+    return [
+        (str(name), value if isinstance(value, str) else str(value))
+        for name, value in message.raw_items()
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# Message-IDs
+# --------------------------------------------------------------------------------------
+
+_ANGLE_ID = re.compile(r"<([^<>]*)>")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _clean_id(value: str) -> str:
+    """A Message-ID without brackets and whitespace (''; when nothing usable is left)."""
+    cleaned = _WHITESPACE.sub("", value).strip("<>")
+    return cleaned if 0 < len(cleaned) <= _MAX_MESSAGE_ID else ""
+
+
+def _first_id(value: str | None) -> str:
+    """The Message-ID in a Message-ID header, tolerating comments and missing brackets."""
+    if not value:
+        return ""
+    match = _ANGLE_ID.search(value)
+    if match:
+        return _clean_id(match.group(1))
+    return _clean_id(value)
+
+
+def _id_list(values: Iterable[str]) -> tuple[str, ...]:
+    """Ids from In-Reply-To/References headers: in order, deduplicated, without brackets."""
+    result: list[str] = []
+    seen: set[str] = set()
+    for value in values:
+        found = _ANGLE_ID.findall(value)
+        if not found:  # some mailers omit the brackets
+            found = [token for token in value.split() if "@" in token]
+        for candidate in found:
+            cleaned = _clean_id(candidate)
+            if cleaned and cleaned not in seen:
+                seen.add(cleaned)
+                result.append(cleaned)
+    return tuple(result)
+
+
+# --------------------------------------------------------------------------------------
+# Addresses
+# --------------------------------------------------------------------------------------
+
+_VALID_EMAIL = re.compile(r'^(?:[^@\s<>()\[\],;:"]+|"[^"\r\n]+")@[^@\s<>()\[\],;:"]+$')
+
+
+def _make_address(name: Any, addr: Any, declared: str | None) -> Address | None:
+    """Normalise one (display name, address) pair; None for an unusable address."""
+    email_addr = _unescape_bytes(str(addr or ""), declared).strip().strip("<>").strip()
+    email_addr = _clean(email_addr).lower()
+    if not _VALID_EMAIL.match(email_addr):
+        return None
+    display = _decode_header(str(name or ""), declared).strip().strip("\"'").strip()
+    if display.lower() == email_addr:
+        display = ""
+    return Address(name=display, email=email_addr)
+
+
+def _unique(addresses: Iterable[Address | None]) -> tuple[Address, ...]:
+    """Drop invalid entries and repeated addresses, keeping the first spelling."""
+    result: list[Address] = []
+    seen: set[str] = set()
+    for address in addresses:
+        if address is not None and address.email not in seen:
+            seen.add(address.email)
+            result.append(address)
+    return tuple(result)
+
+
+def _address_pairs(text: str, use_mail_parser: bool) -> list[tuple[Any, Any]]:
+    """(name, address) pairs of one decoded header value, never raising."""
+    if use_mail_parser:
+        try:
+            pairs = get_addresses(text, decode_names=True)
+        except Exception:
+            pairs = []
+        good = [p for p in pairs if isinstance(p, tuple | list) and len(p) == 2 and p[1]]
+        if good:
+            return good
+    try:
+        return list(email.utils.getaddresses([text]))
+    except Exception:  # the stdlib address parser has raised on hostile input
+        return []
+
+
+def _addresses(
+    raw_values: list[str], declared: str | None, use_mail_parser: bool
+) -> tuple[Address, ...]:
+    """Addresses of one header: mail-parser's structural recovery, else ``email.utils``.
+
+    Raw 8-bit bytes are decoded first: mail-parser would keep them as literal ``\\udcxx``
+    escapes in display names. Invalid entries are skipped, duplicates dropped.
+    """
+    found: list[Address | None] = []
+    for raw in raw_values:
+        text = _unescape_bytes(_unfold(raw), declared)
+        found.extend(
+            _make_address(name, addr, declared)
+            for name, addr in _address_pairs(text, use_mail_parser)
+        )
+    result = _unique(found)
+    if result or not use_mail_parser:
+        return result
+    return _addresses(raw_values, declared, use_mail_parser=False)
+
+
+# --------------------------------------------------------------------------------------
+# Dates
+# --------------------------------------------------------------------------------------
+
+
+def _iso_utc(value: dt.datetime) -> str | None:
+    """ISO 8601 in UTC with an explicit offset; naive values are taken as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    try:
+        value = value.astimezone(dt.UTC).replace(microsecond=0)
+    except (OverflowError, ValueError):
+        return None
+    if not 1900 <= value.year <= 9999:
+        return None
+    return value.isoformat()
+
+
+def _parse_date(mp: Any, raw: str | None) -> str | None:
+    """mail-parser's strict date, else the stdlib's lenient one, else None."""
+    if mp is not None:
+        value = getattr(mp, "date", None)
+        if isinstance(value, dt.datetime):
+            iso = _iso_utc(value)
+            if iso:
+                return iso
+    if not raw:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(_unfold(raw))
+        if parsed is None:
+            return None
+        stamp = email.utils.mktime_tz(parsed)
+        return _iso_utc(dt.datetime.fromtimestamp(stamp, dt.UTC))
+    except (TypeError, ValueError, OverflowError, OSError, IndexError):
+        return None
+
+
+# --------------------------------------------------------------------------------------
+# HTML → text
+# --------------------------------------------------------------------------------------
+
+_SKIP_TAGS = frozenset({"script", "style", "head", "title", "template", "xml"})
+_PARAGRAPH_TAGS = frozenset(
+    {"p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "table", "ul", "ol"}
+)
+_LINE_TAGS = frozenset(
+    {
+        "div", "li", "tr", "dt", "dd", "dl", "hr", "address", "article", "aside", "center",
+        "fieldset", "figure", "figcaption", "footer", "form", "header", "main", "nav",
+        "section", "tbody", "thead", "tfoot", "caption", "html", "body",
+    }
+)  # fmt: skip
+_CELL_TAGS = frozenset({"td", "th"})
+_MAX_SKIP_NESTING = 10_000
+_HTML_SPACE = re.compile(r"[ \t\r\n\f\v]+")
+_BLANK_RUNS = re.compile(r"\n{3,}")
+
+
+class _HTMLToText(HTMLParser):
+    """Readable plain text from HTML with the stdlib parser (no extra dependency)."""
+
+    def __init__(self, skip_tags: frozenset[str] = _SKIP_TAGS) -> None:
+        super().__init__(convert_charrefs=True)
+        self._skip_tags = skip_tags
+        self._out: list[str] = []
+        self._skip: list[str] = []  # open elements whose content is not shown
+        self._open: Counter[str] = Counter()  # how many of each are in self._skip
+        self._pre = 0
+        self._trailing_newlines = 2  # the start of the text counts as a break
+
+    def _emit(self, text: str) -> None:
+        if not text:
+            return
+        self._out.append(text)
+        stripped = text.rstrip(" ")
+        if not stripped:
+            return
+        newlines = len(stripped) - len(stripped.rstrip("\n"))
+        if newlines == len(stripped):
+            self._trailing_newlines += newlines
+        else:
+            self._trailing_newlines = newlines
+
+    def _break(self, count: int) -> None:
+        if self._trailing_newlines < count:
+            self._emit("\n" * (count - self._trailing_newlines))
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "body" and (self._open["head"] or self._open["title"]):
+            # a <head> that was never closed ends here
+            self._skip = [t for t in self._skip if t not in ("head", "title")]
+            self._open["head"] = self._open["title"] = 0
+        if tag in self._skip_tags:
+            if len(self._skip) < _MAX_SKIP_NESTING:
+                self._skip.append(tag)
+                self._open[tag] += 1
+            return
+        if self._skip:
+            return
+        if tag == "br":
+            self._emit("\n")
+        elif tag in _PARAGRAPH_TAGS:
+            self._break(2)
+            if tag == "pre":
+                self._pre += 1
+        elif tag in _LINE_TAGS:
+            self._break(1)
+            if tag == "li":
+                self._emit("- ")
+        elif tag in _CELL_TAGS and self._trailing_newlines == 0:
+            self._emit(" ")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._skip_tags:  # <script/> contains nothing
+            return
+        self.handle_starttag(tag, attrs)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._skip_tags:
+            if self._open[tag]:  # a counter, not "in self._skip": that would be quadratic
+                while self._skip:
+                    popped = self._skip.pop()
+                    self._open[popped] -= 1
+                    if popped == tag:
+                        break
+            return
+        if self._skip:
+            return
+        if tag in _PARAGRAPH_TAGS:
+            self._break(2)
+            if tag == "pre" and self._pre:
+                self._pre -= 1
+        elif tag in _LINE_TAGS:
+            self._break(1)
+
+    def handle_data(self, data: str) -> None:
+        if self._skip:
+            return
+        if self._pre:
+            self._emit(data.replace("\r\n", "\n").replace("\r", "\n"))
+            return
+        text = _HTML_SPACE.sub(" ", data)
+        if text == " " and self._trailing_newlines:
+            return
+        self._emit(text.replace("\xa0", " "))
+
+    @property
+    def unclosed_head(self) -> bool:
+        """True when a <head> or <title> was never closed (it swallowed the rest)."""
+        return bool(self._open["head"] or self._open["title"])
+
+    def text(self) -> str:
+        """The collected text: lines trimmed, at most one blank line in a row."""
+        lines = [line.strip() for line in "".join(self._out).split("\n")]
+        return _BLANK_RUNS.sub("\n\n", "\n".join(lines)).strip()
+
+
+_TAG = re.compile(r"<[^<>]*>")
+
+
+def _linear_markup(markup: str) -> str:
+    """Rewrite markup so that html.parser works in linear time.
+
+    html.parser rescans to the end of the document for every ``<`` that has no ``>``
+    (``"<a " * 200000`` takes minutes), for unclosed comments and for ``<![`` sections.
+    So comments, declarations and processing instructions are removed here, and a ``<``
+    that is not closed by ``>`` before the next ``<`` is escaped as text. All with
+    ``str.find`` and ``str.split``: linear in the length of the markup.
+    """
+    out: list[str] = []
+    pos = 0
+    while True:
+        start = markup.find("<!--", pos)
+        if start < 0:
+            out.append(markup[pos:])
+            break
+        out.append(markup[pos:start])
+        end = markup.find("-->", start + 4)
+        if end < 0:  # unclosed: no later comment can close either; keep the text
+            out.append(markup[start:].replace("<!--", ""))
+            break
+        pos = end + 3
+    pieces = "".join(out).split("<")
+    result = [pieces[0]]
+    for piece in pieces[1:]:
+        close = piece.find(">")
+        if close < 0:
+            result.append("&lt;" + piece)
+        elif piece[:1] in ("!", "?"):  # <!DOCTYPE>, <![if]>, <![CDATA[, <?xml?>
+            result.append(piece[close + 1 :])
+        else:
+            result.append("<" + piece)
+    return "".join(result)
+
+
+def _html_to_text(markup: str) -> str:
+    """Convert an HTML body to readable text; a crude tag strip if the parser gives up."""
+    markup = _linear_markup(markup)
+    converter = _HTMLToText()
+    try:
+        converter.feed(markup)
+        converter.close()
+        text = converter.text()
+        if not text and converter.unclosed_head:
+            # A <head> or <title> that is never closed swallows the whole document. Browsers
+            # would show nothing, but a ticket must not lose what the sender wrote.
+            converter = _HTMLToText(_SKIP_TAGS - {"head", "title"})
+            converter.feed(markup)
+            converter.close()
+            text = converter.text()
+        return _clean(text)
+    except Exception:  # html.parser has raised AssertionError on broken markup
+        text = unescape(_TAG.sub(" ", markup))
+        lines = [_HTML_SPACE.sub(" ", line).strip() for line in text.splitlines()]
+        return _clean(_BLANK_RUNS.sub("\n\n", "\n".join(lines)).strip())
+
+
+# --------------------------------------------------------------------------------------
+# Start-of-input checks
+# --------------------------------------------------------------------------------------
+
+_HEADER_LINE = re.compile(rb"[!-9;-~]{1,200}[ \t]*:")  # obsolete syntax allows "Name :"
+_STRICT_HEADER_LINE = re.compile(rb"[!-9;-~]{1,200}:")
+_MBOX_FROM = re.compile(rb"From (?![ \t]*:)")  # "From  : x" is an obsolete-syntax header
+_LINE_SPLIT = re.compile(rb"\r\n|\r|\n")
+_LEADING_BLANK_LINES = re.compile(rb"(?:[ \t]*(?:\r\n|\r|\n))*")
+_TRANSPORT_HEADERS = (
+    b"received:",
+    b"return-path:",
+    b"message-id:",
+    b"mime-version:",
+    b"delivered-to:",
+    b"dkim-signature:",
+    b"x-original-to:",
+)
+_MAX_JUNK_LINES = 2
+
+
+def _opens_header_block(lines: list[bytes], index: int) -> bool:
+    """Whether ``lines[index]`` can start a header block.
+
+    ``Name: value`` always can. The obsolete ``Name : value`` form only when the next line
+    is a header or continuation too, so that a body line like ``Thanx :-)`` is not a mail.
+    """
+    if _STRICT_HEADER_LINE.match(lines[index]):
+        return True
+    if not _HEADER_LINE.match(lines[index]) or index + 1 >= len(lines):
+        return False
+    following = lines[index + 1]
+    return following[:1] in (b" ", b"\t") or bool(_HEADER_LINE.match(following))
+
+
+def _header_start(raw: bytes) -> tuple[bytes, list[str]]:
+    """Bytes from the first header line on, or raise :class:`UnparseableMessage`.
+
+    Tolerated before the headers, because real mail arrives like that: a UTF-8 BOM, blank
+    or whitespace-only lines, indentation of the first header, an mbox ``From `` line, and
+    up to two junk lines (e.g. ``---- Original email message ----``) when a real header
+    block with transport headers follows. A body-only text or binary data is rejected.
+    """
+    data = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
+    if not data.strip():
+        raise UnparseableMessage("empty input: no header block")
+    notes: list[str] = []
+    match = _LEADING_BLANK_LINES.match(data)
+    if match and match.end():
+        data = data[match.end() :]
+        notes.append("blank lines before the headers skipped")
+    if data[:1] in (b" ", b"\t"):
+        data = data.lstrip(b" \t")
+        notes.append("first header line indented")
+    head = _LINE_SPLIT.split(data[:65536], 60)
+    start = 1 if _MBOX_FROM.match(head[0]) else 0  # mbox separator, the parser knows it
+    for skip in range(_MAX_JUNK_LINES + 1):
+        index = start + skip
+        if index >= len(head) or not _opens_header_block(head, index):
+            if index < len(head) and not head[index].strip():
+                break  # an empty line ends the (empty) header block
+            continue
+        if skip == 0:
+            return data, notes
+        block = [line.lower() for line in head[index:]]
+        if any(line.startswith(_TRANSPORT_HEADERS) for line in block):
+            lines = _LINE_SPLIT.split(data, index)
+            offset = len(data) - len(lines[-1])
+            notes.append(f"{skip} junk line(s) before the headers skipped")
+            return data[offset:], notes
+        break
+    raise UnparseableMessage("not an e-mail: no RFC 5322 header line at the start")
+
+
+_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+_SPACED_NAME = re.compile(rb"\A([!-9;-~]{1,200})[ \t]+:")
+_MAX_STRAY_RUN = 20
+
+
+def _repair_headers(data: bytes) -> tuple[bytes, list[str]]:
+    """Re-join header continuation lines that lost their indentation.
+
+    Copy-pasted and re-injected mails often carry folded headers whose continuation lines
+    start in column one. The email package then ends the header block at the first such
+    line and turns every later header (From, Subject, Content-Type) into body text. A run
+    of non-header lines that is followed by more header lines before the blank line is a
+    continuation, so it is indented again; ``Name :`` (obsolete syntax) becomes ``Name:``.
+    A header block that simply lacks the blank line before the body is left alone, and so
+    is a run holding a ``--boundary`` line (a missing blank line before a MIME preamble).
+    """
+    lines: list[bytes] = []
+    kinds: list[str] = []  # "h" header, "c" continuation, "s" stray
+    for match in _LINE.finditer(data):
+        line = match.group(0)
+        content = line.rstrip(b"\r\n")
+        if not content:
+            break
+        lines.append(line)
+        if content[:1] in (b" ", b"\t"):
+            kinds.append("c")
+        elif _HEADER_LINE.match(content) or (not kinds and _MBOX_FROM.match(content)):
+            kinds.append("h")
+        else:
+            kinds.append("s")
+    if "s" not in kinds and not any(_SPACED_NAME.match(line) for line in lines):
+        return data, []
+    repaired = 0
+    renamed = 0
+    out: list[bytes] = []
+    index = 0
+    while index < len(lines):
+        kind = kinds[index]
+        if kind == "s":
+            run_end = index
+            while run_end < len(lines) and kinds[run_end] in ("s", "c"):
+                run_end += 1
+            strays = kinds[index:run_end].count("s")
+            boundary = any(line.startswith(b"--") for line in lines[index:run_end])
+            if index > 0 and run_end < len(lines) and strays <= _MAX_STRAY_RUN and not boundary:
+                out.extend(
+                    b" " + line if line[:1] not in (b" ", b"\t") else line
+                    for line in lines[index:run_end]
+                )
+                repaired += strays
+                index = run_end
+                continue
+            break  # the header block really ends here (missing blank line): keep it so
+        line = lines[index]
+        if kind == "h":
+            fixed = _SPACED_NAME.sub(rb"\1:", line, count=1)
+            renamed += fixed != line
+            line = fixed
+        out.append(line)
+        index += 1
+    if not repaired and not renamed:
+        return data, []
+    consumed = sum(len(line) for line in lines[:index])
+    notes = []
+    if repaired:
+        notes.append(f"{repaired} unindented header continuation line(s) re-joined")
+    if renamed:
+        notes.append(f"{renamed} header name(s) with space before the colon")
+    return b"".join(out) + data[consumed:], notes
+
+
+# --------------------------------------------------------------------------------------
+# MIME walk: body and attachments
+# --------------------------------------------------------------------------------------
+
+_MIME = mimetypes.MimeTypes()  # built-in table only: the same names on every host
+_PATH_SEPARATORS = re.compile(r"[\\/]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(slots=True)
+class _Walk:
+    """What the MIME walk collected."""
+
+    plain: list[str] = field(default_factory=list)
+    html: list[str] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    named_texts: list[tuple[str, str]] = field(default_factory=list)  # (subtype, text)
+    defects: list[str] = field(default_factory=list)
+
+
+def _disposition(part: Message) -> str | None:
+    """``inline``/``attachment``/... in lower case, or None (never raises)."""
+    try:
+        value = part.get_content_disposition()
+    except Exception:
+        return None
+    return _unescape_bytes(value) if isinstance(value, str) else None
+
+
+def _first_raw(part: Message, name: str) -> str | None:
+    """The first raw value of a header in a part, or None."""
+    wanted = name.lower()
+    for key, value in part.raw_items():
+        if str(key).strip().lower() == wanted:
+            return value if isinstance(value, str) else str(value)
+    return None
+
+
+_MIME_TYPE = re.compile(r"\s*([a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+)")
+
+
+def _content_type(part: Message) -> str:
+    """The part's content type, lower-cased and clean (``text/plain`` when unreadable).
+
+    Broken headers yield values like ``text/plain>`` or ``text/plain\n charset=x`` (a
+    missing semicolon); the leading ``type/subtype`` token is what the sender meant.
+    """
+    try:
+        value = str(part.get_content_type()).lower()
+    except Exception:
+        return "text/plain"
+    match = _MIME_TYPE.match(value)
+    return match.group(1) if match else "text/plain"
+
+
+def _part_charset(part: Message) -> str | None:
+    """The declared charset of a part, or None."""
+    try:
+        charset = part.get_content_charset()
+    except Exception:
+        return None
+    return _unescape_bytes(charset) if isinstance(charset, str) else None
+
+
+def _payload_bytes(part: Message) -> bytes:
+    """The transfer-decoded payload of a leaf part (base64, QP, uuencode handled)."""
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:
+        payload = None
+    if isinstance(payload, bytes):
+        return payload
+    raw = part.get_payload()
+    if isinstance(raw, str):
+        return _to_bytes(raw)
+    return b""
+
+
+def _flatten(part: Message) -> bytes:
+    """Serialise a (sub)message back to bytes, as faithfully as the parser allows."""
+    try:
+        return part.as_bytes()
+    except Exception:
+        pass
+    try:
+        return _to_bytes(part.as_string())
+    except Exception:
+        pass
+    try:
+        chunks = [f"{name}: {value}\n" for name, value in part.raw_items()]
+        body = part.get_payload()
+        if isinstance(body, str):
+            chunks.append("\n" + body)
+        return _to_bytes("".join(chunks))
+    except Exception:
+        return b""
+
+
+def _filename_of(part: Message, declared: str | None) -> str | None:
+    """The decoded filename of a part (RFC 2231 and RFC 2047 forms), or None.
+
+    The parameters are read from a copy of the headers whose raw 8-bit bytes were decoded
+    with the charset fallback first: the email package would turn them into U+FFFD.
+    """
+    view = Message()
+    for key, value in part.raw_items():
+        if str(key).strip().lower() in ("content-type", "content-disposition"):
+            text = value if isinstance(value, str) else str(value)
+            view[str(key).strip()] = _unescape_bytes(_unfold(text), declared)
+    try:
+        name = view.get_filename()
+    except Exception:
+        name = None
+    if not isinstance(name, str) or not name.strip():
+        return None
+    return _decode_header(name) or None
+
+
+def _safe_filename(name: str | None) -> str | None:
+    """A filename without path parts or control characters, bounded in length."""
+    if not name:
+        return None
+    name = _PATH_SEPARATORS.split(_clean(name))[-1]
+    name = _CONTROL.sub("", name).strip().strip(".").strip()
+    if not name:
+        return None
+    if len(name) > _MAX_FILENAME:
+        stem, dot, ext = name.rpartition(".")
+        if dot and 0 < len(ext) <= 16:
+            name = stem[: _MAX_FILENAME - len(ext) - 1] + "." + ext
+        else:
+            name = name[:_MAX_FILENAME]
+    return name
+
+
+def _fallback_filename(content_type: str, number: int, subject: str | None = None) -> str:
+    """A stable name for an unnamed part: ``<subject>.eml`` or ``attachment-N.ext``."""
+    if content_type in ("message/rfc822", "message/global"):
+        base = _safe_filename(subject.replace(".", " ").strip() if subject else None)
+        return f"{base[:120]}.eml" if base else f"message-{number}.eml"
+    if content_type.startswith("message/") or content_type == "text/rfc822-headers":
+        return f"{content_type.split('/', 1)[1]}-{number}.txt"
+    extension = _MIME.guess_extension(content_type, strict=False) or ".bin"
+    return f"attachment-{number}{extension}"
+
+
+def _content_id(part: Message) -> str | None:
+    """The Content-ID without angle brackets and whitespace, or None."""
+    value = part.get("content-id")
+    if value is None:
+        return None
+    cleaned = _clean_id(_decode_header(value))
+    return cleaned or None
+
+
+def _decode_text_part(part: Message) -> str:
+    """Body text of a leaf part with charset fallback and normalised line endings."""
+    text = _decode_bytes(_payload_bytes(part), _part_charset(part))
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _mp_key(part: Message) -> tuple[str, str, str]:
+    """How mail-parser describes a part in its attachment dicts (to pair the two up)."""
+    metadata, _ = mime_header_view(part)
+    return (
+        ported_string(metadata.get_content_type()),
+        ported_string(metadata.get("content-id")),
+        ported_string(metadata.get("content-disposition")),
+    )
+
+
+def _mp_attachment_bytes(item: dict[str, Any]) -> bytes:
+    """Decode a mail-parser attachment payload (base64 when ``binary``, else text)."""
+    payload = item.get("payload") or ""
+    if not isinstance(payload, str):
+        return bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+    if item.get("binary"):
+        return _decode_b(payload) or b""
+    return _to_bytes(payload)
+
+
+def _iter_parts(root: Message, walk: _Walk) -> Iterator[tuple[Message, int, bool]]:
+    """Pre-order walk (the order of ``Message.walk``) without recursion, bounded.
+
+    Yields (part, depth, inside) where ``inside`` marks parts within a ``message/*`` part
+    or an attached container: they belong to that attachment, not to the body.
+    """
+    stack: list[tuple[Message, int, bool]] = [(root, 0, False)]
+    count = 0
+    while stack:
+        part, depth, inside = stack.pop()
+        count += 1
+        if count > _MAX_PARTS:
+            walk.defects.append(f"more than {_MAX_PARTS} MIME parts: the rest was ignored")
+            return
+        yield part, depth, inside
+        if not part.is_multipart():
+            continue
+        if depth >= _MAX_DEPTH:
+            walk.defects.append(f"MIME nesting deeper than {_MAX_DEPTH}: inner parts ignored")
+            continue
+        children = part.get_payload()
+        if not isinstance(children, list):
+            continue
+        container_is_attachment = (
+            _content_type(part).startswith("message/") or _disposition(part) == "attachment"
+        )
+        child_inside = inside or container_is_attachment
+        stack.extend(
+            (child, depth + 1, child_inside)
+            for child in reversed(children)
+            if isinstance(child, Message)
+        )
+
+
+def _walk_message(root: Message, mp: Any, declared: str | None) -> _Walk:
+    """Select the body parts and the attachments of a parsed message.
+
+    mail-parser's attachment list is consumed in walk order and paired with the parts it
+    came from, so its filenames and payloads are used; every part is classified here so
+    that no part is lost and forwarded messages stay out of the body.
+    """
+    walk = _Walk()
+    pending: list[dict[str, Any]] = []
+    if mp is not None:
+        pending = [a for a in (getattr(mp, "attachments", None) or []) if isinstance(a, dict)]
+    next_mp = 0
+
+    unpaired: list[dict[str, Any]] = []
+
+    def take_mp(part: Message) -> dict[str, Any] | None:
+        """mail-parser's attachment for this part, if it made one (it goes in walk order)."""
+        nonlocal next_mp
+        if next_mp >= len(pending):
+            return None
+        try:
+            key = _mp_key(part)
+        except Exception:
+            return None
+        # Normally the next item matches. Look a little further when it does not (parts
+        # this walk did not reach, e.g. beyond _MAX_DEPTH), so one gap cannot shift all.
+        for index in range(next_mp, min(next_mp + _MP_LOOKAHEAD, len(pending))):
+            item = pending[index]
+            wanted = (
+                str(item.get("mail_content_type") or ""),
+                str(item.get("content-id") or ""),
+                str(item.get("content-disposition") or ""),
+            )
+            if key == wanted:
+                unpaired.extend(pending[next_mp:index])
+                next_mp = index + 1
+                return item
+        return None
+
+    def add_attachment(part: Message, ctype: str, data: bytes, name: str | None) -> None:
+        number = len(walk.attachments) + 1
+        inner_subject = None
+        if ctype in ("message/rfc822", "message/global"):
+            inner = part.get_payload(0) if part.is_multipart() else None
+            if isinstance(inner, Message):
+                inner_subject = _first_raw(inner, "subject")
+                inner_subject = _decode_header(inner_subject, declared) if inner_subject else None
+        filename = _safe_filename(name) or _fallback_filename(ctype, number, inner_subject)
+        walk.attachments.append(
+            Attachment(
+                filename=filename, content_type=ctype, content_id=_content_id(part), data=data
+            )
+        )
+
+    skip_below: int | None = None  # depth of a message/* part whose subtree is consumed
+    for part, depth, inside in _iter_parts(root, walk):
+        try:
+            if skip_below is not None and depth <= skip_below:
+                skip_below = None
+            ctype = _content_type(part)
+            is_container = part.is_multipart()
+            item = None
+            if not is_container or _disposition(part) == "attachment":
+                item = take_mp(part)
+            if skip_below is not None:  # inside an attached message: already in its bytes
+                continue
+            own_name = _filename_of(part, declared)
+            if ctype.startswith("message/") or (is_container and item is not None):
+                if ctype in ("message/rfc822", "message/global") or item is not None:
+                    data = _mp_attachment_bytes(item) if item is not None else b""
+                    if not data:
+                        children = part.get_payload() if is_container else None
+                        if isinstance(children, list) and children:
+                            data = b"".join(_flatten(child) for child in children)
+                        else:
+                            data = _payload_bytes(part)
+                else:  # delivery-status and friends: blocks of header fields
+                    children = part.get_payload()
+                    if isinstance(children, list):
+                        data = b"\n".join(_flatten(child) for child in children)
+                    else:
+                        data = _payload_bytes(part)
+                mp_name = str(item.get("filename") or "") if item is not None else ""
+                add_attachment(part, ctype, data, _pick_name(mp_name, own_name))
+                if is_container:
+                    skip_below = depth
+                continue
+            if is_container:
+                continue
+            if item is not None:
+                data = _mp_attachment_bytes(item)
+                if not data:
+                    data = _payload_bytes(part)
+                mp_name = str(item.get("filename") or "")
+                add_attachment(part, ctype, data, _pick_name(mp_name, own_name))
+                disposition = _disposition(part)
+                if not inside and ctype in ("text/plain", "text/html"):
+                    if disposition == "inline":
+                        _add_body(walk, ctype, _decode_text_part(part))
+                    elif disposition is None:
+                        walk.named_texts.append((ctype, _decode_text_part(part)))
+                continue
+            if inside:
+                # only reachable without mail-parser pairing: a part of an attachment
+                add_attachment(part, ctype, _payload_bytes(part), own_name)
+                continue
+            disposition = _disposition(part)
+            if ctype in ("text/plain", "text/html") and disposition != "attachment":
+                if own_name and mp is None:
+                    add_attachment(part, ctype, _payload_bytes(part), own_name)
+                    if disposition == "inline":
+                        _add_body(walk, ctype, _decode_text_part(part))
+                    elif disposition is None:
+                        walk.named_texts.append((ctype, _decode_text_part(part)))
+                else:
+                    _add_body(walk, ctype, _decode_text_part(part))
+            elif ctype.startswith("multipart/"):
+                # a multipart without a usable boundary: its raw text is all there is
+                _add_body(walk, "text/plain", _decode_text_part(part))
+            else:
+                add_attachment(part, ctype, _payload_bytes(part), own_name)
+        except RecursionError:
+            raise
+        except Exception as exc:  # one broken part must not lose the rest of the mail
+            walk.defects.append(f"part skipped: {type(exc).__name__}")
+    # mail-parser items never paired with a part (e.g. parts it recovered from the epilogue)
+    unpaired.extend(pending[next_mp:])
+    if unpaired:
+        walk.defects.append(f"{len(unpaired)} attachment(s) found only by mail-parser")
+    for item in unpaired:
+        ctype = str(item.get("mail_content_type") or "application/octet-stream").lower()
+        filename = _safe_filename(_clean(str(item.get("filename") or "")))
+        cid = _clean_id(_clean(str(item.get("content-id") or ""))) or None
+        walk.attachments.append(
+            Attachment(
+                filename=filename or _fallback_filename(ctype, len(walk.attachments) + 1),
+                content_type=_clean(ctype),
+                content_id=cid,
+                data=_mp_attachment_bytes(item),
+            )
+        )
+    return walk
+
+
+def _pick_name(mp_name: str, own_name: str | None) -> str | None:
+    """Prefer mail-parser's decoded filename unless it lost characters on the way.
+
+    mail-parser replaces undecodable bytes with U+FFFD, and invents a random name when there
+    is none; the part's own (declared) name is the better source in both cases.
+    """
+    if not own_name:
+        return None  # mail-parser's name was invented (content-id or random): use ours
+    if mp_name and "\ufffd" not in mp_name and not _BAD_CHARS.search(mp_name):
+        return _clean(mp_name)
+    return own_name
+
+
+def _add_body(walk: _Walk, ctype: str, text: str) -> None:
+    """Record one body part (plain or HTML)."""
+    if ctype == "text/html":
+        walk.html.append(text)
+    else:
+        walk.plain.append(text)
+
+
+def _body(walk: _Walk) -> tuple[str, str | None]:
+    """Plain text and HTML of the body; HTML converted when there is no plain text."""
+    plain = [text for text in walk.plain if text.strip()]
+    html_parts = [text for text in walk.html if text.strip()]
+    if not plain and not html_parts and walk.named_texts:
+        # No unnamed body: a named text part that is not marked as attachment is the body
+        # (Lotus Notes and some scanners name their only text part).
+        for subtype, text in walk.named_texts:
+            (html_parts if subtype == "text/html" else plain).append(text)
+    html = "\n".join(html_parts).rstrip() if html_parts else None
+    if plain:
+        text = "\n\n".join(part.rstrip() for part in plain)
+    elif html is not None:
+        text = _html_to_text(html)
+    else:
+        text = ""
+    return _clean(text.rstrip()), (_clean(html) if html is not None else None)
+
+
+# --------------------------------------------------------------------------------------
+# Defects
+# --------------------------------------------------------------------------------------
+
+
+def _mp_defects(mp: Any) -> list[str]:
+    """Short defect strings from mail-parser's defect records ("Class in where")."""
+    result: list[str] = []
+    for record in getattr(mp, "defects", None) or []:
+        if not isinstance(record, dict):
+            continue
+        for where, entries in record.items():
+            for entry in entries if isinstance(entries, list) else [entries]:
+                name = str(entry).split(":", 1)[0].strip()
+                result.append(f"{name} in {where}")
+    if not result:
+        result.extend(sorted(str(c) for c in getattr(mp, "defects_categories", None) or ()))
+    return result
+
+
+def _stdlib_defects(root: Message) -> list[str]:
+    """Short defect strings from the email package's per-part defect lists."""
+    result: list[str] = []
+    for part, _depth, _inside in _iter_parts(root, _Walk()):
+        for defect in getattr(part, "defects", None) or []:
+            result.append(f"{type(defect).__name__} in {_content_type(part)}")
+    return result
+
+
+def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
+    """Unique, clean, bounded list of diagnostics in first-seen order."""
+    result: list[str] = []
+    for item in items:
+        cleaned = _clean(item)[:200]
+        if cleaned and cleaned not in result:
+            result.append(cleaned)
+        if len(result) >= _MAX_DEFECTS:
+            break
+    return tuple(result)
+
+
+# --------------------------------------------------------------------------------------
+# Assembly
+# --------------------------------------------------------------------------------------
+
+
+def _declared_charset(root: Message) -> str | None:
+    """The charset the message declares (top level or first text part): a hint for
+    raw 8-bit headers, which carry no charset of their own."""
+    for part, _depth, _inside in _iter_parts(root, _Walk()):
+        charset = _part_charset(part)
+        if charset and charset not in ("us-ascii", "ascii", "utf-8", "utf8"):
+            return charset
+        if charset:
+            return None
+    return None
+
+
+def _build(raw: bytes, root: Message, mp: Any, notes: list[str]) -> InboundMessage:
+    """Turn a parsed message tree (plus mail-parser's view when available) into the result."""
+    declared = _declared_charset(root)
+    raw_headers = _raw_headers(root)
+    headers = tuple(
+        (_clean(_unescape_bytes(name)).strip(), _decode_header(value, declared))
+        for name, value in raw_headers
+    )
+    by_name: dict[str, list[str]] = {}
+    for name, value in raw_headers:
+        by_name.setdefault(name.strip().lower(), []).append(value)
+
+    def first(name: str) -> str | None:
+        values = by_name.get(name)
+        return values[0] if values else None
+
+    subject_raw = first("subject")
+    subject = _decode_header(subject_raw, declared) if subject_raw is not None else ""
+
+    message_id = _first_id(_decode_header(first("message-id") or "", declared))
+    synthesized = not message_id
+    if synthesized:
+        message_id = synthesized_message_id(raw)
+
+    use_mp = mp is not None
+    senders = _addresses(by_name.get("from", [])[:1], declared, use_mp)
+    walk = _walk_message(root, mp, declared)
+    text, html = _body(walk)
+
+    defects = list(notes)
+    defects += _mp_defects(mp) if mp is not None else _stdlib_defects(root)
+    defects += walk.defects
+
+    return InboundMessage(
+        message_id=_clean(message_id),
+        message_id_synthesized=synthesized,
+        subject=subject,
+        from_=senders[0] if senders else None,
+        to=_addresses(by_name.get("to", []), declared, use_mp),
+        cc=_addresses(by_name.get("cc", []), declared, use_mp),
+        reply_to=_addresses(by_name.get("reply-to", []), declared, use_mp),
+        in_reply_to=_id_list(_decode_header(v, declared) for v in by_name.get("in-reply-to", [])),
+        references=_id_list(_decode_header(v, declared) for v in by_name.get("references", [])),
+        date=_parse_date(mp, first("date")),
+        text=text,
+        html=html,
+        attachments=tuple(walk.attachments),
+        headers=headers,
+        defects=_dedupe(defects),
+    )
+
+
+def _header_block(data: bytes) -> bytes:
+    """The bytes before the first empty line (all of them when there is none)."""
+    ends = [i for i in (data.find(b"\n\n"), data.find(b"\r\n\r\n"), data.find(b"\r\r")) if i >= 0]
+    return data[: min(ends)] if ends else data
+
+
+def _stdlib_parse(raw: bytes, data: bytes, notes: list[str]) -> InboundMessage:
+    """Parse with the email package alone (used when mail-parser fails)."""
+    root = email.message_from_bytes(data)
+    return _build(raw, root, None, notes)
+
+
+def synthesized_message_id(raw: bytes) -> str:
+    """A stable Message-ID for mail that has none, so a redelivery is still a duplicate."""
+    return f"{hashlib.sha256(raw).hexdigest()[:32]}@{_SYNTHETIC_DOMAIN}"
+
+
+def parse(raw: bytes) -> InboundMessage:
+    """Parse raw RFC 5322 bytes; raise :class:`UnparseableMessage` only for non-mail."""
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise TypeError(f"parse() needs bytes, not {type(raw).__name__}")
+    raw = bytes(raw)
+    data, notes = _header_start(raw)
+    data, repairs = _repair_headers(data)
+    notes += repairs
+    encoded_words = _header_block(data).count(b"=?")
+    if encoded_words > _MAX_ENCODED_WORDS:
+        # the stdlib decode_header that mail-parser runs is quadratic in this count
+        notes.append(f"{encoded_words} encoded words in the headers: parsed without mail-parser")
+        return _stdlib_parse(raw, data, notes)
+    try:
+        mp = mailparser.parse_from_bytes(data)
+        return _build(raw, mp.message, mp, notes)
+    except (MailParserRecursionError, RecursionError) as exc:
+        raise UnparseableMessage("MIME structure nested too deeply to parse") from exc
+    except Exception as exc:  # any library bug: retry with the stdlib alone
+        notes = [*notes, f"mail-parser failed ({type(exc).__name__}); parsed with stdlib"]
+        try:
+            return _stdlib_parse(raw, data, notes)
+        except RecursionError as inner:
+            raise UnparseableMessage("MIME structure nested too deeply to parse") from inner
+        except Exception as inner:
+            raise UnparseableMessage(
+                f"unreadable message: {type(exc).__name__}: {exc}; "
+                f"stdlib: {type(inner).__name__}: {inner}"
+            ) from inner
