@@ -1,0 +1,191 @@
+"""Ingest on both backends: hostile input, idempotency, and the real-world corpus."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from mailgate.config import Config
+from mailgate.ingest import Envelope, ingest
+from mailgate.models import Attachment, Blob, InboundMessage, Outcome, Ticket
+from mailgate.store import Store, get_ticket, ticket_detail
+
+from .conftest import ROOT, Clock, mail
+
+CORPUS = Path(os.environ.get("MAILGATE_CORPUS", ROOT.parent / "shared" / "corpus"))
+LEDGER = {o.value for o in Outcome}
+
+
+def _ledger(store: Store) -> Counter[str]:
+    with store.transaction() as s:
+        return Counter(
+            dict(
+                s.execute(
+                    select(InboundMessage.outcome, func.count()).group_by(InboundMessage.outcome)
+                ).all()
+            )
+        )
+
+
+GARBAGE = {
+    "empty": b"",
+    "whitespace": b" \r\n\r\n",
+    "binary": bytes(range(256)) * 40,
+    "truncated-mime": (
+        b"From: a@b.example\r\nSubject: cut\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="XX"\r\n\r\n--XX\r\n'
+        b"Content-Type: text/plain\r\n\r\nhello\r\n--XX\r\nContent-Type: application/pdf\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK"
+    ),
+    "10k-header-lines": b"From: a@b.example\r\nSubject: many\r\n"
+    + b"".join(b"X-Junk-%d: %s\r\n" % (i, b"v" * 40) for i in range(10_000))
+    + b"\r\nbody\r\n",
+    "no-from": b"Subject: wer bin ich\r\nMessage-ID: <nofrom@x>\r\n\r\nText\r\n",
+    "nul-bytes": b"From: a@b.example\r\nSubject: nul\x00here\r\n\r\nbody\x00with nul\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(GARBAGE))
+def test_garbage_gets_a_clear_outcome(
+    name: str, store: Store, config: Config, clock: Clock
+) -> None:
+    """Hostile or broken input ends in the ledger with an outcome; nothing raises."""
+    raw = GARBAGE[name]
+    result = ingest(store, config, raw, Envelope(), clock())
+    assert result.action in LEDGER
+    assert result.reason
+    with store.transaction() as s:
+        row = s.scalars(select(InboundMessage)).one()
+        assert row.raw == raw  # the original is always kept, byte for byte
+        assert row.outcome == result.action
+    if name in ("empty", "whitespace", "binary"):
+        assert result.action == "quarantined" and result.reason.startswith("unparseable")
+    if name == "no-from":
+        assert result.action == "quarantined" and "sender" in result.reason
+
+
+def test_attachments_are_stored_once_by_sha256(store: Store, config: Config, clock: Clock) -> None:
+    """The same file in two mails is one blob; each comment lists it."""
+
+    def with_pdf(mid: str) -> bytes:
+        return (
+            f"From: anna@mueller-logistik.de\r\nSubject: PDF\r\nMessage-ID: <{mid}>\r\n"
+            'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+            "--b\r\nContent-Type: text/plain\r\n\r\nsiehe Anhang\r\n"
+            '--b\r\nContent-Type: application/pdf; name="rechnung.pdf"\r\n'
+            'Content-Disposition: attachment; filename="rechnung.pdf"\r\n'
+            "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKJcfsj6IK\r\n--b--\r\n"
+        ).encode()
+
+    first = ingest(store, config, with_pdf("p1@x"), Envelope(), clock())
+    ingest(store, config, with_pdf("p2@x"), Envelope(), clock())
+    with store.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(Blob)) == 1
+        assert s.scalar(select(func.count()).select_from(Attachment)) == 2
+        assert first.ticket is not None
+        [comment] = ticket_detail(s, get_ticket(s, first.ticket))["comments"]
+    [attachment] = comment["attachments"]
+    assert attachment["filename"] == "rechnung.pdf"
+    assert attachment["content_type"] == "application/pdf"
+    assert attachment["size"] == len(b"%PDF-1.4\n%\xc7\xec\x8f\xa2\n")
+    assert comment["body"] == "siehe Anhang"
+
+
+def test_routing_fallbacks(store: Store, config: Config, clock: Clock) -> None:
+    """Sole membership, first of several, sender's domain, else no organization."""
+    cases = {
+        "anna@mueller-logistik.de": "Müller Logistik GmbH",  # sole membership
+        "berater@agentur.de": "Müller Logistik GmbH",  # two memberships: first in config
+        "neu@agentur.de": "Agentur Blau",  # unknown user, organization's domain
+        "fremd@gmail.com": None,
+    }
+    for sender, expected in cases.items():
+        result = ingest(store, config, mail(sender=sender), Envelope(), clock())
+        assert (sender, result.organization) == (sender, expected)
+
+
+def test_same_message_id_twice_is_duplicate(store: Store, config: Config, clock: Clock) -> None:
+    raw = mail(message_id="<once@x>")
+    assert ingest(store, config, raw, Envelope(), clock()).action == "created"
+    clock.advance(hours=1)
+    again = ingest(store, config, raw, Envelope(), clock())
+    assert again.action == "duplicate"
+    with store.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(Ticket)) == 1
+
+
+def test_redelivery_with_other_line_endings_and_trace_headers_is_duplicate(
+    store: Store, config: Config, clock: Clock
+) -> None:
+    """The same mail via another relay (new Received, LF endings) is still a duplicate."""
+    raw = mail(message_id="<path@x>")
+    assert ingest(store, config, raw, Envelope(), clock()).action == "created"
+    relayed = b"Received: from mx2.example by mx.test; Thu, 26 Nov 2026 10:01:00 +0000\r\n" + raw
+    assert ingest(store, config, relayed.replace(b"\r\n", b"\n"), Envelope(), clock()).action == (
+        "duplicate"
+    )
+
+
+def test_reused_message_id_with_other_content_is_not_dropped(
+    store: Store, config: Config, clock: Clock
+) -> None:
+    """Some mailers give every mail the same Message-ID; each mail still becomes a ticket."""
+    first = ingest(
+        store, config, mail(subject="Scan 1", message_id="<scan@printer>"), Envelope(), clock()
+    )
+    second = ingest(
+        store, config, mail(subject="Scan 2", message_id="<scan@printer>"), Envelope(), clock()
+    )
+    assert (first.action, second.action) == ("created", "created")
+    assert first.ticket != second.ticket
+    assert first.message_id == second.message_id == "scan@printer"
+
+
+def test_missing_message_id_is_synthesised_stably(
+    store: Store, config: Config, clock: Clock
+) -> None:
+    raw = b"From: anna@mueller-logistik.de\r\nSubject: ohne ID\r\n\r\nText\r\n"
+    first = ingest(store, config, raw, Envelope(), clock())
+    assert first.action == "created" and first.message_id.endswith("@mailgate.invalid")
+    assert ingest(store, config, raw, Envelope(), clock()).action == "duplicate"
+
+
+def _corpus_files() -> list[tuple[str, str]]:
+    index = CORPUS / "index.tsv"
+    if not index.is_file():
+        return []
+    rows = [line.split("\t") for line in index.read_text(encoding="utf-8").splitlines() if line]
+    return [(path, category) for path, category in rows]
+
+
+@pytest.mark.skipif(not _corpus_files(), reason=f"corpus not found at {CORPUS}")
+def test_real_world_corpus_ends_in_the_ledger(store: Store, config: Config, clock: Clock) -> None:
+    """Every corpus message goes through ingest without an exception and ends in the ledger."""
+    results: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    for path, _category in _corpus_files():
+        raw = (CORPUS / path).read_bytes()
+        result = ingest(store, config, raw, Envelope("", ("support@support.example.com",)), clock())
+        results[result.action] += 1
+        if result.action == "quarantined":
+            reasons[result.reason.split(":")[0]] += 1
+        if result.action == "duplicate":  # byte variants (CRLF/CR copies) of a stored mail
+            with store.transaction() as s:
+                assert s.scalar(
+                    select(InboundMessage.id).where(InboundMessage.message_id == result.message_id)
+                )
+        else:
+            assert result.action in LEDGER, (path, result)
+    ledger = _ledger(store)
+    total = sum(results.values())
+    print(f"\ncorpus: {total} messages -> {dict(results)}; quarantine reasons {dict(reasons)}")
+    assert total == len(_corpus_files())
+    assert sum(ledger.values()) == total - results["duplicate"]
+    # Quarantine only for input that is no mail (reply-parser body samples, raw TNEF and
+    # .msg files, MIME part fragments) or has no sender at all; never for a bug.
+    assert set(reasons) <= {"unparseable", "no sender address (From)"}, reasons
+    assert results["created"] >= 800
