@@ -1,0 +1,296 @@
+"""The composition root: ``mailgate`` and its subcommands.
+
+Builds the config, the store and the server, and turns every failure into one clear line
+and an exit status (sysexits(3) where an MTA reads it), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from mailgate import __version__
+from mailgate.config import Config, load_config
+from mailgate.errors import ConfigError, MailgateError, NotFound, Refused, StoreUnavailable
+from mailgate.models import Status
+
+# sysexits(3): what Postfix's pipe(8) and procmail understand.
+EX_OK = 0
+EX_FAILURE = 1
+EX_USAGE = 2  # also: invalid configuration
+EX_DATAERR = 65  # unparseable input, kept in quarantine
+EX_NOINPUT = 66
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75  # database down: the MTA keeps the mail and retries
+
+log = logging.getLogger("mailgate")
+
+
+class CliError(MailgateError):
+    def __init__(self, message: str, code: int = EX_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailgate",
+        description="Inbound email-to-ticket daemon: SMTP/LMTP in, tickets out.",
+    )
+    parser.add_argument("--version", action="version", version=f"mailgate {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (else $MAILGATE_CONFIG, else ./mailgate.toml, else built-in defaults)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="log detail on stderr (serve: info, other commands: warning)",
+    )
+    # Accept --config after the subcommand too, as people type it; the global one wins.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="config file")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(group: Any, name: str, help: str) -> argparse.ArgumentParser:
+        return group.add_parser(name, parents=[common], help=help)
+
+    command(sub, "serve", help="run the SMTP/LMTP listener until SIGTERM/SIGINT")
+
+    p = command(sub, "ingest", help="store one mail from a file or stdin (for MTA pipes)")
+    p.add_argument("file", nargs="?", default="-", help="the raw mail; '-' or absent: stdin")
+    p.add_argument("--mail-from", default="", metavar="ADDR", help="envelope sender")
+    p.add_argument("--rcpt", action="append", default=[], metavar="ADDR", help="envelope recipient")
+
+    tickets = command(sub, "tickets", help="list, show and change tickets")
+    tsub = tickets.add_subparsers(dest="tickets_command", metavar="ACTION", required=True)
+    p = command(tsub, "list", help="list tickets")
+    p.add_argument("--org", metavar="NAME", help="only this organization's tickets")
+    p.add_argument("--status", choices=[s.value for s in Status])
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = command(tsub, "show", help="show one ticket with its comments")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = command(tsub, "set", help="change a ticket's status, organization or requester")
+    p.add_argument("id", type=int)
+    p.add_argument("--status", choices=[s.value for s in Status])
+    p.add_argument("--org", metavar="NAME")
+    p.add_argument("--requester", metavar="EMAIL")
+    p.add_argument("--json", action="store_true", help="print the changed ticket as JSON")
+
+    command(sub, "check-config", help="validate the configuration and print a summary")
+    command(sub, "init-db", help="create or migrate the database schema and sync the config")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    sys.exit(run(argv))
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = args.log_level or ("info" if args.command in ("serve", "init-db") else "warning")
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    if level != "debug":  # aiosmtpd logs every SMTP command at INFO
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
+        logging.getLogger("mailparser").setLevel(logging.ERROR)  # "content not handled" noise
+    try:
+        config = load_config(args.config)
+        return COMMANDS[args.command](args, config)
+    except ConfigError as exc:
+        _error(f"config error: {exc}")
+        return EX_USAGE
+    except StoreUnavailable as exc:
+        _error(f"{exc} (try again later)")
+        return EX_TEMPFAIL
+    except CliError as exc:
+        _error(str(exc))
+        return exc.code
+    except (NotFound, Refused) as exc:
+        _error(str(exc))
+        return EX_FAILURE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # never a traceback for the user; the log keeps it
+        log.debug("internal error", exc_info=True)
+        _error(f"internal error: {type(exc).__name__}: {exc}")
+        return EX_SOFTWARE
+
+
+def _error(message: str) -> None:
+    print(f"mailgate: error: {message}", file=sys.stderr)
+
+
+def _open_store(config: Config) -> Any:
+    """The store, migrated and synced with the config (every command that uses the DB)."""
+    from mailgate.store import Store
+
+    store = Store(config.database.url, config.database.lock_timeout)
+    store.migrate()
+    store.sync(config, now())
+    return store
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    from mailgate.smtp import serve_until_signalled
+
+    store = _open_store(config)
+    try:
+        asyncio.run(serve_until_signalled(config, store))
+    except OSError as exc:
+        raise CliError(
+            f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}"
+        ) from None
+    finally:
+        store.close()
+    return EX_OK
+
+
+def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
+    from mailgate.ingest import UNPARSEABLE, Envelope, ingest
+
+    try:
+        raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror}", EX_NOINPUT) from None
+    store = _open_store(config)
+    try:
+        result = ingest(store, config, raw, Envelope(args.mail_from, tuple(args.rcpt)), now())
+    finally:
+        store.close()
+    print(json.dumps(result.as_json(), ensure_ascii=False))
+    if result.action == "quarantined" and result.reason.startswith(UNPARSEABLE):
+        return EX_DATAERR
+    return EX_OK
+
+
+def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
+    from mailgate import store as st
+
+    store = _open_store(config)
+    try:
+        with store.transaction() as session:
+            if args.tickets_command == "list":
+                rows = [
+                    st.ticket_summary(t) for t in st.list_tickets(session, args.org, args.status)
+                ]
+                _print_list(rows, args.json)
+            elif args.tickets_command == "show":
+                detail = st.ticket_detail(session, st.get_ticket(session, args.id))
+                _print_detail(detail, args.json)
+            else:
+                if args.status is None and args.org is None and args.requester is None:
+                    raise CliError("nothing to change: give --status, --org or --requester", 2)
+                ticket = st.get_ticket(session, args.id)
+                st.update_ticket(session, ticket, now(), args.status, args.org, args.requester)
+                session.flush()
+                summary = st.ticket_summary(ticket)
+                if args.json:
+                    print(json.dumps(summary, ensure_ascii=False, indent=2))
+                else:
+                    print(
+                        f"ticket #{summary['id']}: status {summary['status']}, organization "
+                        f"{summary['organization'] or '-'}, requester {summary['requester']}"
+                    )
+    finally:
+        store.close()
+    return EX_OK
+
+
+def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
+    s = config.server
+    print(f"config: {config.source} (ok)")
+    print(f"listener: {s.protocol} on {s.host}:{s.port}, max message size {s.max_message_size}")
+    print(f"database: {config.database.url}")
+    print(f"accepting mail for: {', '.join(config.mail.domains)}; from {config.mail.address}")
+    print(f"outbound: {config.outbound.transport}")
+    print(f"organizations: {len(config.organizations)}; agents: {len(config.agents.addresses)}")
+    return EX_OK
+
+
+def cmd_init_db(args: argparse.Namespace, config: Config) -> int:
+    store = _open_store(config)
+    store.close()
+    print(f"database ready: {config.database.url}")
+    return EX_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "serve": cmd_serve,
+    "ingest": cmd_ingest,
+    "tickets": cmd_tickets,
+    "check-config": cmd_check_config,
+    "init-db": cmd_init_db,
+}
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def _print_list(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        print("no tickets")
+        return
+    table = [
+        (
+            str(r["id"]),
+            r["status"],
+            r["organization"] or "-",
+            r["requester"],
+            r["updated_at"][:16].replace("T", " "),
+            r["subject"],
+        )
+        for r in rows
+    ]
+    header = ("ID", "STATUS", "ORGANIZATION", "REQUESTER", "UPDATED (UTC)", "SUBJECT")
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header[:-1])]
+    for row in (header, *table):
+        cells = [c.ljust(min(w, 40))[:40] for c, w in zip(row[:-1], widths, strict=True)]
+        print("  ".join([*cells, row[-1][:80]]).rstrip())
+
+
+def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(detail, ensure_ascii=False, indent=2))
+        return
+    print(f"Ticket #{detail['id']}: {detail['subject']}")
+    print(f"  status:       {detail['status']}")
+    print(f"  organization: {detail['organization'] or '-'}  ({detail['routing']['reason']})")
+    print(f"  requester:    {detail['requester']}")
+    if detail["participants"]:
+        print(f"  participants: {', '.join(detail['participants'])}")
+    print(f"  created:      {detail['created_at']}   updated: {detail['updated_at']}")
+    for key in ("solved_at", "closed_at", "follow_up_of"):
+        if detail[key]:
+            print(f"  {key.replace('_', ' ')}: {detail[key]}")
+    for comment in detail["comments"]:
+        visibility = "public" if comment["public"] else "internal"
+        print()
+        print(f"--- {comment['author']} at {comment['created_at']} ({visibility})")
+        print(comment["body"])
+        for a in comment["attachments"]:
+            print(f"  [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)")

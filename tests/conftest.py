@@ -1,0 +1,217 @@
+"""Shared fixtures: a real database (SQLite and PostgreSQL), a config overlay, a real listener.
+
+PostgreSQL tests use a fresh schema per test on ``$MAILGATE_TEST_POSTGRES_URL`` (default:
+the local server, database ``test``). They are skipped only when the server is
+unreachable, and never when ``$MAILGATE_REQUIRE_POSTGRES`` is set (CI sets it).
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from mailgate.config import Config, parse_config
+from mailgate.smtp import ServerThread
+from mailgate.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get(
+    "MAILGATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REQUIRE_PG = bool(os.environ.get("MAILGATE_REQUIRE_POSTGRES"))
+
+
+def _pg_reachable() -> str | None:
+    try:
+        engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:
+        return " ".join(str(exc).split())[:200]
+
+
+_PG_PROBLEM = _pg_reachable()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database URL for an empty database, on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mailgate.db'}"
+        return
+    if _PG_PROBLEM is not None:
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL required but unreachable: {_PG_PROBLEM}")
+        pytest.skip(f"PostgreSQL unreachable: {_PG_PROBLEM}")
+    schema = f"mgtest_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+BASE_CONFIG: dict[str, Any] = {
+    "server": {"host": "127.0.0.1", "port": 0, "hostname": "mx.test", "timeout": 30},
+    "mail": {"domains": ["support.example.com"], "address": "support@support.example.com"},
+    "database": {"lock_timeout": 1.0},
+    "agents": {"addresses": ["tech@support.example.com"]},
+    "organizations": [
+        {
+            "name": "Müller Logistik GmbH",
+            "aliases": ["Müller Logistik"],
+            "domains": ["mueller-logistik.de"],
+            "members": ["anna@mueller-logistik.de", "berater@agentur.de"],
+            "followers": ["chef@mueller-logistik.de"],
+        },
+        {
+            "name": "Agentur Blau",
+            "domains": ["agentur.de"],
+            "members": ["berater@agentur.de"],
+        },
+    ],
+}
+
+
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def toml_dumps(data: dict[str, Any]) -> str:
+    """A tiny TOML writer for test overlays (tables, arrays of tables, scalars, lists)."""
+
+    def scalar(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return repr(value)
+        if isinstance(value, list):
+            return "[" + ", ".join(scalar(v) for v in value) + "]"
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines: list[str] = []
+    for section, body in data.items():
+        if isinstance(body, list):
+            for item in body:
+                lines.append(f"[[{section}]]")
+                lines.extend(f"{k} = {scalar(v)}" for k, v in item.items())
+        else:
+            lines.append(f"[{section}]")
+            lines.extend(f"{k} = {scalar(v)}" for k, v in body.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass
+class Clock:
+    """A controllable clock: tests move time instead of sleeping."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(datetime(2026, 11, 26, 10, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def make_config(db_url: str, tmp_path: Path) -> Callable[..., tuple[Config, Path]]:
+    """Build a config (and its TOML file) from the base plus an overlay."""
+
+    def make(overlay: dict[str, Any] | None = None) -> tuple[Config, Path]:
+        data = _merge(BASE_CONFIG, {"database": {"url": db_url}})
+        data = _merge(data, {"outbound": {"maildir": str(tmp_path / "outbox")}})
+        data = _merge(data, overlay or {})
+        path = tmp_path / "mailgate.toml"
+        path.write_text(toml_dumps(data), encoding="utf-8")
+        return parse_config(data, source=str(path)), path
+
+    return make
+
+
+@pytest.fixture
+def config(make_config: Callable[..., tuple[Config, Path]]) -> Config:
+    return make_config()[0]
+
+
+@pytest.fixture
+def config_path(make_config: Callable[..., tuple[Config, Path]]) -> Path:
+    return make_config()[1]
+
+
+@pytest.fixture
+def store(config: Config, clock: Clock) -> Iterator[Store]:
+    store = Store(config.database.url, config.database.lock_timeout)
+    store.migrate()
+    store.sync(config, clock())
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def server(config: Config, store: Store, clock: Clock) -> Iterator[int]:
+    """A real mailgate listener on a free port; yields the port."""
+    with ServerThread(config, store, clock) as thread:
+        assert thread.server.port is not None
+        yield thread.server.port
+
+
+def mail(
+    subject: str = "Drucker kaputt",
+    sender: str = "Anna Schmidt <anna@mueller-logistik.de>",
+    to: str = "support@support.example.com",
+    body: str = "Hallo,\nder Drucker druckt nicht.\n",
+    message_id: str | None = None,
+    extra: str = "",
+) -> bytes:
+    """A small, valid RFC 5322 message."""
+    message_id = message_id or f"<{uuid.uuid4().hex}@mueller-logistik.de>"
+    head = (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\n"
+        "Date: Thu, 26 Nov 2026 10:00:00 +0100\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: 8bit\r\n'
+        f"{extra}\r\n"
+    )
+    return head.encode() + body.replace("\n", "\r\n").encode("utf-8")
+
+
+def send(
+    port: int,
+    raw: bytes,
+    mail_from: str = "anna@mueller-logistik.de",
+    rcpt: tuple[str, ...] = ("support@support.example.com",),
+) -> dict[str, tuple[int, bytes]]:
+    """Send over a real SMTP socket; returns refused recipients like smtplib."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        return client.sendmail(mail_from, list(rcpt), raw)
+
+
+MAILGATE = [sys.executable, "-m", "mailgate"]

@@ -1,0 +1,214 @@
+"""The command line as admins and MTAs use it: real processes, real sockets, JSON contracts."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailgate.config import Config
+
+from .conftest import MAILGATE, mail, send
+from .test_smtp import database_write_locked
+
+
+def mailgate(
+    config_path: Path, *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*MAILGATE, "--config", str(config_path), *args],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def as_json(proc: subprocess.CompletedProcess[bytes]) -> Any:
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def serve(config_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`mailgate serve` as a subprocess on a free port."""
+    proc = subprocess.Popen(
+        [*MAILGATE, "--config", str(config_path), "serve"], stderr=subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    port = None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line.decode())
+        match = re.search(rb"listening on 127\.0\.0\.1:(\d+)", line)
+        if match:
+            port = int(match.group(1))
+            break
+    assert port, "".join(lines)
+    yield proc, port
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+
+
+def test_serve_ingests_mail_and_stops_cleanly_on_sigterm(
+    serve: tuple[subprocess.Popen[bytes], int], config_path: Path
+) -> None:
+    """The newcomer's path: serve, send with smtplib, list the ticket, SIGTERM exits 0."""
+    proc, port = serve
+    send(port, mail(subject="Müller Logistik: Drucker kaputt"))
+    tickets = as_json(mailgate(config_path, "tickets", "list", "--json"))
+    assert [(t["subject"], t["status"], t["organization"], t["requester"]) for t in tickets] == [
+        (
+            "Müller Logistik: Drucker kaputt",
+            "new",
+            "Müller Logistik GmbH",
+            "anna@mueller-logistik.de",
+        )
+    ]
+    assert set(tickets[0]) >= {
+        "id",
+        "subject",
+        "status",
+        "organization",
+        "requester",
+        "created_at",
+        "updated_at",
+    }
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert proc.stderr is not None
+    tail = proc.stderr.read().decode()
+    assert "Traceback" not in tail and "stopped" in tail
+
+
+def test_ingest_prints_the_json_contract(config_path: Path) -> None:
+    raw = mail(subject="Rechnung fehlt", message_id="<pipe-1@mueller-logistik.de>")
+    result = as_json(
+        mailgate(
+            config_path,
+            "ingest",
+            "--mail-from",
+            "anna@mueller-logistik.de",
+            "--rcpt",
+            "support@support.example.com",
+            stdin=raw,
+        )
+    )
+    assert result == {
+        "action": "created",
+        "ticket": 1,
+        "organization": "Müller Logistik GmbH",
+        "message_id": "pipe-1@mueller-logistik.de",
+        "reason": result["reason"],
+    }
+    assert "member" in result["reason"]
+    again = as_json(mailgate(config_path, "ingest", "-", stdin=raw))
+    assert again["action"] == "duplicate" and again["ticket"] is None
+
+
+def test_ingest_from_a_file(config_path: Path, tmp_path: Path) -> None:
+    path = tmp_path / "m.eml"
+    path.write_bytes(mail(subject="Aus Datei"))
+    assert as_json(mailgate(config_path, "ingest", str(path)))["action"] == "created"
+    missing = mailgate(config_path, "ingest", str(tmp_path / "nope.eml"))
+    assert missing.returncode == 66
+    assert b"cannot read" in missing.stderr
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x00\xff\xfe binary \x89PNG\r\n\x1a\n" * 20])
+def test_ingest_unparseable_input_is_quarantined_with_exit_65(
+    config_path: Path, garbage: bytes
+) -> None:
+    proc = mailgate(config_path, "ingest", stdin=garbage)
+    assert proc.returncode == 65, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["action"] == "quarantined" and result["ticket"] is None
+    assert result["reason"].startswith("unparseable")
+    assert b"Traceback" not in proc.stderr
+
+
+def test_ingest_with_database_down_exits_75_and_loses_nothing(
+    make_config: Callable[..., tuple[Config, Path]], config: Config
+) -> None:
+    """A locked or unreachable database is temporary: EX_TEMPFAIL, so the MTA retries."""
+    _, path = make_config()
+    raw = mail(message_id="<tempfail-1@mueller-logistik.de>")
+    assert mailgate(path, "init-db").returncode == 0
+    with database_write_locked(config.database.url):
+        proc = mailgate(path, "ingest", stdin=raw)
+    assert proc.returncode == 75, proc.stderr
+    assert b"try again later" in proc.stderr and b"Traceback" not in proc.stderr
+    assert as_json(mailgate(path, "ingest", stdin=raw))["action"] == "created"
+    assert len(as_json(mailgate(path, "tickets", "list", "--json"))) == 1
+
+
+def test_unreachable_postgresql_exits_75(tmp_path: Path) -> None:
+    path = tmp_path / "down.toml"
+    path.write_text(
+        '[database]\nurl = "postgresql+psycopg://nobody@127.0.0.1:1/none"\nlock_timeout = 1\n'
+    )
+    proc = mailgate(path, "ingest", stdin=mail())
+    assert proc.returncode == 75
+    assert proc.stderr.decode().startswith("mailgate: error: database unavailable")
+
+
+def test_tickets_show_and_set(config_path: Path) -> None:
+    raw = mail(
+        subject="Zugang",
+        extra="Cc: Bob <bob@mueller-logistik.de>, support@support.example.com\r\n",
+    )
+    created = as_json(mailgate(config_path, "ingest", stdin=raw))
+    tid = str(created["ticket"])
+    detail = as_json(mailgate(config_path, "tickets", "show", tid, "--json"))
+    assert detail["participants"] == ["bob@mueller-logistik.de"]
+    assert detail["routing"]["reason"] == created["reason"]
+    assert detail["solved_at"] is None and detail["follow_up_of"] is None
+    assert detail["created_at"].endswith("+00:00")
+    [comment] = detail["comments"]
+    assert comment["author"] == "anna@mueller-logistik.de" and comment["public"] is True
+    assert comment["message_id"] == created["message_id"]
+
+    solved = as_json(mailgate(config_path, "tickets", "set", tid, "--status", "solved", "--json"))
+    assert solved["status"] == "solved"
+    detail = as_json(mailgate(config_path, "tickets", "show", tid, "--json"))
+    assert detail["solved_at"] is not None
+    moved = as_json(mailgate(config_path, "tickets", "set", tid, "--org", "agentur blau", "--json"))
+    assert moved["organization"] == "Agentur Blau"
+    assert as_json(mailgate(config_path, "tickets", "list", "--org", "Agentur Blau", "--json"))
+    assert as_json(mailgate(config_path, "tickets", "list", "--status", "open", "--json")) == []
+
+    assert mailgate(config_path, "tickets", "set", tid, "--status", "closed").returncode == 0
+    refused = mailgate(config_path, "tickets", "set", tid, "--org", "Müller Logistik GmbH")
+    assert refused.returncode == 1
+    assert b"closed: its requester and organization can no longer change" in refused.stderr
+    refused = mailgate(config_path, "tickets", "set", tid, "--requester", "x@example.com")
+    assert refused.returncode == 1
+    detail = as_json(mailgate(config_path, "tickets", "show", tid, "--json"))
+    assert (detail["organization"], detail["requester"]) == (
+        "Agentur Blau",
+        "anna@mueller-logistik.de",
+    )
+
+
+def test_tickets_errors_are_one_line(config_path: Path) -> None:
+    proc = mailgate(config_path, "tickets", "show", "999")
+    assert proc.returncode == 1
+    assert proc.stderr.decode().strip() == "mailgate: error: ticket 999 not found"
+    proc = mailgate(config_path, "tickets", "list", "--org", "Gibtsnicht")
+    assert proc.returncode == 1 and b"organization 'Gibtsnicht' not found" in proc.stderr
+
+
+def test_human_readable_output(config_path: Path) -> None:
+    as_json(mailgate(config_path, "ingest", stdin=mail(subject="Server down")))
+    table = mailgate(config_path, "tickets", "list").stdout.decode()
+    assert table.splitlines()[0].split()[:4] == ["ID", "STATUS", "ORGANIZATION", "REQUESTER"]
+    assert "Server down" in table
+    shown = mailgate(config_path, "tickets", "show", "1").stdout.decode()
+    assert shown.startswith("Ticket #1: Server down")
+    assert "der Drucker druckt nicht." in shown

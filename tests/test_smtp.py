@@ -1,0 +1,199 @@
+"""The listener over a real socket: 250 only after commit, 550/552/451 where they belong."""
+
+from __future__ import annotations
+
+import smtplib
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from mailgate.config import Config
+from mailgate.models import InboundMessage, Ticket
+from mailgate.smtp import ServerThread
+from mailgate.store import Store
+
+from .conftest import Clock, mail, send
+
+
+def count(store: Store, model: type) -> int:
+    with store.transaction() as s:
+        return s.scalar(select(func.count()).select_from(model)) or 0
+
+
+def test_mail_is_stored_and_answered_250(server: int, store: Store) -> None:
+    """A mail from a member becomes a ticket in the member's organization."""
+    with smtplib.SMTP("127.0.0.1", server) as client:
+        code, banner = client.ehlo()
+        assert code == 250 and b"SIZE" in banner
+        client.mail("anna@mueller-logistik.de")
+        client.rcpt("support@support.example.com")
+        code, reply = client.data(mail(subject="Drucker kaputt"))
+    assert code == 250
+    assert reply.startswith(b"2.0.0 Ok: created ticket #")
+    with store.transaction() as s:
+        ticket = s.scalars(select(Ticket)).one()
+        assert ticket.subject == "Drucker kaputt"
+        assert ticket.organization is not None
+        assert ticket.organization.name == "Müller Logistik GmbH"
+        assert ticket.requester.email == "anna@mueller-logistik.de"
+        assert ticket.comments[0].body.startswith("Hallo,\nder Drucker")
+
+
+def test_foreign_recipient_is_refused_550(server: int, store: Store) -> None:
+    """We are no open relay: recipients outside mail.domains get 550 5.1.1."""
+    with smtplib.SMTP("127.0.0.1", server) as client:
+        client.ehlo()
+        client.mail("anna@mueller-logistik.de")
+        code, reply = client.rcpt("someone@elsewhere.example.org")
+        assert code == 550 and reply.startswith(b"5.1.1")
+        client.rset()
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            client.sendmail("anna@mueller-logistik.de", ["x@elsewhere.example.org"], mail())
+    assert count(store, InboundMessage) == 0
+
+
+def test_mixed_recipients_store_once_for_the_accepted_one(server: int, store: Store) -> None:
+    refused = send(
+        server, mail(), rcpt=("support@support.example.com", "other@elsewhere.example.org")
+    )
+    assert list(refused) == ["other@elsewhere.example.org"]
+    assert refused["other@elsewhere.example.org"][0] == 550
+    assert count(store, Ticket) == 1
+
+
+@pytest.fixture
+def small_server(
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock
+) -> Iterator[int]:
+    config, _ = make_config({"server": {"max_message_size": 4096}})
+    with ServerThread(config, store, clock) as thread:
+        assert thread.server.port is not None
+        yield thread.server.port
+
+
+def test_oversize_mail_is_refused_552(small_server: int, store: Store) -> None:
+    """Too large is permanent: 552 5.3.4, whether announced with SIZE or not."""
+    big = mail(body="x" * 80 + "\n" * 1 + ("y" * 70 + "\n") * 100)
+    with smtplib.SMTP("127.0.0.1", small_server) as client:
+        client.ehlo()
+        code, reply = client.mail("anna@mueller-logistik.de", [f"SIZE={len(big)}"])
+        assert code == 552 and reply.startswith(b"5.3.4")
+        client.rset()
+        client.mail("anna@mueller-logistik.de")  # no SIZE: caught while reading DATA
+        client.rcpt("support@support.example.com")
+        code, reply = client.data(big)
+        assert code == 552 and reply.startswith(b"5.3.4")
+        assert client.noop()[0] == 250  # the session goes on
+    assert count(store, InboundMessage) == 0
+
+
+def test_redelivery_is_a_duplicate_and_changes_nothing(server: int, store: Store) -> None:
+    raw = mail(message_id="<same-1@mueller-logistik.de>")
+    send(server, raw)
+    with smtplib.SMTP("127.0.0.1", server) as client:
+        client.ehlo()
+        client.mail("anna@mueller-logistik.de")
+        client.rcpt("support@support.example.com")
+        code, reply = client.data(raw)
+    assert code == 250 and b"duplicate" in reply
+    assert count(store, Ticket) == 1
+    assert count(store, InboundMessage) == 1
+
+
+@contextmanager
+def database_write_locked(url: str) -> Iterator[None]:
+    """Hold the write lock from another connection, as a stuck writer or a dump would."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"isolation_level": None})
+        with engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN EXCLUSIVE")
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql("ROLLBACK")
+    else:
+        options = parsed.query["options"]
+        engine = create_engine(
+            parsed.difference_update_query(["options"]), connect_args={"options": options}
+        )
+        with engine.connect() as conn:
+            conn.execute(text("LOCK TABLE inbound_messages IN ACCESS EXCLUSIVE MODE"))
+            try:
+                yield
+            finally:
+                conn.rollback()
+    engine.dispose()
+
+
+def test_unwritable_database_gives_451_then_stores_exactly_once(
+    server: int, store: Store, config: Config
+) -> None:
+    """While the database cannot be written the sender gets 451; its retry is stored once."""
+    raw = mail(message_id="<retry-1@mueller-logistik.de>")
+    with database_write_locked(config.database.url):
+        with smtplib.SMTP("127.0.0.1", server) as client:
+            client.ehlo()
+            client.mail("anna@mueller-logistik.de")
+            client.rcpt("support@support.example.com")
+            code, reply = client.data(raw)
+        assert code == 451 and reply.startswith(b"4.3.0")
+    assert count(store, InboundMessage) == 0
+    send(server, raw)  # the sending MTA retries after the outage
+    send(server, raw)  # …and perhaps once more: still one ticket
+    assert count(store, InboundMessage) == 1
+    assert count(store, Ticket) == 1
+
+
+def test_concurrent_sessions_all_stored(server: int, store: Store) -> None:
+    """Several clients at once: every 250 is a stored mail, nothing lost or doubled."""
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            for i in range(5):
+                send(server, mail(subject=f"Kunde {n}: Anfrage {i}"))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert count(store, InboundMessage) == 20
+    assert count(store, Ticket) == 20
+
+
+@pytest.fixture
+def lmtp_server(
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock
+) -> Iterator[int]:
+    config, _ = make_config({"server": {"protocol": "lmtp"}})
+    with ServerThread(config, store, clock) as thread:
+        assert thread.server.port is not None
+        yield thread.server.port
+
+
+def test_lmtp_answers_once_per_recipient(lmtp_server: int, store: Store) -> None:
+    """LMTP (RFC 2033): LHLO, and one DATA reply for each accepted recipient."""
+    client = smtplib.LMTP("127.0.0.1", lmtp_server)
+    try:
+        refused = client.sendmail(
+            "anna@mueller-logistik.de",
+            ["support@support.example.com", "help@support.example.com"],
+            mail(),
+        )
+        assert refused == {}
+        # smtplib reads only the first DATA reply; the second must be waiting, also 250.
+        code, reply = client.getreply()
+        assert code == 250 and reply.startswith(b"2.0.0")
+    finally:
+        client.close()
+    assert count(store, Ticket) == 1
