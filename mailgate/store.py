@@ -71,6 +71,19 @@ def _describe(exc: BaseException) -> str:
     return " ".join(str(orig).split())[:300] or type(orig).__name__
 
 
+@contextmanager
+def temporary_failures() -> Iterator[None]:
+    """Turn the database errors a retry can cure into :class:`StoreUnavailable`."""
+    try:
+        yield
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        if is_temporary(exc):
+            raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
+        raise
+
+
 class Store:
     """One database, shared by the SMTP listener, the CLI and the jobs."""
 
@@ -107,30 +120,20 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session in one transaction, committed on success; temporary failures → 451."""
-        try:
-            with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                yield session
-        except StoreUnavailable:
-            raise
-        except Exception as exc:
-            if is_temporary(exc):
-                raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
-            raise
+        with (
+            temporary_failures(),
+            Session(self.engine, expire_on_commit=False) as session,
+            session.begin(),
+        ):
+            yield session
 
     @contextmanager
     def _locked_connection(self) -> Iterator[Connection]:
         """One connection in a transaction that no other instance's migrate/sync overlaps."""
-        try:
-            with self.engine.begin() as conn:
-                if self.dialect == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
-                yield conn
-        except StoreUnavailable:
-            raise
-        except Exception as exc:
-            if is_temporary(exc):
-                raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
-            raise
+        with temporary_failures(), self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+            yield conn
 
     # --- schema -------------------------------------------------------------------------
 
@@ -141,13 +144,8 @@ class Store:
 
     def schema_is_current(self) -> bool:
         head = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
-        try:
-            with self.engine.connect() as conn:
-                current = MigrationContext.configure(conn).get_current_revision()
-        except Exception as exc:
-            if is_temporary(exc):
-                raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
-            raise
+        with temporary_failures(), self.engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
         return current == head
 
     def migrate(self) -> None:
@@ -170,13 +168,8 @@ class Store:
         anything was written.
         """
         fingerprint = config_fingerprint(config)
-        with Session(self.engine) as probe:
-            try:
-                current = probe.get(Meta, "config")
-            except Exception as exc:
-                if is_temporary(exc):
-                    raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
-                raise
+        with temporary_failures(), Session(self.engine) as probe:
+            current = probe.get(Meta, "config")
             if current is not None and current.value == fingerprint:
                 return False
         with self._locked_connection() as conn, Session(bind=conn) as session:

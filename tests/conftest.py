@@ -29,6 +29,17 @@ PG_URL = os.environ.get(
     "MAILGATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_PG = bool(os.environ.get("MAILGATE_REQUIRE_POSTGRES"))
+# The shared real-world corpus (byte-exact fixtures; only ever read).
+CORPUS = Path(os.environ.get("MAILGATE_CORPUS", ROOT.parent / "shared" / "corpus"))
+
+
+def corpus_files() -> list[tuple[str, str]]:
+    """(relative path, category) for every message listed in the corpus's index.tsv."""
+    index = CORPUS / "index.tsv"
+    if not index.is_file():
+        return []
+    lines = index.read_text(encoding="utf-8").splitlines()
+    return [(path, category) for path, category in (line.split("\t") for line in lines if line)]
 
 
 def _pg_reachable() -> str | None:

@@ -13,12 +13,9 @@ The corpus files are byte-exact fixtures: they are only read, never modified.
 from __future__ import annotations
 
 import base64
-import dataclasses
-import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +23,8 @@ import pytest
 
 from mailgate.parser import InboundMessage, UnparseableMessage, _html_to_text, parse
 
-CORPUS = Path(
-    os.environ.get(
-        "MAILGATE_CORPUS", Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
-    )
-)
+from .conftest import CORPUS, corpus_files
+from .test_parser import strings
 
 if not (CORPUS / "index.tsv").is_file():
     pytest.skip(f"corpus not found at {CORPUS}", allow_module_level=True)
@@ -46,30 +40,8 @@ REAL_MAIL_SOURCES = ("zammad", "sisimai-set-of-emails", "ruby-mail", "flanker", 
 MAX_UNPARSEABLE = 242
 
 
-def indexed_files() -> list[tuple[str, str]]:
-    """(relative path, category) for every line of index.tsv."""
-    rows = []
-    for line in (CORPUS / "index.tsv").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            path, category = line.split("\t")
-            rows.append((path, category))
-    return rows
-
-
-def strings(value: Any) -> Iterator[str]:
-    """Every str inside a parse result (dataclasses, tuples)."""
-    if isinstance(value, str):
-        yield value
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for item in dataclasses.fields(value):
-            yield from strings(getattr(value, item.name))
-    elif isinstance(value, tuple | list):
-        for item in value:
-            yield from strings(item)
-
-
 def test_every_corpus_file_parses_cleanly() -> None:
-    rows = indexed_files()
+    rows = corpus_files()
     assert len(rows) == 1468
     problems: list[str] = []
     rejected: dict[str, str] = {}

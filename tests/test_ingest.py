@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -14,9 +12,8 @@ from mailgate.ingest import Envelope, ingest
 from mailgate.models import Attachment, Blob, InboundMessage, Outcome, Ticket
 from mailgate.store import Store, get_ticket, ticket_detail
 
-from .conftest import ROOT, Clock, mail
+from .conftest import CORPUS, Clock, corpus_files, mail
 
-CORPUS = Path(os.environ.get("MAILGATE_CORPUS", ROOT.parent / "shared" / "corpus"))
 LEDGER = {o.value for o in Outcome}
 
 
@@ -154,20 +151,12 @@ def test_missing_message_id_is_synthesised_stably(
     assert ingest(store, config, raw, Envelope(), clock()).action == "duplicate"
 
 
-def _corpus_files() -> list[tuple[str, str]]:
-    index = CORPUS / "index.tsv"
-    if not index.is_file():
-        return []
-    rows = [line.split("\t") for line in index.read_text(encoding="utf-8").splitlines() if line]
-    return [(path, category) for path, category in rows]
-
-
-@pytest.mark.skipif(not _corpus_files(), reason=f"corpus not found at {CORPUS}")
+@pytest.mark.skipif(not corpus_files(), reason=f"corpus not found at {CORPUS}")
 def test_real_world_corpus_ends_in_the_ledger(store: Store, config: Config, clock: Clock) -> None:
     """Every corpus message goes through ingest without an exception and ends in the ledger."""
     results: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
-    for path, _category in _corpus_files():
+    for path, _category in corpus_files():
         raw = (CORPUS / path).read_bytes()
         result = ingest(store, config, raw, Envelope("", ("support@support.example.com",)), clock())
         results[result.action] += 1
@@ -183,7 +172,7 @@ def test_real_world_corpus_ends_in_the_ledger(store: Store, config: Config, cloc
     ledger = _ledger(store)
     total = sum(results.values())
     print(f"\ncorpus: {total} messages -> {dict(results)}; quarantine reasons {dict(reasons)}")
-    assert total == len(_corpus_files())
+    assert total == len(corpus_files())
     assert sum(ledger.values()) == total - results["duplicate"]
     # Quarantine only for input that is no mail (reply-parser body samples, raw TNEF and
     # .msg files, MIME part fragments) or has no sender at all; never for a bug.
