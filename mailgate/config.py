@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,10 +57,48 @@ class OutboundConfig:
     smtp_port: int = 25
 
 
+# Free-mail providers: their domains never identify an organization (anyone can sign up).
+FREEMAIL_DOMAINS: frozenset[str] = frozenset(
+    """
+    gmail.com googlemail.com outlook.com outlook.de hotmail.com hotmail.de live.com live.de
+    msn.com yahoo.com yahoo.de ymail.com icloud.com me.com mac.com aol.com aol.de gmx.de
+    gmx.net gmx.at gmx.ch gmx.com gmx.fr web.de t-online.de freenet.de posteo.de posteo.net
+    mailbox.org arcor.de 1und1.de online.de email.de mail.de vodafone.de kabelmail.de
+    protonmail.com proton.me pm.me tutanota.com tutanota.de tuta.io zoho.com yandex.ru
+    yandex.com mail.ru orange.fr free.fr laposte.net libero.it bluewin.ch
+    """.split()  # noqa: SIM905  (one word per domain reads better than 51 quoted lines)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingRule:
+    """An admin's rule, checked before the subject prefix; the first that matches wins."""
+
+    organization: str | None = None
+    from_: str | None = None  # glob ("*@kunde.de") or bare domain ("kunde.de")
+    to: str | None = None  # glob on any envelope recipient or To/Cc address
+    subject: str | None = None  # regular expression, searched case-insensitively
+    priority: str | None = None  # ticket priority the rule sets
+    tags: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class RoutingConfig:
+    # On rapidfuzz's 0–100 scale; chosen from the routing table in tests/test_routing.py.
     threshold: float = 85.0
     default_organization: str | None = None
+    # When the best two organizations score within this many points, do not guess.
+    ambiguity_margin: float = 5.0
+    # Separators between "Kundenname" and "Betreff": ":" always; "-" and "|" on request
+    # (matched only with spaces around them, so "Rhein-Main" stays one name).
+    separators: tuple[str, ...] = (":",)
+    # Added to the built-in free-mail list (FREEMAIL_DOMAINS).
+    freemail_domains: tuple[str, ...] = ()
+    rules: tuple[RoutingRule, ...] = ()
+
+    def is_freemail(self, domain: str) -> bool:
+        domain = domain.lower()
+        return domain in FREEMAIL_DOMAINS or domain in self.freemail_domains
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +119,8 @@ class OrganizationConfig:
     members: tuple[str, ...] = ()
     followers: tuple[str, ...] = ()
     agencies: tuple[str, ...] = ()
+    # Members for whom this is the primary organization (used when they are in several).
+    primary_for: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +206,7 @@ class _Section:
             raise ConfigError(f"{self.key(unknown[0])}: unknown key")
 
     def key(self, key: str) -> str:
-        return (
-            f"[{self.name}].{key}"
-            if not self.name.startswith("organizations")
-            else (f"{self.name}.{key}")
-        )
+        return f"{self.name}.{key}" if self.name.endswith("]") else f"[{self.name}].{key}"
 
     def get(self, key: str, default: T, check: Callable[[Any], T]) -> T:
         if key not in self.data:
@@ -265,6 +301,37 @@ def _database_url(value: Any) -> str:
     return text
 
 
+def _regex(value: Any) -> str:
+    text = _str(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression: {exc}") from None
+    return text
+
+
+def _lower(value: Any) -> str:
+    return _str(value).lower()
+
+
+def _rule(raw: Any, index: int) -> RoutingRule:
+    label = f"routing.rules[{index + 1}]"
+    s = _Section(raw, label, {"from", "to", "subject", "organization", "priority", "tags"})
+    rule = RoutingRule(
+        organization=s.get("organization", None, _str),
+        from_=s.get("from", None, _lower),
+        to=s.get("to", None, _lower),
+        subject=s.get("subject", None, _regex),
+        priority=s.get("priority", None, _choice("low", "normal", "high", "urgent")),
+        tags=s.get("tags", (), _list(_str)),
+    )
+    if rule.from_ is None and rule.to is None and rule.subject is None:
+        raise ConfigError(f"{label}: needs at least one of 'from', 'to', 'subject'")
+    if rule.organization is None and rule.priority is None and not rule.tags:
+        raise ConfigError(f"{label}: sets nothing; give 'organization', 'priority' or 'tags'")
+    return rule
+
+
 def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
     """Validate a decoded TOML document; raise :class:`ConfigError` naming the bad key."""
     sections = {
@@ -327,11 +394,31 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
     )
 
     d_route = RoutingConfig()
-    s = _Section(data.get("routing", {}), "routing", {"threshold", "default_organization"})
+    s = _Section(
+        data.get("routing", {}),
+        "routing",
+        {
+            "threshold",
+            "default_organization",
+            "ambiguity_margin",
+            "separators",
+            "freemail_domains",
+            "rules",
+        },
+    )
+    raw_rules = s.data.get("rules", [])
+    if not isinstance(raw_rules, list):
+        raise ConfigError("[routing].rules: must be an array of tables ([[routing.rules]])")
     routing = RoutingConfig(
         threshold=s.get("threshold", d_route.threshold, _number(0, 100)),
         default_organization=s.get("default_organization", None, _str),
+        ambiguity_margin=s.get("ambiguity_margin", d_route.ambiguity_margin, _number(0, 100)),
+        separators=s.get("separators", d_route.separators, _list(_choice(":", "-", "|"))),
+        freemail_domains=s.get("freemail_domains", (), _list(_domain)),
+        rules=tuple(_rule(raw, index) for index, raw in enumerate(raw_rules)),
     )
+    if ":" not in routing.separators:
+        routing = replace(routing, separators=(":", *routing.separators))
 
     s = _Section(data.get("tickets", {}), "tickets", {"close_after"})
     tickets = TicketsConfig(
@@ -348,7 +435,11 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
     seen: set[str] = set()
     for index, raw in enumerate(raw_orgs):
         label = f"organizations[{index + 1}]"
-        s = _Section(raw, label, {"name", "aliases", "domains", "members", "followers", "agencies"})
+        s = _Section(
+            raw,
+            label,
+            {"name", "aliases", "domains", "members", "followers", "agencies", "primary_for"},
+        )
         if "name" not in s.data:
             raise ConfigError(f"{label}.name: missing")
         org = OrganizationConfig(
@@ -358,7 +449,11 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
             members=s.get("members", (), _list(_email)),
             followers=s.get("followers", (), _list(_email)),
             agencies=s.get("agencies", (), _list(_str)),
+            primary_for=s.get("primary_for", (), _list(_email)),
         )
+        strangers = sorted(set(org.primary_for) - set(org.members))
+        if strangers:
+            raise ConfigError(f"{label}.primary_for: {strangers[0]!r} is not in members")
         if org.name.casefold() in seen:
             raise ConfigError(f"{label}.name: {org.name!r} is defined twice")
         seen.add(org.name.casefold())
@@ -371,6 +466,12 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
                 raise ConfigError(
                     f"organizations[{index + 1}].agencies: {agency!r} is not an organization"
                 )
+    for index, rule in enumerate(routing.rules):
+        if rule.organization and rule.organization.casefold() not in names:
+            raise ConfigError(
+                f"routing.rules[{index + 1}].organization: {rule.organization!r} "
+                "is not an organization"
+            )
     if routing.default_organization and routing.default_organization.casefold() not in names:
         raise ConfigError(
             f"[routing].default_organization: {routing.default_organization!r} "

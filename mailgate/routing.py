@@ -1,59 +1,469 @@
 """Which organization a new ticket belongs to, and why.
 
-A ticket belongs to an organization through its requester, so the decision starts from
-the sender's memberships in the config. The decision is a pure function of the sender,
-the subject and the config; it returns a :class:`RouteDecision` that says why, because
-"why is this ticket in org X" is the first question an admin asks.
+Agencies name their customer at the start of the subject (``Müller Logistik: Drucker
+kaputt``); the customer pays and must see the ticket. Getting the name wrong leaks a ticket
+into a stranger's organization, so a named organization counts only when the sender is
+related to it (member, member of one of its agencies, or agent). Everything here is pure:
+:class:`Router` is built once per config load and answers :meth:`Router.route` from the
+sender, the recipients and the subject alone, with the reason for its answer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import fnmatch
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
-from mailgate.config import Config, OrganizationConfig
+from rapidfuzz import fuzz, process
+
+from mailgate.config import Config, OrganizationConfig, RoutingRule
 
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
-    """The organization chosen for a new ticket (None: no organization), with the reason."""
+    """The organization chosen for a new ticket (None: no organization), with the reason.
+
+    ``subject`` is the subject the ticket gets: without the customer prefix when that
+    prefix decided the organization. ``candidates`` are the best fuzzy matches, on
+    rapidfuzz's 0–100 scale, so an admin can see what almost matched.
+    """
 
     organization: str | None
     reason: str
     score: float | None = None
     candidates: tuple[tuple[str, float], ...] = ()
     subject: str = ""
+    priority: str | None = None
+    tags: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, object]:
+        """The contract of ``mailgate route --json``."""
+        return {
+            "organization": self.organization,
+            "reason": self.reason,
+            "score": self.score,
+            "subject": self.subject,
+            "candidates": [{"name": n, "score": round(s, 1)} for n, s in self.candidates],
+            "priority": self.priority,
+            "tags": list(self.tags),
+        }
 
 
-def memberships(email: str, config: Config) -> tuple[OrganizationConfig, ...]:
-    """The organizations the address is a member of, in config order."""
-    email = email.lower()
-    return tuple(org for org in config.organizations if email in org.members)
+# --- subject normalisation -------------------------------------------------------------------
+
+# Reply and forward prefixes in the languages our users write: English, German, Dutch,
+# Scandinavian, Finnish, French, Italian, Spanish, Portuguese, Polish, Czech, Turkish, …
+# (Outlook localises them), optionally numbered ("Re[2]:", "AW(3):", "Re^2:").
+_REPLY_WORDS = "|".join(
+    """
+    re aw antw antwort wg wtr fwd fw sv vs vb tr rif odp r rv enc res ref rép rep vá vl
+    ynt ilt yan atb přeposlat odpověď pd doorst trs továbbítás válasz ответ пересл
+    回复 转发 回覆 轉寄 답장 전달
+    """.split()  # noqa: SIM905
+)
+_REPLY_PREFIX = re.compile(
+    rf"^\s*(?:(?:{_REPLY_WORDS})\s*(?:\[\d+\]|\(\d+\)|\^\d+)?\s*[:：]\s*)+",
+    re.IGNORECASE,
+)
+_TICKET_TAG = re.compile(r"\s*\[#\s*\d+\]\s*")
 
 
-def domain_matches(email: str, domains: tuple[str, ...]) -> bool:
+def normalize_subject(subject: str) -> str:
+    """Strip reply/forward prefixes (repeated, mixed) and our ``[#123]`` tags; keep the rest."""
+    text = " ".join(subject.split())
+    while True:
+        stripped = _TICKET_TAG.sub(" ", text).strip()
+        stripped = _REPLY_PREFIX.sub("", stripped).strip()
+        if stripped == text:
+            return text
+        text = stripped
+
+
+# --- prefix extraction -----------------------------------------------------------------------
+
+MAX_NAME = 60
+
+# Words people put before a colon that are not customer names.
+COMMON_WORDS = frozenset(
+    """
+    wichtig dringend eilig frage fragen anfrage info information hinweis achtung bitte
+    problem probleme fehler störung stoerung notfall hilfe support ticket rechnung angebot
+    auftrag bestellung termin update test betreff antwort hallo hi hello urgent important
+    question help issue bug error request invoice order offer notice reminder erinnerung
+    fyi note todo action alert warnung warning emergency critical kritisch neu new
+    """.split()  # noqa: SIM905
+)
+
+_TIME_COLON = re.compile(r"\d\s*$")  # "10:30": a colon between digits separates nothing
+_URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Prefix:
+    """A candidate customer name and the subject after it."""
+
+    name: str
+    rest: str
+    common_word: bool
+
+
+def extract_prefix(subject: str, separators: Iterable[str] = (":",)) -> Prefix | None:
+    """The text before the first separator, when it can be a customer name."""
+    positions: list[tuple[int, int]] = []
+    for sep in separators:
+        if sep == ":":
+            for match in re.finditer(r"[:：]", subject):
+                start = match.start()
+                after = subject[match.end() : match.end() + 2]
+                if _TIME_COLON.search(subject[:start]) and after[:1].isdigit():
+                    continue  # a time such as 10:30
+                if after.startswith("//"):
+                    continue  # a URL such as https://…
+                positions.append((start, match.end()))
+                break
+        else:
+            match = re.search(rf"\s{re.escape(sep)}\s", subject)
+            if match:
+                positions.append((match.start(), match.end()))
+    if not positions:
+        return None
+    start, end = min(positions)
+    name = subject[:start].strip()
+    rest = subject[end:].strip()
+    if not 1 <= len(name) <= MAX_NAME or not any(c.isalnum() for c in name):
+        return None
+    if "://" in name or name.lower().startswith("www."):
+        return None  # a URL, not a name
+    if _REPLY_PREFIX.match(name + ":"):
+        return None
+    if _URL_SCHEME.match(name) and subject[end:].startswith("//"):
+        return None
+    words = name.split()
+    common = len(words) == 1 and words[0].casefold() in COMMON_WORDS
+    return Prefix(name=name, rest=rest, common_word=common)
+
+
+# --- name normalisation ----------------------------------------------------------------------
+
+_TRANSLIT = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "æ": "ae", "ø": "oe"})
+_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+# Legal forms, as token sequences after punctuation is collapsed ("e.V." → "e v").
+_LEGAL_FORMS = sorted(
+    (
+        tuple(form.split())
+        for form in (
+            "gmbh co kg",
+            "gmbh co kgaa",
+            "gmbh co ohg",
+            "ag co kg",
+            "se co kg",
+            "ug haftungsbeschraenkt",
+            "ug haftungsbeschraenkt co kg",
+            "gmbh",
+            "ggmbh",
+            "mbh",
+            "ag",
+            "kg",
+            "kgaa",
+            "ohg",
+            "gbr",
+            "ug",
+            "e v",
+            "ev",
+            "e k",
+            "ek",
+            "eg",
+            "se",
+            "ltd",
+            "limited",
+            "inc",
+            "llc",
+            "llp",
+            "plc",
+            "corp",
+            "co",
+            "s a",
+            "sa",
+            "sas",
+            "sarl",
+            "s r l",
+            "srl",
+            "spa",
+            "s p a",
+            "b v",
+            "bv",
+            "n v",
+            "nv",
+            "ab",
+            "as",
+            "oy",
+            "aps",
+        )
+    ),
+    key=len,
+    reverse=True,
+)
+
+
+def normalize_name(name: str) -> str:
+    """Case-fold, transliterate umlauts, fold accents, drop legal forms and punctuation."""
+    text = name.casefold().replace("&", " ").translate(_TRANSLIT)
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    tokens = _NON_WORD.sub(" ", text).split()
+    changed = True
+    while changed and len(tokens) > 1:
+        changed = False
+        for form in _LEGAL_FORMS:
+            if len(tokens) > len(form) and tuple(tokens[-len(form) :]) == form:
+                tokens = tokens[: -len(form)]
+                changed = True
+                break
+    return " ".join(tokens)
+
+
+def similarity(a: str, b: str) -> float:
+    """Whole-name similarity, tolerant of typos and word order, never of partial names.
+
+    Partial matching (WRatio) would let "Müller" match "Müller Logistik" at 90 and put a
+    ticket into the wrong Müller; whole-string ratios do not.
+    """
+    return max(fuzz.ratio(a, b), fuzz.token_sort_ratio(a, b))
+
+
+# --- the index -------------------------------------------------------------------------------
+
+_CANDIDATES = 32  # entries scored exactly per query, after trigram pre-selection
+_MAX_POSTINGS = 2000  # trigrams more common than this say little; skip them when others exist
+
+
+def _trigrams(key: str) -> set[str]:
+    padded = f"  {key} "
+    return {padded[i : i + 3] for i in range(len(padded) - 2)}
+
+
+class NameIndex:
+    """Organization names and aliases, normalised once, searchable in well under 2 ms.
+
+    A trigram index pre-selects a few dozen entries that share the most trigrams with the
+    query; only those are scored with rapidfuzz. Built once per config load.
+    """
+
+    def __init__(self, organizations: Iterable[OrganizationConfig]) -> None:
+        self.keys: list[str] = []
+        self.owners: list[str] = []
+        self.exact: dict[str, set[str]] = {}
+        self.postings: dict[str, list[int]] = {}
+        for org in organizations:
+            for label in (org.name, *org.aliases):
+                key = normalize_name(label)
+                if not key:
+                    continue
+                entry = len(self.keys)
+                self.keys.append(key)
+                self.owners.append(org.name)
+                self.exact.setdefault(key, set()).add(org.name)
+                for gram in _trigrams(key):
+                    self.postings.setdefault(gram, []).append(entry)
+
+    def search(self, name: str, limit: int = 3) -> list[tuple[str, float]]:
+        """The best-matching organizations (one score each, best label), best first."""
+        key = normalize_name(name)
+        if not key or not self.keys:
+            return []
+        lists = [self.postings[g] for g in _trigrams(key) if g in self.postings]
+        informative = [p for p in lists if len(p) <= _MAX_POSTINGS]
+        if not informative and lists:
+            informative = sorted(lists, key=len)[:3]
+        counts: Counter[int] = Counter()
+        for postings in informative:
+            counts.update(postings)
+        entries = [entry for entry, _ in counts.most_common(_CANDIDATES)]
+        best: dict[str, float] = {}
+        scored = process.extract(
+            key,
+            {entry: self.keys[entry] for entry in entries},
+            scorer=similarity,
+            limit=None,
+        )
+        for _, score, entry in scored:
+            owner = self.owners[entry]
+            if score > best.get(owner, -1.0):
+                best[owner] = score
+        for owner in self.exact.get(key, ()):
+            best[owner] = 100.0
+        ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))
+        return ranked[:limit]
+
+
+# --- decisions -------------------------------------------------------------------------------
+
+
+def domain_of(email: str) -> str:
+    return email.rpartition("@")[2].lower()
+
+
+def domain_matches(email: str, domains: Iterable[str]) -> bool:
     """True when the address's domain is one of ``domains`` or a subdomain of one."""
-    domain = email.rpartition("@")[2].lower()
+    domain = domain_of(email)
     return any(domain == d or domain.endswith("." + d) for d in domains)
 
 
-def route(sender: str, subject: str, config: Config) -> RouteDecision:
-    """Route a new ticket by its sender: membership, then domain, then the default."""
-    orgs = memberships(sender, config)
-    if len(orgs) == 1:
-        return RouteDecision(orgs[0].name, f"sender is a member of {orgs[0].name}", subject=subject)
-    if orgs:
-        return RouteDecision(
-            orgs[0].name,
-            f"sender is a member of {len(orgs)} organizations; {orgs[0].name} is first in the "
-            "config",
-            subject=subject,
-        )
-    for org in config.organizations:
-        if domain_matches(sender, org.domains):
-            return RouteDecision(
-                org.name, f"sender's domain belongs to {org.name}", subject=subject
+def _glob_matches(pattern: str, address: str) -> bool:
+    if "@" not in pattern and not any(c in pattern for c in "*?["):
+        return domain_matches(address, (pattern,))  # a bare domain
+    return fnmatch.fnmatchcase(address.lower(), pattern)
+
+
+def rule_matches(rule: RoutingRule, sender: str, recipients: Iterable[str], subject: str) -> bool:
+    """All conditions the rule gives must hold."""
+    if rule.from_ is not None and not _glob_matches(rule.from_, sender):
+        return False
+    if rule.to is not None and not any(_glob_matches(rule.to, r) for r in recipients):
+        return False
+    return rule.subject is None or re.search(rule.subject, subject, re.IGNORECASE) is not None
+
+
+class Router:
+    """Routing for one config: the name index and membership look-ups, built once."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.index = NameIndex(config.organizations)
+        self.by_name = {org.name: org for org in config.organizations}
+        self._member_of: dict[str, list[OrganizationConfig]] = {}
+        for org in config.organizations:
+            for member in org.members:
+                self._member_of.setdefault(member, []).append(org)
+        self.agents = frozenset(config.agents.addresses)
+
+    def memberships(self, email: str) -> tuple[OrganizationConfig, ...]:
+        """The organizations the address is a member of, in config order."""
+        return tuple(self._member_of.get(email.lower(), ()))
+
+    def authorised(self, email: str, organization: str) -> bool:
+        """May this sender put a ticket into that organization by naming it?"""
+        email = email.lower()
+        if email in self.agents:
+            return True
+        org = self.by_name[organization]
+        if email in org.members:
+            return True
+        mine = {o.name.casefold() for o in self.memberships(email)}
+        return any(agency.casefold() in mine for agency in org.agencies)
+
+    def route(self, sender: str, subject: str, recipients: Iterable[str] = ()) -> RouteDecision:
+        """Rules, then the named customer, then the sender's fallbacks."""
+        sender = sender.lower()
+        recipients = tuple(recipients)
+        original = " ".join(subject.split())
+        for number, rule in enumerate(self.config.routing.rules, start=1):
+            if rule_matches(rule, sender, recipients, original):
+                if rule.organization is None:
+                    fallback = self.fallback(sender, original)
+                    return _with(
+                        fallback,
+                        priority=rule.priority,
+                        tags=rule.tags,
+                        reason=f"{fallback.reason}; rule {number} set priority/tags",
+                    )
+                return RouteDecision(
+                    rule.organization,
+                    f"routing rule {number}",
+                    subject=original,
+                    priority=rule.priority,
+                    tags=rule.tags,
+                )
+        return self.by_prefix(sender, original)
+
+    def by_prefix(self, sender: str, subject: str) -> RouteDecision:
+        routing = self.config.routing
+        prefix = extract_prefix(normalize_subject(subject), routing.separators)
+        if prefix is None:
+            return self.fallback(sender, subject)
+        candidates = tuple(self.index.search(prefix.name, limit=3))
+        best = candidates[0] if candidates else None
+        if best is None or best[1] < routing.threshold:
+            fallback = self.fallback(sender, subject)
+            if prefix.common_word:
+                return fallback
+            return _with(
+                fallback,
+                reason=f"{fallback.reason}; prefix {prefix.name!r} names no organization",
+                candidates=candidates,
             )
-    default = config.routing.default_organization
-    if default:
-        return RouteDecision(default, "routing.default_organization", subject=subject)
-    return RouteDecision(None, "no organization: sender is unknown", subject=subject)
+        if len(candidates) > 1 and best[1] - candidates[1][1] < routing.ambiguity_margin:
+            fallback = self.fallback(sender, subject)
+            return _with(
+                fallback,
+                reason=(
+                    f"{fallback.reason}; prefix {prefix.name!r} is ambiguous between "
+                    f"{best[0]} ({best[1]:.0f}) and {candidates[1][0]} ({candidates[1][1]:.0f})"
+                ),
+                candidates=candidates,
+            )
+        name, score = best
+        if not self.authorised(sender, name):
+            fallback = self.fallback(sender, subject)
+            return _with(
+                fallback,
+                reason=f"{fallback.reason}; named {name} but not authorised",
+                candidates=candidates,
+            )
+        return RouteDecision(
+            name,
+            f"subject names {name} ({score:.0f}); sender is {self._relation(sender, name)}",
+            score=score,
+            candidates=candidates,
+            subject=prefix.rest or subject,
+        )
+
+    def _relation(self, sender: str, organization: str) -> str:
+        if sender in self.by_name[organization].members:
+            return "a member"
+        if sender in self.agents:
+            return "an agent"
+        return "a member of its agency"
+
+    def fallback(self, sender: str, subject: str) -> RouteDecision:
+        """Membership, primary membership, domain, default, none — in that order."""
+        orgs = self.memberships(sender)
+        if len(orgs) == 1:
+            return RouteDecision(
+                orgs[0].name, f"sender is a member of {orgs[0].name}", subject=subject
+            )
+        if orgs:
+            primary = next((o for o in orgs if sender in o.primary_for), None)
+            if primary is not None:
+                return RouteDecision(
+                    primary.name,
+                    f"sender's primary organization is {primary.name}",
+                    subject=subject,
+                )
+            return RouteDecision(
+                orgs[0].name,
+                f"sender is a member of {len(orgs)} organizations; {orgs[0].name} is first "
+                "in the config",
+                subject=subject,
+            )
+        routing = self.config.routing
+        domain = domain_of(sender)
+        if not routing.is_freemail(domain):
+            for org in self.config.organizations:
+                if domain_matches(sender, org.domains):
+                    return RouteDecision(
+                        org.name,
+                        f"sender's domain {domain} belongs to {org.name}",
+                        subject=subject,
+                    )
+        if routing.default_organization:
+            default = self.config.organization(routing.default_organization)
+            name = default.name if default else routing.default_organization
+            return RouteDecision(name, "routing.default_organization", subject=subject)
+        return RouteDecision(None, "no organization: sender is unknown", subject=subject)
+
+
+def _with(decision: RouteDecision, **changes: object) -> RouteDecision:
+    return replace(decision, **changes)  # type: ignore[arg-type]
