@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--requester", metavar="EMAIL")
     p.add_argument("--json", action="store_true", help="print the changed ticket as JSON")
 
+    p = command(sub, "route", help="explain which organization a mail would go to (dry run)")
+    p.add_argument("subject", help="the subject line, e.g. 'Müller Logistik: Drucker kaputt'")
+    p.add_argument("--from", dest="sender", required=True, metavar="ADDR", help="sender")
+    p.add_argument("--to", action="append", default=[], metavar="ADDR", help="recipient")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
     command(sub, "check-config", help="validate the configuration and print a summary")
     command(sub, "init-db", help="create or migrate the database schema and sync the config")
     return parser
@@ -157,7 +163,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
     store = _open_store(config)
     try:
-        asyncio.run(serve_until_signalled(config, store))
+        asyncio.run(serve_until_signalled(config, store, lambda: load_config(args.config)))
     except OSError as exc:
         raise CliError(
             f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}"
@@ -218,6 +224,28 @@ def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
     return EX_OK
 
 
+def cmd_route(args: argparse.Namespace, config: Config) -> int:
+    """A dry run of routing: pure on the config, so it opens no database and writes nothing."""
+    from mailgate.routing import Router
+
+    if "@" not in args.sender:
+        raise CliError(f"--from {args.sender!r} is not an email address", EX_USAGE)
+    decision = Router(config).route(args.sender, args.subject, args.to)
+    if args.json:
+        print(json.dumps(decision.as_json(), ensure_ascii=False, indent=2))
+        return EX_OK
+    print(f"organization: {decision.organization or '-'}")
+    print(f"reason:       {decision.reason}")
+    if decision.score is not None:
+        print(f"score:        {decision.score:.1f}")
+    print(f"subject:      {decision.subject}")
+    if decision.priority or decision.tags:
+        print(f"priority:     {decision.priority or 'normal'}; tags: {', '.join(decision.tags)}")
+    for name, score in decision.candidates:
+        print(f"  candidate   {score:5.1f}  {name}")
+    return EX_OK
+
+
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     s = config.server
     print(f"config: {config.source} (ok)")
@@ -240,6 +268,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "serve": cmd_serve,
     "ingest": cmd_ingest,
     "tickets": cmd_tickets,
+    "route": cmd_route,
     "check-config": cmd_check_config,
     "init-db": cmd_init_db,
 }

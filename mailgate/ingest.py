@@ -25,7 +25,7 @@ from mailgate.errors import StoreUnavailable
 from mailgate.models import Attachment, Comment, Organization, Outcome, Participant, Status, Ticket
 from mailgate.models import InboundMessage as InboundRow
 from mailgate.parser import InboundMessage, UnparseableMessage, parse, synthesized_message_id
-from mailgate.routing import RouteDecision, route
+from mailgate.routing import RouteDecision, Router
 from mailgate.store import Store, ensure_blob, ensure_user, is_temporary
 
 log = logging.getLogger(__name__)
@@ -96,16 +96,25 @@ def dedup_key(message_id: str, raw: bytes) -> str:
 
 
 def ingest(
-    store: Store, config: Config, raw: bytes, envelope: Envelope, now: datetime
+    store: Store,
+    config: Config,
+    raw: bytes,
+    envelope: Envelope,
+    now: datetime,
+    router: Router | None = None,
 ) -> IngestResult:
-    """Store one mail and turn it into a ticket; idempotent per Message-ID."""
+    """Store one mail and turn it into a ticket; idempotent per mail.
+
+    ``router`` is built from ``config`` when not given; long-running callers build it once
+    per config load and pass it in.
+    """
     try:
         message = parse(raw)
     except UnparseableMessage as exc:
         reason = f"{UNPARSEABLE}: {exc}"
         return _quarantine(store, raw, envelope, now, synthesized_message_id(raw), reason, None)
     try:
-        return _ingest_parsed(store, config, raw, envelope, message, now)
+        return _ingest_parsed(store, router or Router(config), raw, envelope, message, now)
     except StoreUnavailable:
         raise
     except Exception as exc:
@@ -217,7 +226,7 @@ def participant_addresses(
 
 def _ingest_parsed(
     store: Store,
-    config: Config,
+    router: Router,
     raw: bytes,
     envelope: Envelope,
     message: InboundMessage,
@@ -229,8 +238,10 @@ def _ingest_parsed(
             store, raw, envelope, now, message.message_id, "no sender address (From)", None
         )
     email, name = sender
+    config = router.config
     subject = message.subject.strip() or NO_SUBJECT
-    decision: RouteDecision = route(email, subject, config)
+    recipients = (*envelope.rcpt_to, *(a.email for a in (*message.to, *message.cc)))
+    decision: RouteDecision = router.route(email, subject, recipients)
 
     with store.transaction() as session:
         inbound = _new_inbound(
@@ -253,6 +264,8 @@ def _ingest_parsed(
             updated_at=now,
             routing_reason=decision.reason,
             routing_score=decision.score,
+            priority=decision.priority or "normal",
+            tags=list(decision.tags),
         )
         session.add(ticket)
         for p_email, p_name in participant_addresses(message, email, config):

@@ -129,6 +129,8 @@ class Ticket(Base):
     follow_up_of: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     routing_reason: Mapped[str] = mapped_column(Text, default="")
     routing_score: Mapped[float | None] = mapped_column(Float)
+    priority: Mapped[str] = mapped_column(String(16), default="normal")
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
 
     organization: Mapped[Organization | None] = relationship()
     requester: Mapped[User] = relationship()

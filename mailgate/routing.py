@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from rapidfuzz import fuzz, process
+from rapidfuzz import fuzz
 
 from mailgate.config import Config, OrganizationConfig, RoutingRule
 
@@ -150,6 +150,7 @@ def extract_prefix(subject: str, separators: Iterable[str] = (":",)) -> Prefix |
 
 _TRANSLIT = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "æ": "ae", "ø": "oe"})
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+_CONJUNCTIONS = frozenset({"und", "and", "et"})
 # Legal forms, as token sequences after punctuation is collapsed ("e.V." → "e v").
 _LEGAL_FORMS = sorted(
     (
@@ -212,7 +213,8 @@ def normalize_name(name: str) -> str:
     """Case-fold, transliterate umlauts, fold accents, drop legal forms and punctuation."""
     text = name.casefold().replace("&", " ").translate(_TRANSLIT)
     text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    tokens = _NON_WORD.sub(" ", text).split()
+    # "und", "and" and "&" join names but carry nothing: "Schmidt und Söhne" = "Schmidt & Söhne".
+    tokens = [t for t in _NON_WORD.sub(" ", text).split() if t not in _CONJUNCTIONS]
     changed = True
     while changed and len(tokens) > 1:
         changed = False
@@ -282,14 +284,9 @@ class NameIndex:
             counts.update(postings)
         entries = [entry for entry, _ in counts.most_common(_CANDIDATES)]
         best: dict[str, float] = {}
-        scored = process.extract(
-            key,
-            {entry: self.keys[entry] for entry in entries},
-            scorer=similarity,
-            limit=None,
-        )
-        for _, score, entry in scored:
+        for entry in entries:
             owner = self.owners[entry]
+            score = similarity(key, self.keys[entry])
             if score > best.get(owner, -1.0):
                 best[owner] = score
         for owner in self.exact.get(key, ()):

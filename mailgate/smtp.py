@@ -23,9 +23,10 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailgate.config import Config
-from mailgate.errors import StoreUnavailable
+from mailgate.errors import ConfigError, StoreUnavailable
 from mailgate.ingest import Envelope as MailEnvelope
 from mailgate.ingest import IngestResult, ingest
+from mailgate.routing import Router
 from mailgate.store import Store
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ class Handler:
         clock: Clock = utc_now,
         lmtp: bool = False,
     ) -> None:
-        self.config = config
+        # Config and router are swapped together, in one assignment, on reload (SIGHUP).
+        self.state: tuple[Config, Router] = (config, Router(config))
         self.store = store
         self.executor = executor
         self.clock = clock
@@ -105,7 +107,8 @@ class Handler:
         local, at, domain = address.rpartition("@")
         if not at or not local:
             return RCPT_BAD_SYNTAX
-        if domain.lower().rstrip(".") not in self.config.mail.domains:
+        config, _ = self.state
+        if domain.lower().rstrip(".") not in config.mail.domains:
             log.info("refused recipient %s from %s", address, session.peer)
             return RCPT_UNKNOWN
         envelope.rcpt_tos.append(address)
@@ -121,8 +124,9 @@ class Handler:
         self._idle.clear()
         try:
             # Database work runs off the event loop so other sessions stay responsive.
+            config, router = self.state
             result = await loop.run_in_executor(
-                self.executor, ingest, self.store, self.config, raw, mail_envelope, self.clock()
+                self.executor, ingest, self.store, config, raw, mail_envelope, self.clock(), router
             )
             reply = stored_reply(result)
         except StoreUnavailable as exc:
@@ -193,6 +197,34 @@ class MailServer:
         )
         return self.port
 
+    async def reload(self, load: Callable[[], Config]) -> bool:
+        """Re-read the config, sync it and rebuild the router off the loop, then swap.
+
+        An invalid config (or a database that cannot take the sync) is refused with a log
+        line, and the config in force stays.
+        """
+        assert self.handler is not None
+        loop = asyncio.get_running_loop()
+
+        def prepare() -> tuple[Config, Router]:
+            config = load()
+            self.store.sync(config, self.clock())
+            return config, Router(config)
+
+        try:
+            config, router = await loop.run_in_executor(self.executor, prepare)
+        except (ConfigError, StoreUnavailable) as exc:
+            log.error("config reload refused, the previous config stays in force: %s", exc)
+            return False
+        if config.server != self.config.server:
+            log.warning("[server] changes take effect only after a restart")
+        self.handler.state = (config, router)
+        self.config = config
+        log.info(
+            "config reloaded from %s: %d organizations", config.source, len(config.organizations)
+        )
+        return True
+
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, let messages being stored finish their transaction, then close."""
         if self.server is not None:
@@ -209,14 +241,25 @@ class MailServer:
         await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown, True)
 
 
-async def serve_until_signalled(config: Config, store: Store) -> None:
-    """``mailgate serve``: run until SIGTERM/SIGINT, then shut down gracefully."""
+async def serve_until_signalled(
+    config: Config, store: Store, load: Callable[[], Config] | None = None
+) -> None:
+    """``mailgate serve``: run until SIGTERM/SIGINT; SIGHUP reloads the config via ``load``."""
     server = MailServer(config, store)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+    if load is not None:
+
+        def on_hup() -> None:
+            task = loop.create_task(server.reload(load))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
     log.info("shutting down: finishing messages in flight")
     await server.stop()

@@ -306,6 +306,8 @@ def ticket_detail(session: Session, ticket: Ticket) -> dict[str, Any]:
             "closed_at": iso(ticket.closed_at),
             "follow_up_of": ticket.follow_up_of,
             "routing": {"reason": ticket.routing_reason, "score": ticket.routing_score},
+            "priority": ticket.priority,
+            "tags": list(ticket.tags),
             "participants": [p.user.email for p in ticket.participants],
             "comments": [
                 {

@@ -6,6 +6,8 @@ import json
 import re
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 
 from mailgate.config import Config
 
-from .conftest import MAILGATE, mail, send
+from .conftest import BASE_CONFIG, MAILGATE, mail, send
 from .test_smtp import database_write_locked
 
 
@@ -34,26 +36,50 @@ def as_json(proc: subprocess.CompletedProcess[bytes]) -> Any:
     return json.loads(proc.stdout)
 
 
+class Daemon:
+    """`mailgate serve` as a subprocess; its log lines are collected as they come."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.proc = subprocess.Popen(
+            [*MAILGATE, "--config", str(config_path), "serve"], stderr=subprocess.PIPE
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        match = self.wait_for(r"listening on 127\.0\.0\.1:(\d+)")
+        self.port = int(match.group(1))
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.decode())
+
+    def wait_for(self, pattern: str, start: int = 0, timeout: float = 60) -> re.Match[str]:
+        """The first log line from ``start`` on that matches (waits on the pipe, not a clock)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines[start:]:
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no log line matching {pattern!r}:\n{''.join(self.lines)}")
+
+
 @pytest.fixture
-def serve(config_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """`mailgate serve` as a subprocess on a free port."""
-    proc = subprocess.Popen(
-        [*MAILGATE, "--config", str(config_path), "serve"], stderr=subprocess.PIPE
-    )
-    assert proc.stderr is not None
-    port = None
-    lines = []
-    for line in proc.stderr:
-        lines.append(line.decode())
-        match = re.search(rb"listening on 127\.0\.0\.1:(\d+)", line)
-        if match:
-            port = int(match.group(1))
-            break
-    assert port, "".join(lines)
-    yield proc, port
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(10)
+def daemon(config_path: Path) -> Iterator[Daemon]:
+    d = Daemon(config_path)
+    yield d
+    if d.proc.poll() is None:
+        d.proc.kill()
+    d.proc.wait(10)
+
+
+@pytest.fixture
+def serve(daemon: Daemon) -> tuple[subprocess.Popen[bytes], int]:
+    return daemon.proc, daemon.port
 
 
 def test_serve_ingests_mail_and_stops_cleanly_on_sigterm(
@@ -65,7 +91,7 @@ def test_serve_ingests_mail_and_stops_cleanly_on_sigterm(
     tickets = as_json(mailgate(config_path, "tickets", "list", "--json"))
     assert [(t["subject"], t["status"], t["organization"], t["requester"]) for t in tickets] == [
         (
-            "Müller Logistik: Drucker kaputt",
+            "Drucker kaputt",
             "new",
             "Müller Logistik GmbH",
             "anna@mueller-logistik.de",
@@ -82,9 +108,62 @@ def test_serve_ingests_mail_and_stops_cleanly_on_sigterm(
     }
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
-    assert proc.stderr is not None
-    tail = proc.stderr.read().decode()
-    assert "Traceback" not in tail and "stopped" in tail
+
+
+def test_sighup_reloads_routing_and_refuses_a_bad_config(
+    daemon: Daemon, make_config: Callable[..., tuple[Config, Path]], config_path: Path
+) -> None:
+    """SIGHUP swaps in a new config; an invalid one is refused and the old one stays."""
+    send(daemon.port, mail(sender="neu@kunde-neu.de", subject="Vorher"))
+    orgs = [*BASE_CONFIG["organizations"], {"name": "Kunde Neu", "members": ["neu@kunde-neu.de"]}]
+    make_config({"organizations": orgs})
+    mark = len(daemon.lines)
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for(r"config reloaded from .*: 3 organizations", mark)
+    send(daemon.port, mail(sender="neu@kunde-neu.de", subject="Nachher"))
+
+    good = config_path.read_text()
+    config_path.write_text(good + "\n[server]\nport = 'kaputt'\n")
+    mark = len(daemon.lines)
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for(r"config reload refused, the previous config stays in force", mark)
+    send(daemon.port, mail(sender="neu@kunde-neu.de", subject="Danach"))
+
+    config_path.write_text(good)
+    tickets = as_json(mailgate(config_path, "tickets", "list", "--json"))
+    assert [(t["subject"], t["organization"]) for t in tickets] == [
+        ("Vorher", None),
+        ("Nachher", "Kunde Neu"),
+        ("Danach", "Kunde Neu"),
+    ]
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(30) == 0
+    daemon._reader.join(10)
+    assert "Traceback" not in "".join(daemon.lines)
+    assert "stopped" in daemon.lines[-1]
+
+
+def test_route_explains_without_writing(config_path: Path, tmp_path: Path) -> None:
+    """`mailgate route` is a dry run: JSON contract, and no database is created."""
+    proc = mailgate(
+        config_path,
+        "route",
+        "--from",
+        "berater@agentur.de",
+        "AW: Mueller Logistik: Drucker kaputt",
+        "--json",
+    )
+    decision = as_json(proc)
+    assert decision["organization"] == "Müller Logistik GmbH"
+    assert decision["subject"] == "Drucker kaputt"
+    assert decision["score"] >= 85
+    assert decision["candidates"][0] == {"name": "Müller Logistik GmbH", "score": decision["score"]}
+    assert set(decision) >= {"organization", "reason", "score", "subject", "candidates"}
+    assert not list(tmp_path.glob("*.db"))
+    text = mailgate(config_path, "route", "--from", "fremd@gmail.com", "Müller Logistik: x")
+    assert b"named M\xc3\xbcller Logistik GmbH but not authorised" in text.stdout
+    bad = mailgate(config_path, "route", "--from", "nobody", "x")
+    assert bad.returncode == 2 and b"not an email address" in bad.stderr
 
 
 def test_ingest_prints_the_json_contract(config_path: Path) -> None:

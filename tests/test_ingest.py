@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -178,3 +180,46 @@ def test_real_world_corpus_ends_in_the_ledger(store: Store, config: Config, cloc
     # .msg files, MIME part fragments) or has no sender at all; never for a bug.
     assert set(reasons) <= {"unparseable", "no sender address (From)"}, reasons
     assert results["created"] >= 800
+
+
+def test_routing_rule_and_named_customer_reach_the_ticket(
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock
+) -> None:
+    """The stored ticket carries the router's organization, stripped subject, reason, tags."""
+    config, _ = make_config(
+        {
+            "routing": {
+                "rules": [
+                    {
+                        "from": "*@monitoring.example",
+                        "organization": "Agentur Blau",
+                        "priority": "urgent",
+                        "tags": ["monitoring"],
+                    }
+                ]
+            }
+        }
+    )
+    alarm = ingest(
+        store, config, mail(sender="nagios@monitoring.example", subject="DOWN"), Envelope(), clock()
+    )
+    named = ingest(
+        store,
+        config,
+        mail(sender="berater@agentur.de", subject="AW: Müller Logistik: Drucker kaputt"),
+        Envelope(),
+        clock(),
+    )
+    with store.transaction() as s:
+        assert alarm.ticket is not None and named.ticket is not None
+        rule = ticket_detail(s, get_ticket(s, alarm.ticket))
+        prefix = ticket_detail(s, get_ticket(s, named.ticket))
+    assert (rule["organization"], rule["priority"], rule["tags"]) == (
+        "Agentur Blau",
+        "urgent",
+        ["monitoring"],
+    )
+    assert rule["routing"]["reason"] == "routing rule 1"
+    assert (prefix["organization"], prefix["subject"]) == ("Müller Logistik GmbH", "Drucker kaputt")
+    assert prefix["routing"]["score"] == 100.0
+    assert "sender is a member" in prefix["routing"]["reason"]
