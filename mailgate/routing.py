@@ -209,20 +209,41 @@ _LEGAL_FORMS = sorted(
 )
 
 
+# Forms with a long word, which people mistype; only these are compared fuzzily.
+_LONG_FORMS = tuple(form for form in _LEGAL_FORMS if any(len(word) >= 7 for word in form))
+_FORMS_BY_LAST_WORD: dict[str, tuple[tuple[str, ...], ...]] = {
+    last: tuple(form for form in _LEGAL_FORMS if form[-1] == last)
+    for last in {form[-1] for form in _LEGAL_FORMS}
+}
+
+
+def _legal_form_at_end(tokens: list[str], form: tuple[str, ...]) -> bool:
+    """The name ends in this legal form; long words may carry a typo ("haftungsbeschräkt")."""
+    tail = tokens[-len(form) :]
+    return all(
+        t == f or (len(f) >= 7 and fuzz.ratio(t, f) >= 85) for t, f in zip(tail, form, strict=True)
+    )
+
+
 def normalize_name(name: str) -> str:
     """Case-fold, transliterate umlauts, fold accents, drop legal forms and punctuation."""
     text = name.casefold().replace("&", " ").translate(_TRANSLIT)
     text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     # "und", "and" and "&" join names but carry nothing: "Schmidt und Söhne" = "Schmidt & Söhne".
     tokens = [t for t in _NON_WORD.sub(" ", text).split() if t not in _CONJUNCTIONS]
-    changed = True
-    while changed and len(tokens) > 1:
-        changed = False
-        for form in _LEGAL_FORMS:
-            if len(tokens) > len(form) and tuple(tokens[-len(form) :]) == form:
-                tokens = tokens[: -len(form)]
-                changed = True
-                break
+    while len(tokens) > 1:
+        candidates = (*_FORMS_BY_LAST_WORD.get(tokens[-1], ()), *_LONG_FORMS)
+        size = next(
+            (
+                len(form)
+                for form in candidates  # longest first: "gmbh co kg" before "kg"
+                if len(tokens) > len(form) and _legal_form_at_end(tokens, form)
+            ),
+            0,
+        )
+        if not size:
+            break
+        tokens = tokens[:-size]
     return " ".join(tokens)
 
 
@@ -237,8 +258,10 @@ def similarity(a: str, b: str) -> float:
 
 # --- the index -------------------------------------------------------------------------------
 
-_CANDIDATES = 32  # entries scored exactly per query, after trigram pre-selection
-_MAX_POSTINGS = 2000  # trigrams more common than this say little; skip them when others exist
+_CANDIDATES = 96  # entries scored exactly per query, after trigram pre-selection
+# Postings read per query, rarest trigrams first: rare trigrams select, common ones
+# ("er ", "ung") mostly cost time. Bounds the work per mail at any number of organizations.
+_POSTINGS_BUDGET = 12_000
 
 
 def _trigrams(key: str) -> set[str]:
@@ -275,13 +298,18 @@ class NameIndex:
         key = normalize_name(name)
         if not key or not self.keys:
             return []
-        lists = [self.postings[g] for g in _trigrams(key) if g in self.postings]
-        informative = [p for p in lists if len(p) <= _MAX_POSTINGS]
-        if not informative and lists:
-            informative = sorted(lists, key=len)[:3]
+        # Sorted, so that equal counts break the same way in every process (no hash order).
+        lists = sorted(
+            (self.postings[g] for g in _trigrams(key) if g in self.postings),
+            key=lambda postings: (len(postings), postings[0]),
+        )
         counts: Counter[int] = Counter()
-        for postings in informative:
+        budget = _POSTINGS_BUDGET
+        for postings in lists:
+            if budget <= 0:
+                break
             counts.update(postings)
+            budget -= len(postings)
         entries = [entry for entry, _ in counts.most_common(_CANDIDATES)]
         best: dict[str, float] = {}
         for entry in entries:
@@ -289,7 +317,8 @@ class NameIndex:
             score = similarity(key, self.keys[entry])
             if score > best.get(owner, -1.0):
                 best[owner] = score
-        for owner in self.exact.get(key, ()):
+        exact = self.exact.get(key, set())
+        for owner in exact:
             best[owner] = 100.0
         ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))
         return ranked[:limit]
@@ -335,10 +364,25 @@ class Router:
             for member in org.members:
                 self._member_of.setdefault(member, []).append(org)
         self.agents = frozenset(config.agents.addresses)
+        # Domain → first organization (config order) that lists it: one look-up per mail.
+        self._domain_owner: dict[str, str] = {}
+        for org in config.organizations:
+            for domain in org.domains:
+                self._domain_owner.setdefault(domain, org.name)
+        self._by_casefold = {org.name.casefold(): org.name for org in config.organizations}
 
     def memberships(self, email: str) -> tuple[OrganizationConfig, ...]:
         """The organizations the address is a member of, in config order."""
         return tuple(self._member_of.get(email.lower(), ()))
+
+    def domain_owner(self, domain: str) -> str | None:
+        """The organization owning the domain or its nearest parent (a.b.c, b.c, c)."""
+        labels = domain.lower().split(".")
+        for i in range(len(labels) - 1):
+            owner = self._domain_owner.get(".".join(labels[i:]))
+            if owner is not None:
+                return owner
+        return None
 
     def authorised(self, email: str, organization: str) -> bool:
         """May this sender put a ticket into that organization by naming it?"""
@@ -391,7 +435,12 @@ class Router:
                 reason=f"{fallback.reason}; prefix {prefix.name!r} names no organization",
                 candidates=candidates,
             )
-        if len(candidates) > 1 and best[1] - candidates[1][1] < routing.ambiguity_margin:
+        if (
+            len(candidates) > 1
+            and best[1] - candidates[1][1] < routing.ambiguity_margin
+            # A name typed exactly is meant: it wins unless another is just as exact.
+            and not (best[1] == 100.0 and candidates[1][1] < 100.0)
+        ):
             fallback = self.fallback(sender, subject)
             return _with(
                 fallback,
@@ -448,16 +497,15 @@ class Router:
         routing = self.config.routing
         domain = domain_of(sender)
         if not routing.is_freemail(domain):
-            for org in self.config.organizations:
-                if domain_matches(sender, org.domains):
-                    return RouteDecision(
-                        org.name,
-                        f"sender's domain {domain} belongs to {org.name}",
-                        subject=subject,
-                    )
+            owner = self.domain_owner(domain)
+            if owner is not None:
+                return RouteDecision(
+                    owner, f"sender's domain {domain} belongs to {owner}", subject=subject
+                )
         if routing.default_organization:
-            default = self.config.organization(routing.default_organization)
-            name = default.name if default else routing.default_organization
+            name = self._by_casefold.get(
+                routing.default_organization.casefold(), routing.default_organization
+            )
             return RouteDecision(name, "routing.default_organization", subject=subject)
         return RouteDecision(None, "no organization: sender is unknown", subject=subject)
 

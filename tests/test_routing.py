@@ -328,3 +328,30 @@ def test_routing_never_raises_nor_leaks(sender: str, subject: str) -> None:
 def test_normalize_name_total(name: str) -> None:
     normalize_name(name)
     ROUTER.index.search(name)
+
+
+def test_exact_name_wins_over_near_miss_and_most_specific_domain_wins() -> None:
+    """A name typed exactly is meant; a subdomain listed by another org beats its parent."""
+    config = parse_config(
+        {
+            "agents": {"addresses": [AGENT]},
+            "organizations": [
+                {"name": "Bäckerei Frank", "domains": ["backhaus.example"]},
+                {"name": "Bäckerei Franke e.K.", "domains": ["filiale.backhaus.example"]},
+            ],
+        }
+    )
+    router = Router(config)
+    exact = router.route(AGENT, "Bäckerei Franke: Kasse")
+    assert exact.organization == "Bäckerei Franke e.K."
+    assert [name for name, _ in exact.candidates][:2] == ["Bäckerei Franke e.K.", "Bäckerei Frank"]
+    near = router.route(AGENT, "Bäckerei Frankk: Kasse")  # equally close to both: no guess
+    assert near.organization is None and "ambiguous" in near.reason
+    assert router.route("a@filiale.backhaus.example", "x").organization == "Bäckerei Franke e.K."
+    assert router.route("a@backhaus.example", "x").organization == "Bäckerei Frank"
+    assert router.route("a@x.backhaus.example", "x").organization == "Bäckerei Frank"
+
+
+def test_legal_form_typos_are_still_dropped() -> None:
+    assert normalize_name("Hansen IT UG (haftungsbeschräkt)") == "hansen it"
+    assert normalize_name("Northwind Trading Limted") == "northwind trading"
