@@ -1,0 +1,194 @@
+"""Which ticket a mail continues, and what an agent's mail asks for.
+
+"My reply became a new ticket" and "a stranger's mail landed on my ticket" are the two
+complaints this module exists to prevent. The decision is pure: ingest gathers the facts
+(the ticket behind a reply token, behind a referenced Message-ID, behind a subject tag) and
+:func:`match_thread` weighs them, first hit wins, each with its reason. Only the reply token
+is unforgeable; references and tags count only for senders the ticket already knows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from mailgate.models import Status
+
+# --- reply tokens: support+<ticket>-<mac>@domain -------------------------------------------
+
+_MAC_LENGTH = 12  # hex digits of HMAC-SHA256: 48 bits, lower case survives any MTA
+_TOKEN = re.compile(
+    r"^(?P<local>[^+@]+)\+(?P<ticket>\d{1,12})-(?P<mac>[0-9a-f]{12})@(?P<domain>.+)$"
+)
+
+
+def _mac(ticket_id: int, secret: str) -> str:
+    digest = hmac.new(secret.encode(), f"ticket:{ticket_id}".encode(), hashlib.sha256)
+    return digest.hexdigest()[:_MAC_LENGTH]
+
+
+def reply_address(ticket_id: int, address: str, secret: str) -> str:
+    """Our address with the ticket's token: ``support+42-3f2a…@support.example.com``."""
+    local, _, domain = address.partition("@")
+    return f"{local}+{ticket_id}-{_mac(ticket_id, secret)}@{domain}"
+
+
+def ticket_from_token(recipients: Iterable[str], secret: str) -> int | None:
+    """The ticket named by a valid reply token among the recipients, else None."""
+    for recipient in recipients:
+        match = _TOKEN.match(recipient.strip().lower())
+        if match is None:
+            continue
+        ticket_id = int(match.group("ticket"))
+        if hmac.compare_digest(match.group("mac"), _mac(ticket_id, secret)):
+            return ticket_id
+    return None
+
+
+# --- subject tags: [#123] ----------------------------------------------------------------------
+
+DEFAULT_TAG = r"\[#(\d+)\]"
+
+
+def ticket_from_tag(subject: str, pattern: str = DEFAULT_TAG) -> int | None:
+    """The ticket number in the subject tag, when there is one."""
+    match = re.search(pattern, subject)
+    if match is None:
+        return None
+    try:
+        return int(match.group(1))
+    except (IndexError, ValueError):
+        return None
+
+
+# --- the decision ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TicketFacts:
+    """What the threading decision needs to know about one existing ticket."""
+
+    id: int
+    status: str
+    organization: str | None
+    requester: str
+    participants: frozenset[str] = frozenset()
+    members: frozenset[str] = frozenset()  # members of the ticket's organization
+
+    def knows(self, email: str, agents: frozenset[str]) -> bool:
+        """Requester, participant, member of its organization, or agent (user rule)."""
+        return (
+            email == self.requester
+            or email in self.participants
+            or email in self.members
+            or email in agents
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A Message-ID the mail refers to that we stored, and the ticket it belongs to."""
+
+    ticket: TicketFacts
+    sent_to_sender: bool  # one of our notifications, addressed to this very sender
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadMatch:
+    """The ticket a mail continues (None: a new ticket), how it was found, and why."""
+
+    ticket: TicketFacts | None
+    via: str  # "token" | "references" | "tag" | "new"
+    reason: str
+
+
+NO_REFERENCE = "no reference to an existing ticket"
+
+
+def match_thread(
+    sender: str,
+    agents: frozenset[str],
+    token: TicketFacts | None,
+    references: Sequence[Reference],
+    tag: TicketFacts | None,
+) -> ThreadMatch:
+    """First hit wins: reply token, then references, then subject tag, else new."""
+    if token is not None:
+        return ThreadMatch(token, "token", f"reply token for ticket #{token.id}")
+    refused: list[str] = []
+    for ref in references:
+        if ref.sent_to_sender or ref.ticket.knows(sender, agents):
+            return ThreadMatch(
+                ref.ticket, "references", f"In-Reply-To/References name ticket #{ref.ticket.id}"
+            )
+        refused.append(f"#{ref.ticket.id}")
+    if tag is not None:
+        if tag.knows(sender, agents):
+            return ThreadMatch(tag, "tag", f"subject tag [#{tag.id}]")
+        return ThreadMatch(None, "new", f"tag [#{tag.id}] from unauthorised sender")
+    if refused:
+        return ThreadMatch(
+            None, "new", f"references to ticket {', '.join(refused)} from unauthorised sender"
+        )
+    return ThreadMatch(None, "new", NO_REFERENCE)
+
+
+def status_after_reply(status: str, by_agent: bool, auto_reply: bool) -> str:
+    """A customer's reply reopens a pending or solved ticket; agents and robots do not.
+
+    An agent's answer to a new ticket makes it open: a person has taken it up.
+    """
+    if auto_reply:
+        return status
+    if by_agent:
+        return Status.OPEN.value if status == Status.NEW else status
+    if status in (Status.PENDING, Status.SOLVED):
+        return Status.OPEN.value
+    return status
+
+
+# --- agent commands ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One ``#command argument`` line from the top of an agent's mail."""
+
+    name: str
+    argument: str
+    line: str
+
+
+COMMANDS = ("status", "org", "requester", "note", "private")
+_COMMAND_LINE = re.compile(r"^#(?P<name>[a-z]+)\b[ \t]*(?P<argument>.*?)\s*$", re.IGNORECASE)
+
+
+def split_commands(body: str) -> tuple[tuple[Command, ...], str]:
+    """Commands on the lines at the top of the body, and the body without them.
+
+    Only the leading block counts (blank lines allowed between commands), so a ``#`` later
+    in the text — a hashtag, a shell comment in a quoted log — is just text.
+    """
+    lines = body.split("\n")
+    commands: list[Command] = []
+    index = 0
+    while index < len(lines):
+        line = lines[index].strip()
+        if not line:
+            index += 1
+            continue
+        match = _COMMAND_LINE.match(line)
+        if match is None:
+            break
+        commands.append(Command(match.group("name").lower(), match.group("argument"), line))
+        index += 1
+    if not commands:
+        return (), body
+    return tuple(commands), "\n".join(lines[index:]).strip()
+
+
+def is_private(commands: Iterable[Command]) -> bool:
+    return any(c.name in ("note", "private") for c in commands)
