@@ -47,6 +47,9 @@ class MailConfig:
     domains: tuple[str, ...] = ("support.example.com",)
     address: str = "support@support.example.com"
     language: str = "de"
+    # Key for the reply tokens in our Reply-To addresses. Unset: $MAILGATE_SECRET, else one
+    # is generated on first start and kept in the database (shared by all instances).
+    secret: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,14 @@ class RoutingConfig:
 @dataclass(frozen=True, slots=True)
 class TicketsConfig:
     close_after: timedelta = timedelta(days=3)
+    # How ticket numbers appear in subjects; "{id}" is the number.
+    tag: str = "[#{id}]"
+
+    @property
+    def tag_regex(self) -> str:
+        """The tag as a regular expression with the number as group 1."""
+        before, _, after = self.tag.partition("{id}")
+        return re.escape(before) + r"\s*(\d+)\s*" + re.escape(after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +322,20 @@ def _regex(value: Any) -> str:
     return text
 
 
+def _secret(value: Any) -> str:
+    text = _str(value)
+    if len(text) < 16:
+        raise ValueError("must be at least 16 characters (it keys the reply tokens)")
+    return text
+
+
+def _tag(value: Any) -> str:
+    text = _str(value)
+    if text.count("{id}") != 1:
+        raise ValueError("must contain '{id}' exactly once, e.g. '[#{id}]'")
+    return text
+
+
 def _lower(value: Any) -> str:
     return _str(value).lower()
 
@@ -372,11 +397,12 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
     )
 
     d_mail = MailConfig()
-    s = _Section(data.get("mail", {}), "mail", {"domains", "address", "language"})
+    s = _Section(data.get("mail", {}), "mail", {"domains", "address", "language", "secret"})
     mail = MailConfig(
         domains=s.get("domains", d_mail.domains, _list(_domain)),
         address=s.get("address", d_mail.address, _email),
         language=s.get("language", d_mail.language, _choice("de", "en")),
+        secret=s.get("secret", None, _secret) or os.environ.get("MAILGATE_SECRET") or None,
     )
     if not mail.domains:
         raise ConfigError("[mail].domains: must name at least one domain we accept mail for")
@@ -421,9 +447,10 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
     if ":" not in routing.separators:
         routing = replace(routing, separators=(":", *routing.separators))
 
-    s = _Section(data.get("tickets", {}), "tickets", {"close_after"})
+    s = _Section(data.get("tickets", {}), "tickets", {"close_after", "tag"})
     tickets = TicketsConfig(
-        close_after=s.get("close_after", TicketsConfig().close_after, _duration)
+        close_after=s.get("close_after", TicketsConfig().close_after, _duration),
+        tag=s.get("tag", TicketsConfig().tag, _tag),
     )
 
     s = _Section(data.get("agents", {}), "agents", {"addresses"})

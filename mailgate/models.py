@@ -223,6 +223,8 @@ class Outbox(Base):
     subject: Mapped[str] = mapped_column(Text, default="")
     message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     message: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # What the renderer needs beyond the ticket: the comment to send, an error to explain.
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)

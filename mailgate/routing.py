@@ -71,11 +71,12 @@ _REPLY_PREFIX = re.compile(
 _TICKET_TAG = re.compile(r"\s*\[#\s*\d+\]\s*")
 
 
-def normalize_subject(subject: str) -> str:
+def normalize_subject(subject: str, tag_regex: str | None = None) -> str:
     """Strip reply/forward prefixes (repeated, mixed) and our ``[#123]`` tags; keep the rest."""
+    tag = _TICKET_TAG if tag_regex is None else re.compile(rf"\s*{tag_regex}\s*")
     text = " ".join(subject.split())
     while True:
-        stripped = _TICKET_TAG.sub(" ", text).strip()
+        stripped = tag.sub(" ", text).strip()
         stripped = _REPLY_PREFIX.sub("", stripped).strip()
         if stripped == text:
             return text
@@ -421,7 +422,9 @@ class Router:
 
     def by_prefix(self, sender: str, subject: str) -> RouteDecision:
         routing = self.config.routing
-        prefix = extract_prefix(normalize_subject(subject), routing.separators)
+        prefix = extract_prefix(
+            normalize_subject(subject, self.config.tickets.tag_regex), routing.separators
+        )
         if prefix is None:
             return self.fallback(sender, subject)
         candidates = tuple(self.index.search(prefix.name, limit=3))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -220,6 +221,17 @@ def ensure_user(session: Session, email: str, name: str, now: datetime) -> User:
     elif name and not user.name:
         user.name = name
     return user
+
+
+def ensure_secret(session: Session) -> str:
+    """The reply-token key kept in the database, generated once for all instances."""
+    row = session.get(Meta, "secret")
+    if row is None:
+        stmt = _insert(session)(Meta).values(key="secret", value=secrets.token_hex(32))
+        session.execute(stmt.on_conflict_do_nothing(index_elements=["key"]))
+        row = session.get(Meta, "secret")
+        assert row is not None
+    return row.value
 
 
 def ensure_blob(session: Session, data: bytes) -> str:
