@@ -21,12 +21,46 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgate.config import Config
-from mailgate.errors import StoreUnavailable
-from mailgate.models import Attachment, Comment, Organization, Outcome, Participant, Status, Ticket
+from mailgate.errors import NotFound, Refused, StoreUnavailable
+from mailgate.filters import auto_reply_reason
+from mailgate.models import (
+    Attachment,
+    Comment,
+    Membership,
+    Organization,
+    Outbox,
+    Outcome,
+    Participant,
+    Status,
+    Ticket,
+    User,
+)
 from mailgate.models import InboundMessage as InboundRow
 from mailgate.parser import InboundMessage, UnparseableMessage, parse, synthesized_message_id
-from mailgate.routing import RouteDecision, Router
-from mailgate.store import Store, ensure_blob, ensure_user, is_temporary
+from mailgate.quotes import forwarded_original, strip_quoted
+from mailgate.routing import RouteDecision, Router, normalize_subject
+from mailgate.store import (
+    Store,
+    ensure_blob,
+    ensure_secret,
+    ensure_user,
+    is_temporary,
+    update_ticket,
+)
+from mailgate.threads import (
+    COMMANDS,
+    NO_REFERENCE,
+    Command,
+    Reference,
+    ThreadMatch,
+    TicketFacts,
+    is_private,
+    match_thread,
+    split_commands,
+    status_after_reply,
+    ticket_from_tag,
+    ticket_from_token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -237,63 +271,383 @@ def _ingest_parsed(
         return _quarantine(
             store, raw, envelope, now, message.message_id, "no sender address (From)", None
         )
-    email, name = sender
     config = router.config
-    subject = message.subject.strip() or NO_SUBJECT
     recipients = (*envelope.rcpt_to, *(a.email for a in (*message.to, *message.cc)))
-    decision: RouteDecision = router.route(email, subject, recipients)
+    mail = _Mail(message, sender[0], sender[1], recipients, auto_reply_reason(message))
 
     with store.transaction() as session:
-        inbound = _new_inbound(
-            session, raw, envelope, now, message.message_id, Outcome.CREATED, decision.reason
-        )
+        inbound = _new_inbound(session, raw, envelope, now, message.message_id, Outcome.CREATED, "")
         if inbound is None:
             return _duplicate(message.message_id)
-        requester = ensure_user(session, email, name, now)
-        org = None
-        if decision.organization is not None:
-            org = session.scalar(
-                select(Organization).where(Organization.name == decision.organization)
-            )
-        ticket = Ticket(
-            subject=decision.subject or subject,
-            status=Status.NEW.value,
-            organization=org,
-            requester=requester,
-            created_at=now,
-            updated_at=now,
-            routing_reason=decision.reason,
-            routing_score=decision.score,
-            priority=decision.priority or "normal",
-            tags=list(decision.tags),
-        )
-        session.add(ticket)
-        for p_email, p_name in participant_addresses(message, email, config):
-            ticket.participants.append(Participant(user=ensure_user(session, p_email, p_name, now)))
-        comment = Comment(
-            author=requester,
-            body=message.text,
-            public=True,
-            message_id=message.message_id,
-            inbound_message_id=inbound.id,
-            created_at=now,
-        )
-        ticket.comments.append(comment)
-        for part in message.attachments:
-            comment.attachments.append(
-                Attachment(
-                    filename=part.filename,
-                    content_type=part.content_type,
-                    content_id=part.content_id,
-                    size=part.size,
-                    sha256=ensure_blob(session, part.data),
-                )
-            )
+        secret = config.mail.secret or ensure_secret(session)
+        token, references, tag = _thread_facts(session, mail, config, secret)
+        match = match_thread(mail.sender, router.agents, token, references, tag)
+        ticket = session.get(Ticket, match.ticket.id) if match.ticket is not None else None
+        if ticket is None:
+            if mail.auto_reply:
+                outcome, reason = Outcome.IGNORED, f"auto-reply ({mail.auto_reply}) to no ticket"
+            else:
+                ticket, reason = _new_ticket(session, router, mail, inbound, match, now)
+                outcome = Outcome.CREATED
+        elif ticket.status == Status.CLOSED:
+            if mail.auto_reply:
+                outcome = Outcome.IGNORED
+                reason = f"auto-reply ({mail.auto_reply}) to closed ticket #{ticket.id}"
+                ticket = None
+            else:
+                ticket = _follow_up(session, ticket, mail, inbound, now)
+                outcome, reason = Outcome.CREATED, ticket.routing_reason
+        else:
+            reason = _reply(session, router, ticket, mail, inbound, match, now)
+            outcome = Outcome.COMMENTED
         session.flush()
-        inbound.ticket_id = ticket.id
-        ticket_id = ticket.id
-    org_name = org.name if org is not None else None
-    log.info("%s from %s: created ticket #%s (%s)", message.message_id, email, ticket_id, org_name)
-    return IngestResult(
-        Outcome.CREATED.value, ticket_id, org_name, message.message_id, decision.reason
+        inbound.outcome = outcome.value
+        inbound.reason = reason
+        inbound.ticket_id = ticket.id if ticket is not None else None
+        ticket_id = ticket.id if ticket is not None else None
+        org_name = ticket.organization.name if ticket and ticket.organization else None
+    log.info(
+        "%s from %s: %s ticket #%s (%s): %s",
+        message.message_id,
+        mail.sender,
+        outcome.value,
+        ticket_id,
+        org_name,
+        reason,
+    )
+    return IngestResult(outcome.value, ticket_id, org_name, message.message_id, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class _Mail:
+    """The parsed mail with the facts every branch of ingest needs."""
+
+    message: InboundMessage
+    sender: str
+    name: str
+    recipients: tuple[str, ...]
+    auto_reply: str | None
+
+    @property
+    def subject(self) -> str:
+        return self.message.subject.strip() or NO_SUBJECT
+
+
+def _facts(session: Session, ticket_id: int | None) -> TicketFacts | None:
+    """What threading needs to know of a ticket, from the database."""
+    if ticket_id is None:
+        return None
+    ticket = session.get(Ticket, ticket_id)
+    if ticket is None:
+        return None
+    members: frozenset[str] = frozenset()
+    if ticket.organization_id is not None:
+        members = frozenset(
+            session.scalars(
+                select(User.email)
+                .join(Membership, Membership.user_id == User.id)
+                .where(Membership.organization_id == ticket.organization_id)
+            )
+        )
+    return TicketFacts(
+        id=ticket.id,
+        status=ticket.status,
+        organization=ticket.organization.name if ticket.organization else None,
+        requester=ticket.requester.email,
+        participants=frozenset(p.user.email for p in ticket.participants),
+        members=members,
+    )
+
+
+_MAX_REFERENCES = 50  # a References header can be long; the newest entries matter
+
+
+def _thread_facts(
+    session: Session, mail: _Mail, config: Config, secret: str
+) -> tuple[TicketFacts | None, list[Reference], TicketFacts | None]:
+    """The tickets behind the reply token, the referenced Message-IDs and the subject tag."""
+    token = _facts(session, ticket_from_token(mail.recipients, secret))
+    ids = list(dict.fromkeys((*mail.message.in_reply_to, *reversed(mail.message.references))))
+    ids = ids[:_MAX_REFERENCES]
+    references: list[Reference] = []
+    if ids:
+        found: dict[int, bool] = {}
+        for ticket_id in session.scalars(
+            select(Comment.ticket_id).where(Comment.message_id.in_(ids))
+        ):
+            found.setdefault(ticket_id, False)
+        for ticket_id, recipients in session.execute(
+            select(Outbox.ticket_id, Outbox.recipients).where(Outbox.message_id.in_(ids))
+        ):
+            if ticket_id is not None:
+                found[ticket_id] = found.get(ticket_id, False) or mail.sender in recipients
+        for ticket_id, sent_to_sender in found.items():
+            facts = _facts(session, ticket_id)
+            if facts is not None:
+                references.append(Reference(facts, sent_to_sender))
+    tag = _facts(session, ticket_from_tag(mail.subject, config.tickets.tag_regex))
+    return token, references, tag
+
+
+def _organization(session: Session, name: str | None) -> Organization | None:
+    if name is None:
+        return None
+    return session.scalar(select(Organization).where(Organization.name == name))
+
+
+def _add_comment(
+    session: Session,
+    ticket: Ticket,
+    author: User,
+    body: str,
+    public: bool,
+    message: InboundMessage,
+    inbound: InboundRow,
+    now: datetime,
+) -> Comment:
+    comment = Comment(
+        author=author,
+        body=body,
+        public=public,
+        message_id=message.message_id,
+        inbound_message_id=inbound.id,
+        created_at=now,
+    )
+    ticket.comments.append(comment)
+    for part in message.attachments:
+        comment.attachments.append(
+            Attachment(
+                filename=part.filename,
+                content_type=part.content_type,
+                content_id=part.content_id,
+                size=part.size,
+                sha256=ensure_blob(session, part.data),
+            )
+        )
+    return comment
+
+
+def _add_participants(
+    session: Session, ticket: Ticket, mail: _Mail, config: Config, now: datetime
+) -> None:
+    known = {p.user.email for p in ticket.participants} | {ticket.requester.email}
+    for email, name in participant_addresses(mail.message, ticket.requester.email, config):
+        if email not in known:
+            ticket.participants.append(Participant(user=ensure_user(session, email, name, now)))
+            known.add(email)
+
+
+def forwarded_sender(message: InboundMessage) -> tuple[str, str] | None:
+    """The original sender of a forwarded mail: an attached message/rfc822, else inline."""
+    for part in message.attachments:
+        if part.content_type.lower() == "message/rfc822":
+            try:
+                inner = parse(part.data)
+            except UnparseableMessage:
+                continue
+            if inner.from_ is not None and inner.from_.email:
+                return inner.from_.email, inner.from_.name
+    found = forwarded_original(message.text)
+    if found is None:
+        return None
+    name, email = found
+    return email, name
+
+
+def _new_ticket(
+    session: Session,
+    router: Router,
+    mail: _Mail,
+    inbound: InboundRow,
+    match: ThreadMatch,
+    now: datetime,
+) -> tuple[Ticket, str]:
+    config = router.config
+    requester, name, subject, note = mail.sender, mail.name, mail.subject, ""
+    if mail.sender in router.agents:
+        original = forwarded_sender(mail.message)
+        if original is not None and original[0] not in router.agents:
+            # An agent forwarding a customer's mail opens the ticket for that customer.
+            requester, name = original
+            subject = normalize_subject(subject, config.tickets.tag_regex) or NO_SUBJECT
+            note = f"; forwarded by agent {mail.sender}"
+    decision: RouteDecision = router.route(requester, subject, mail.recipients)
+    reason = decision.reason + note
+    if match.reason != NO_REFERENCE:
+        reason += f"; {match.reason}"
+    user = ensure_user(session, requester, name, now)
+    ticket = Ticket(
+        subject=decision.subject or subject,
+        status=Status.NEW.value,
+        organization=_organization(session, decision.organization),
+        requester=user,
+        created_at=now,
+        updated_at=now,
+        routing_reason=reason,
+        routing_score=decision.score,
+        priority=decision.priority or "normal",
+        tags=list(decision.tags),
+    )
+    session.add(ticket)
+    _add_participants(session, ticket, mail, config, now)
+    _add_comment(session, ticket, user, mail.message.text, True, mail.message, inbound, now)
+    return ticket, reason
+
+
+def _follow_up(
+    session: Session, closed: Ticket, mail: _Mail, inbound: InboundRow, now: datetime
+) -> Ticket:
+    """A reply to a closed ticket opens a new one: closed tickets are locked (user rule)."""
+    ticket = Ticket(
+        subject=closed.subject,
+        status=Status.NEW.value,
+        organization=closed.organization,
+        requester=closed.requester,
+        created_at=now,
+        updated_at=now,
+        follow_up_of=closed.id,
+        routing_reason=f"follow-up of closed ticket #{closed.id}",
+        routing_score=None,
+        priority=closed.priority,
+        tags=list(closed.tags),
+    )
+    session.add(ticket)
+    for participant in closed.participants:
+        ticket.participants.append(Participant(user=participant.user))
+    author = ensure_user(session, mail.sender, mail.name, now)
+    body = strip_quoted(mail.message.text)
+    _add_comment(session, ticket, author, body, True, mail.message, inbound, now)
+    return ticket
+
+
+def _reply(
+    session: Session,
+    router: Router,
+    ticket: Ticket,
+    mail: _Mail,
+    inbound: InboundRow,
+    match: ThreadMatch,
+    now: datetime,
+) -> str:
+    """A comment on an open ticket, with the status, participant and notification rules."""
+    config = router.config
+    by_agent = mail.sender in router.agents
+    body = strip_quoted(mail.message.text)
+    commands: tuple[Command, ...] = ()
+    if by_agent:  # only agents' commands count; a customer's "#status solved" is text
+        commands, body = split_commands(body)
+    public = not (mail.auto_reply or is_private(commands))
+    author = ensure_user(session, mail.sender, mail.name, now)
+    comment = _add_comment(session, ticket, author, body, public, mail.message, inbound, now)
+    status = status_after_reply(ticket.status, by_agent, mail.auto_reply is not None)
+    if status != ticket.status:
+        ticket.status = status
+        ticket.solved_at = None
+    ticket.updated_at = now
+    if by_agent or mail.sender == ticket.requester.email:
+        _add_participants(session, ticket, mail, config, now)
+    session.flush()
+    errors = _apply_commands(session, router, ticket, commands, now) if commands else []
+    audience = [ticket.requester.email, *(p.user.email for p in ticket.participants)]
+    if by_agent and public:
+        _queue(session, config, "agent_reply", ticket, audience, {"comment": comment.id}, now)
+    elif not by_agent and not mail.auto_reply:
+        _queue(
+            session,
+            config,
+            "customer_reply",
+            ticket,
+            list(router.agents),
+            {"comment": comment.id},
+            now,
+            exclude=mail.sender,
+        )
+    if errors:
+        _queue(session, config, "command_error", ticket, [mail.sender], {"errors": errors}, now)
+    reason = match.reason
+    if mail.auto_reply:
+        reason += f"; auto-reply ({mail.auto_reply}) kept as internal note"
+    return reason
+
+
+def _apply_commands(
+    session: Session, router: Router, ticket: Ticket, commands: tuple[Command, ...], now: datetime
+) -> list[str]:
+    """Apply an agent's commands after the comment is recorded; explain each refusal."""
+    errors: list[str] = []
+    for command in commands:
+        try:
+            _apply_command(session, router, ticket, command, now)
+        except (Refused, NotFound) as exc:
+            errors.append(f"{command.line}: {exc}")
+    return errors
+
+
+def _apply_command(
+    session: Session, router: Router, ticket: Ticket, command: Command, now: datetime
+) -> None:
+    if command.name in ("note", "private"):
+        return
+    if command.name not in COMMANDS:
+        raise Refused(f"unknown command; known are {', '.join('#' + c for c in COMMANDS)}")
+    if not command.argument:
+        raise Refused("needs an argument")
+    if command.name == "status":
+        status = command.argument.lower()
+        if status not in (Status.OPEN, Status.PENDING, Status.SOLVED):
+            raise Refused("status must be open, pending or solved")
+        update_ticket(session, ticket, now, status=status)
+    elif command.name == "org":
+        candidates = router.index.search(command.argument, limit=2)
+        threshold = router.config.routing.threshold
+        if not candidates or candidates[0][1] < threshold:
+            raise Refused(f"no organization matches {command.argument!r}")
+        if (
+            len(candidates) > 1
+            and candidates[0][1] - candidates[1][1] < (router.config.routing.ambiguity_margin)
+            and candidates[0][1] < 100
+        ):
+            raise Refused(
+                f"{command.argument!r} is ambiguous: {candidates[0][0]} or {candidates[1][0]}"
+            )
+        update_ticket(session, ticket, now, organization=candidates[0][0])
+    elif command.name == "requester":
+        email = command.argument.strip("<>").lower()
+        if "@" not in email or " " in email:
+            raise Refused(f"{command.argument!r} is not an email address")
+        update_ticket(session, ticket, now, requester=email)
+
+
+def _queue(
+    session: Session,
+    config: Config,
+    kind: str,
+    ticket: Ticket,
+    recipients: list[str],
+    payload: dict[str, Any],
+    now: datetime,
+    exclude: str | None = None,
+) -> None:
+    """An outbox row, in the transaction of the event that caused it."""
+    agents = config.agents.addresses
+    # Never to ourselves (a loop); agents may share our domain.
+    to = [
+        r
+        for r in dict.fromkeys(recipients)
+        if r and r != exclude and (r in agents or not is_ours(r, config))
+    ]
+    if not to:
+        return
+    tag = config.tickets.tag.replace("{id}", str(ticket.id))
+    session.add(
+        Outbox(
+            kind=kind,
+            ticket_id=ticket.id,
+            recipients=to,
+            subject=f"{tag} {ticket.subject}",
+            payload=payload,
+            status="pending",
+            created_at=now,
+            next_attempt_at=now,
+        )
     )
