@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import traceback
 from dataclasses import dataclass
 from datetime import datetime
@@ -476,8 +477,10 @@ def _new_ticket(
     if match.reason != NO_REFERENCE:
         reason += f"; {match.reason}"
     user = ensure_user(session, requester, name, now)
+    # Another ticket's tag in a new ticket's subject would only confuse: it goes.
+    untagged = " ".join(re.sub(config.tickets.tag_regex, " ", decision.subject or subject).split())
     ticket = Ticket(
-        subject=decision.subject or subject,
+        subject=untagged or NO_SUBJECT,
         status=Status.NEW.value,
         organization=_organization(session, decision.organization),
         requester=user,

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from mailgate.config import Config
@@ -99,6 +100,8 @@ def test_tag_from_a_stranger_is_a_new_ticket(store: Store, config: Config, clock
     hijack = run(store, config, clock, mail(sender=OUTSIDER, subject=f"Re: [#{tid}] Drucker"))
     assert hijack.action == "created" and hijack.ticket != tid
     assert f"tag [#{tid}] from unauthorised sender" in hijack.reason
+    assert hijack.ticket is not None
+    assert detail(store, hijack.ticket)["subject"] == "Re: Drucker"
     assert len(detail(store, tid)["comments"]) == 1
 
 
@@ -304,3 +307,32 @@ def test_reply_over_smtp_threads(server: int, store: Store) -> None:
         "Hallo,\nder Drucker druckt nicht.",
         "Läuft wieder.",
     ]
+
+
+CLIENT_REPLIES = {
+    "thunderbird": "Danke, geht wieder.\n\nAm 26.11.26 um 10:00 schrieb Anna Schmidt:\n> Hallo,\n"
+    "> der Drucker druckt nicht.\n",
+    "apple-mail": "Danke, geht wieder.\n\nVon meinem iPhone gesendet\n\n> Am 26.11.2026 um 10:00 "
+    "schrieb Support <support@support.example.com>:\n>\n> Hallo,\n",
+    "outlook-en": "Danke, geht wieder.\n\nFrom: Support <support@support.example.com>\nSent: "
+    "Thursday, November 26, 2026 10:05 AM\nTo: Anna Schmidt\nSubject: RE: Drucker\n\nAlt\n",
+    "outlook-de-bold": "Danke, geht wieder.\n\n*Von:* Support <support@support.example.com>\n"
+    "*Gesendet:* Donnerstag, 26. November 2026 10:05\n*An:* Anna\n*Betreff:* Drucker\n\nAlt\n",
+    "signature": "Danke, geht wieder.\n\n-- \nAnna Schmidt\nMüller Logistik GmbH\n",
+}
+
+
+@pytest.mark.parametrize("client", sorted(CLIENT_REPLIES))
+@pytest.mark.parametrize(
+    "subject", ["AW: AW: WG: [#{id}] Drucker kaputt", "Re:Drucker kaputt [#{id}]", "[#{id}]"]
+)
+def test_client_shapes_and_mangled_subjects(
+    client: str, subject: str, store: Store, config: Config, clock: Clock
+) -> None:
+    """Replies from the usual clients, with mangled subjects and no References, thread."""
+    tid = first_ticket(store, config, clock)
+    result = run(
+        store, config, clock, mail(subject=subject.format(id=tid), body=CLIENT_REPLIES[client])
+    )
+    assert (result.action, result.ticket) == ("commented", tid)
+    assert detail(store, tid)["comments"][-1]["body"] == "Danke, geht wieder."
