@@ -58,6 +58,31 @@ class OutboundConfig:
     maildir: str = "outbox"
     smtp_host: str = "localhost"
     smtp_port: int = 25
+    starttls: bool = False
+    username: str | None = None
+    password_env: str | None = None  # name of the environment variable with the password
+    timeout: float = 30.0
+    # Undeliverable for this long (4xx, relay down) → failed; 5xx fails at once.
+    max_age: timedelta = timedelta(days=2)
+    # A folder with templates that replace the built-in ones (same file names).
+    templates_dir: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HoursConfig:
+    """Support hours; outside them acknowledgements carry the emergency note."""
+
+    timezone: str = "Europe/Berlin"
+    open: str = "09:00"
+    close: str = "17:00"
+    days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
+    holidays: str | None = "DE-BE"  # country-subdivision for the holidays package, or none
+
+
+@dataclass(frozen=True, slots=True)
+class JobsConfig:
+    outbox_interval: timedelta = timedelta(seconds=10)
+    close_interval: timedelta = timedelta(minutes=5)
 
 
 # Free-mail providers: their domains never identify an organization (anyone can sign up).
@@ -110,6 +135,8 @@ class TicketsConfig:
     close_after: timedelta = timedelta(days=3)
     # How ticket numbers appear in subjects; "{id}" is the number.
     tag: str = "[#{id}]"
+    # Tell the requester when a solved ticket is closed.
+    notify_closed: bool = True
 
     @property
     def tag_regex(self) -> str:
@@ -133,6 +160,7 @@ class OrganizationConfig:
     agencies: tuple[str, ...] = ()
     # Members for whom this is the primary organization (used when they are in several).
     primary_for: tuple[str, ...] = ()
+    language: str | None = None  # "de" | "en"; else [mail].language
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +173,8 @@ class Config:
     tickets: TicketsConfig = field(default_factory=TicketsConfig)
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     organizations: tuple[OrganizationConfig, ...] = ()
+    hours: HoursConfig = field(default_factory=HoursConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     source: str = "built-in defaults"  # where the config came from, for messages
 
     def organization(self, name: str) -> OrganizationConfig | None:
@@ -197,12 +227,27 @@ _DOMAIN = re.compile(
 )
 
 
+_ISO_DURATION = re.compile(
+    r"^P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?$"
+)
+
+
 def parse_duration(value: str) -> timedelta:
-    """``"3d"``, ``"12h"``, ``"90m"``, ``"30s"``, ``"1w"`` → timedelta."""
+    """``"3d"``, ``"72h"``, ``"90m"``, ``"30s"``, ``"1w"`` or ISO 8601 ``"P3D"`` → timedelta."""
     match = _DURATION.match(value)
-    if not match:
-        raise ValueError("must be a duration like '3d', '12h', '90m' or '30s'")
-    return timedelta(seconds=float(match.group(1)) * _DURATION_UNITS[match.group(2)])
+    if match:
+        return timedelta(seconds=float(match.group(1)) * _DURATION_UNITS[match.group(2)])
+    iso = _ISO_DURATION.match(value.strip().upper())
+    if iso and value.strip().upper() not in ("P", "PT"):
+        parts = {k: int(v) for k, v in iso.groupdict().items() if v}
+        return timedelta(
+            weeks=parts.get("w", 0),
+            days=parts.get("d", 0),
+            hours=parts.get("h", 0),
+            minutes=parts.get("m", 0),
+            seconds=parts.get("s", 0),
+        )
+    raise ValueError("must be a duration like '3d', '72h', '90m', '30s' or 'P3D'")
 
 
 class _Section:
@@ -299,7 +344,7 @@ def _domain(value: Any) -> str:
 
 def _duration(value: Any) -> timedelta:
     if not isinstance(value, str):
-        raise TypeError("must be a duration string like '3d'")
+        raise TypeError("must be a duration string like '3d' or 'P3D'")
     result = parse_duration(value)
     if result <= timedelta(0):
         raise ValueError("must be longer than zero")
@@ -319,6 +364,39 @@ def _regex(value: Any) -> str:
         re.compile(text)
     except re.error as exc:
         raise ValueError(f"is not a valid regular expression: {exc}") from None
+    return text
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("must be true or false")
+    return value
+
+
+def _timezone(value: Any) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    text = _str(value)
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {text!r} (e.g. 'Europe/Berlin')") from None
+    return text
+
+
+def _clock_time(value: Any) -> str:
+    text = _str(value)
+    if not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", text):
+        raise ValueError("must be a time like '09:00'")
+    return text
+
+
+def _holidays(value: Any) -> str | None:
+    text = _str(value)
+    if text.lower() == "none":
+        return None
+    if not re.match(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$", text):
+        raise ValueError("must be a country and subdivision like 'DE-BE', or 'none'")
     return text
 
 
@@ -369,6 +447,8 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         "tickets",
         "agents",
         "organizations",
+        "hours",
+        "jobs",
     }
     unknown = sorted(set(data) - sections)
     if unknown:
@@ -411,13 +491,51 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
     s = _Section(
         data.get("outbound", {}),
         "outbound",
-        {"transport", "maildir", "smtp_host", "smtp_port"},
+        {
+            "transport",
+            "maildir",
+            "smtp_host",
+            "smtp_port",
+            "starttls",
+            "username",
+            "password_env",
+            "timeout",
+            "max_age",
+            "templates_dir",
+        },
     )
     outbound = OutboundConfig(
         transport=s.get("transport", d_out.transport, _choice("maildir", "smtp")),
         maildir=s.get("maildir", d_out.maildir, _str),
         smtp_host=s.get("smtp_host", d_out.smtp_host, _str),
         smtp_port=s.get("smtp_port", d_out.smtp_port, _int(1, 65535)),
+        starttls=s.get("starttls", False, _bool),
+        username=s.get("username", None, _str),
+        password_env=s.get("password_env", None, _str),
+        timeout=s.get("timeout", d_out.timeout, _number(1, 600)),
+        max_age=s.get("max_age", d_out.max_age, _duration),
+        templates_dir=s.get("templates_dir", None, _str),
+    )
+
+    d_hours = HoursConfig()
+    s = _Section(data.get("hours", {}), "hours", {"timezone", "open", "close", "days", "holidays"})
+    hours = HoursConfig(
+        timezone=s.get("timezone", d_hours.timezone, _timezone),
+        open=s.get("open", d_hours.open, _clock_time),
+        close=s.get("close", d_hours.close, _clock_time),
+        days=s.get(
+            "days", d_hours.days, _list(_choice("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
+        ),
+        holidays=s.get("holidays", d_hours.holidays, _holidays),
+    )
+    if hours.open >= hours.close:
+        raise ConfigError("[hours].close: must be later than [hours].open")
+
+    d_jobs = JobsConfig()
+    s = _Section(data.get("jobs", {}), "jobs", {"outbox_interval", "close_interval"})
+    jobs = JobsConfig(
+        outbox_interval=s.get("outbox_interval", d_jobs.outbox_interval, _duration),
+        close_interval=s.get("close_interval", d_jobs.close_interval, _duration),
     )
 
     d_route = RoutingConfig()
@@ -447,10 +565,11 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
     if ":" not in routing.separators:
         routing = replace(routing, separators=(":", *routing.separators))
 
-    s = _Section(data.get("tickets", {}), "tickets", {"close_after", "tag"})
+    s = _Section(data.get("tickets", {}), "tickets", {"close_after", "tag", "notify_closed"})
     tickets = TicketsConfig(
         close_after=s.get("close_after", TicketsConfig().close_after, _duration),
         tag=s.get("tag", TicketsConfig().tag, _tag),
+        notify_closed=s.get("notify_closed", True, _bool),
     )
 
     s = _Section(data.get("agents", {}), "agents", {"addresses"})
@@ -466,7 +585,16 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         s = _Section(
             raw,
             label,
-            {"name", "aliases", "domains", "members", "followers", "agencies", "primary_for"},
+            {
+                "name",
+                "aliases",
+                "domains",
+                "members",
+                "followers",
+                "agencies",
+                "primary_for",
+                "language",
+            },
         )
         if "name" not in s.data:
             raise ConfigError(f"{label}.name: missing")
@@ -478,6 +606,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
             followers=s.get("followers", (), _list(_email)),
             agencies=s.get("agencies", (), _list(_str)),
             primary_for=s.get("primary_for", (), _list(_email)),
+            language=s.get("language", None, _choice("de", "en")),
         )
         strangers = sorted(set(org.primary_for) - set(org.members))
         if strangers:
@@ -515,5 +644,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         tickets=tickets,
         agents=agents,
         organizations=tuple(organizations),
+        hours=hours,
+        jobs=jobs,
         source=source,
     )

@@ -31,7 +31,8 @@ def test_example_file_is_valid_and_documents_every_key() -> None:
     config = parse_config(data)
     assert config.organizations, "the example should show organizations"
     text = path.read_text(encoding="utf-8")
-    for section in ("server", "database", "mail", "outbound", "routing", "tickets", "agents"):
+    sections = ("server", "database", "mail", "outbound", "routing", "tickets", "agents", "hours")
+    for section in (*sections, "jobs"):
         fields = getattr(Config(), section).__dataclass_fields__
         for key in fields:
             documented = (f"{key.rstrip('_')} =", f"[[{section}.{key}]]")
