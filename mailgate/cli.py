@@ -91,6 +91,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--requester", metavar="EMAIL")
     p.add_argument("--json", action="store_true", help="print the changed ticket as JSON")
 
+    outbox = command(sub, "outbox", help="notifications waiting, sent and failed")
+    osub = outbox.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
+    p = command(osub, "list", help="list outbox rows")
+    p.add_argument("--status", choices=["pending", "sending", "retry", "sent", "failed"])
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    follow = command(sub, "follow", help="who is told of every new ticket in an organization")
+    fsub = follow.add_subparsers(dest="follow_command", metavar="ACTION", required=True)
+    for action in ("add", "remove"):
+        p = command(fsub, action, help=f"{action} a follower (members only)")
+        p.add_argument("email")
+        p.add_argument("org")
+    p = command(fsub, "list", help="list followers")
+    p.add_argument("email", nargs="?", help="only this user")
+    p.add_argument("org", nargs="?", help="only this organization")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    jobs = command(sub, "jobs", help="scheduled work, for cron and tests")
+    jsub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    p = command(jsub, "run", help="run every due job once: close solved tickets, send outbox")
+    p.add_argument("--now", metavar="ISO8601", help="pretend it is this time (default: now)")
+
     p = command(sub, "route", help="explain which organization a mail would go to (dry run)")
     p.add_argument("subject", help="the subject line, e.g. 'Müller Logistik: Drucker kaputt'")
     p.add_argument("--from", dest="sender", required=True, metavar="ADDR", help="sender")
@@ -118,6 +140,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if level != "debug":  # aiosmtpd logs every SMTP command at INFO
         logging.getLogger("mail.log").setLevel(logging.WARNING)
         logging.getLogger("mailparser").setLevel(logging.ERROR)  # "content not handled" noise
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per job run
     try:
         config = load_config(args.config)
         return COMMANDS[args.command](args, config)
@@ -246,6 +269,126 @@ def cmd_route(args: argparse.Namespace, config: Config) -> int:
     return EX_OK
 
 
+def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
+    from sqlalchemy import select
+
+    from mailgate.models import Outbox
+    from mailgate.store import iso
+
+    store = _open_store(config)
+    try:
+        with store.transaction() as session:
+            query = select(Outbox).order_by(Outbox.id)
+            if args.status:
+                query = query.where(Outbox.status == args.status)
+            rows = [
+                {
+                    "id": o.id,
+                    "kind": o.kind,
+                    "ticket": o.ticket_id,
+                    "to": list(o.recipients),
+                    "subject": o.subject,
+                    "status": o.status,
+                    "attempts": o.attempts,
+                    "last_error": o.last_error,
+                    "created_at": iso(o.created_at),
+                    "sent_at": iso(o.sent_at),
+                    "message_id": o.message_id,
+                }
+                for o in session.scalars(query)
+            ]
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+    elif not rows:
+        print("outbox is empty")
+    else:
+        for r in rows:
+            error = f"  ({r['last_error']})" if r["last_error"] else ""
+            print(
+                f"{r['id']:>5}  {r['status']:<8} {r['kind']:<20} #{r['ticket']}  "
+                f"{', '.join(r['to'])}  tries {r['attempts']}{error}"
+            )
+    return EX_OK
+
+
+def cmd_follow(args: argparse.Namespace, config: Config) -> int:
+    from sqlalchemy import select
+
+    from mailgate.models import Follower, Membership, Organization, User
+    from mailgate.store import ensure_user, find_organization
+
+    store = _open_store(config)
+    try:
+        with store.transaction() as session:
+            if args.follow_command == "list":
+                query = (
+                    select(User.email, Organization.name, Follower.source)
+                    .join(Follower, Follower.user_id == User.id)
+                    .join(Organization, Organization.id == Follower.organization_id)
+                    .order_by(Organization.name, User.email)
+                )
+                if args.email:
+                    query = query.where(User.email == args.email.lower())
+                if args.org:
+                    query = query.where(Organization.id == find_organization(session, args.org).id)
+                rows = [
+                    {"email": e, "organization": o, "source": src}
+                    for e, o, src in session.execute(query)
+                ]
+                if args.json:
+                    print(json.dumps(rows, ensure_ascii=False, indent=2))
+                for r in [] if args.json else rows:
+                    print(f"{r['email']}  follows  {r['organization']}  ({r['source']})")
+                return EX_OK
+            org = find_organization(session, args.org)
+            email = args.email.lower()
+            user = ensure_user(session, email, "", now())
+            if args.follow_command == "add":
+                if session.get(Membership, (user.id, org.id)) is None:
+                    raise CliError(
+                        f"{email} is not a member of {org.name}; only members may follow it "
+                        "(followers see every new ticket)"
+                    )
+                if session.get(Follower, (user.id, org.id)) is None:
+                    session.add(Follower(user_id=user.id, organization_id=org.id, source="cli"))
+                print(f"{email} now follows {org.name}")
+            else:
+                row = session.get(Follower, (user.id, org.id))
+                if row is None:
+                    raise CliError(f"{email} does not follow {org.name}")
+                if row.source == "config":
+                    raise CliError(
+                        f"{email} follows {org.name} through the config file; remove it there"
+                    )
+                session.delete(row)
+                print(f"{email} no longer follows {org.name}")
+    finally:
+        store.close()
+    return EX_OK
+
+
+def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
+    from mailgate.jobs import Jobs
+
+    when = now()
+    if args.now:
+        try:
+            when = datetime.fromisoformat(args.now)
+        except ValueError:
+            raise CliError(f"--now {args.now!r} is not an ISO 8601 time", EX_USAGE) from None
+        if when.tzinfo is None:
+            raise CliError("--now needs an offset, e.g. 2026-11-26T10:00:00+00:00", EX_USAGE)
+    store = _open_store(config)
+    try:
+        result = Jobs(store, config).run_once(when)
+    finally:
+        store.close()
+    print(json.dumps(result))
+    return EX_OK
+
+
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     s = config.server
     print(f"config: {config.source} (ok)")
@@ -269,6 +412,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "ingest": cmd_ingest,
     "tickets": cmd_tickets,
     "route": cmd_route,
+    "outbox": cmd_outbox,
+    "follow": cmd_follow,
+    "jobs": cmd_jobs,
     "check-config": cmd_check_config,
     "init-db": cmd_init_db,
 }

@@ -611,6 +611,13 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         strangers = sorted(set(org.primary_for) - set(org.members))
         if strangers:
             raise ConfigError(f"{label}.primary_for: {strangers[0]!r} is not in members")
+        strangers = sorted(set(org.followers) - set(org.members))
+        if strangers:
+            # Followers see every new ticket's content: only members may (user rule).
+            raise ConfigError(
+                f"{label}.followers: {strangers[0]!r} is not a member of {org.name}; "
+                "only members may follow an organization"
+            )
         if org.name.casefold() in seen:
             raise ConfigError(f"{label}.name: {org.name!r} is defined twice")
         seen.add(org.name.casefold())

@@ -21,3 +21,7 @@ class NotFound(MailgateError):
 
 class Refused(MailgateError):
     """An admin change that the rules forbid (e.g. changing a closed ticket's organization)."""
+
+
+class TicketLocked(Refused):
+    """A closed ticket's requester and organization can no longer change (user rule)."""

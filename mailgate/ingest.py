@@ -27,6 +27,7 @@ from mailgate.filters import auto_reply_reason
 from mailgate.models import (
     Attachment,
     Comment,
+    Follower,
     Membership,
     Organization,
     Outbox,
@@ -296,7 +297,7 @@ def _ingest_parsed(
                 reason = f"auto-reply ({mail.auto_reply}) to closed ticket #{ticket.id}"
                 ticket = None
             else:
-                ticket = _follow_up(session, ticket, mail, inbound, now)
+                ticket = _follow_up(session, router, ticket, mail, inbound, now)
                 outcome, reason = Outcome.CREATED, ticket.routing_reason
         else:
             reason = _reply(session, router, ticket, mail, inbound, match, now)
@@ -493,12 +494,41 @@ def _new_ticket(
     )
     session.add(ticket)
     _add_participants(session, ticket, mail, config, now)
-    _add_comment(session, ticket, user, mail.message.text, True, mail.message, inbound, now)
+    comment = _add_comment(
+        session, ticket, user, mail.message.text, True, mail.message, inbound, now
+    )
+    _announce(session, config, ticket, comment, now)
     return ticket, reason
 
 
+def _announce(
+    session: Session, config: Config, ticket: Ticket, comment: Comment, now: datetime
+) -> None:
+    """A new ticket: acknowledge it to the requester and tell the organization's followers."""
+    session.flush()
+    payload = {"comment": comment.id}
+    _queue(session, config, "ticket_created", ticket, [ticket.requester.email], payload, now)
+    if ticket.organization_id is None:
+        return
+    members = select(Membership.user_id).where(Membership.organization_id == ticket.organization_id)
+    followers = session.scalars(
+        select(User.email)
+        .join(Follower, Follower.user_id == User.id)
+        .where(Follower.organization_id == ticket.organization_id, User.id.in_(members))
+        .order_by(User.email)
+    )
+    for email in followers:  # one mail each: followers do not see each other's addresses
+        if email != ticket.requester.email:
+            _queue(session, config, "new_ticket_follower", ticket, [email], payload, now)
+
+
 def _follow_up(
-    session: Session, closed: Ticket, mail: _Mail, inbound: InboundRow, now: datetime
+    session: Session,
+    router: Router,
+    closed: Ticket,
+    mail: _Mail,
+    inbound: InboundRow,
+    now: datetime,
 ) -> Ticket:
     """A reply to a closed ticket opens a new one: closed tickets are locked (user rule)."""
     ticket = Ticket(
@@ -519,7 +549,8 @@ def _follow_up(
         ticket.participants.append(Participant(user=participant.user))
     author = ensure_user(session, mail.sender, mail.name, now)
     body = strip_quoted(mail.message.text)
-    _add_comment(session, ticket, author, body, True, mail.message, inbound, now)
+    comment = _add_comment(session, ticket, author, body, True, mail.message, inbound, now)
+    _announce(session, router.config, ticket, comment, now)
     return ticket
 
 
@@ -631,13 +662,19 @@ def _queue(
     now: datetime,
     exclude: str | None = None,
 ) -> None:
-    """An outbox row, in the transaction of the event that caused it."""
-    agents = config.agents.addresses
+    """An outbox row, in the transaction of the event that caused it.
+
+    Only people the ticket knows receive it — requester, participants, members of its
+    organization, agents (user rule: never send a ticket's content to someone outside).
+    """
+    agents = frozenset(config.agents.addresses)
+    facts = _facts(session, ticket.id)
+    assert facts is not None
     # Never to ourselves (a loop); agents may share our domain.
     to = [
         r
         for r in dict.fromkeys(recipients)
-        if r and r != exclude and (r in agents or not is_ours(r, config))
+        if r and r != exclude and (r in agents or not is_ours(r, config)) and facts.knows(r, agents)
     ]
     if not to:
         return

@@ -231,3 +231,5 @@ class Outbox(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set when an instance takes the row to send it; a stale claim (crash) is taken again.
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

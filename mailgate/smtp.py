@@ -241,12 +241,51 @@ class MailServer:
         await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown, True)
 
 
+def start_scheduler(server: MailServer) -> Any:
+    """The outbox and auto-close jobs on apscheduler, off the event loop, one run at a time."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from mailgate.jobs import Jobs
+
+    loop = asyncio.get_running_loop()
+
+    async def run(name: str) -> None:
+        jobs = Jobs(server.store, server.config)  # the config in force, after any reload
+        job = jobs.deliver_outbox if name == "deliver" else jobs.close_solved
+        try:
+            await loop.run_in_executor(server.executor, job, server.clock())
+        except StoreUnavailable as exc:
+            log.warning("job %s skipped, database unavailable: %s", name, exc)
+        except Exception:
+            log.exception("job %s failed", name)
+
+    scheduler = AsyncIOScheduler(event_loop=loop, timezone="UTC")
+    intervals = {
+        "deliver": server.config.jobs.outbox_interval,
+        "close": server.config.jobs.close_interval,
+    }
+    for name, interval in intervals.items():
+        scheduler.add_job(
+            run,
+            "interval",
+            args=[name],
+            seconds=interval.total_seconds(),
+            max_instances=1,
+            coalesce=True,
+            next_run_time=server.clock(),
+            id=name,
+        )
+    scheduler.start()
+    return scheduler
+
+
 async def serve_until_signalled(
     config: Config, store: Store, load: Callable[[], Config] | None = None
 ) -> None:
     """``mailgate serve``: run until SIGTERM/SIGINT; SIGHUP reloads the config via ``load``."""
     server = MailServer(config, store)
     await server.start()
+    scheduler = start_scheduler(server)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -262,6 +301,7 @@ async def serve_until_signalled(
         loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
     log.info("shutting down: finishing messages in flight")
+    scheduler.shutdown(wait=False)
     await server.stop()
     log.info("stopped")
 

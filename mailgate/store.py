@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, selectinload
 
 from mailgate.config import Config
-from mailgate.errors import NotFound, Refused, StoreUnavailable
+from mailgate.errors import NotFound, Refused, StoreUnavailable, TicketLocked
 from mailgate.models import (
     Blob,
     Comment,
@@ -395,7 +395,7 @@ def update_ticket(
     """Apply an admin's change, enforcing that a closed ticket's requester and org are fixed."""
     if ticket.status == Status.CLOSED:
         if organization is not None or requester is not None:
-            raise Refused(
+            raise TicketLocked(
                 f"ticket {ticket.id} is closed: its requester and organization can no longer change"
             )
         if status is not None and status != Status.CLOSED:

@@ -88,7 +88,11 @@ BASE_CONFIG: dict[str, Any] = {
             "name": "Müller Logistik GmbH",
             "aliases": ["Müller Logistik"],
             "domains": ["mueller-logistik.de"],
-            "members": ["anna@mueller-logistik.de", "berater@agentur.de"],
+            "members": [
+                "anna@mueller-logistik.de",
+                "berater@agentur.de",
+                "chef@mueller-logistik.de",
+            ],
             "followers": ["chef@mueller-logistik.de"],
         },
         {
@@ -157,11 +161,13 @@ def clock() -> Clock:
 def make_config(db_url: str, tmp_path: Path) -> Callable[..., tuple[Config, Path]]:
     """Build a config (and its TOML file) from the base plus an overlay."""
 
-    def make(overlay: dict[str, Any] | None = None) -> tuple[Config, Path]:
+    def make(
+        overlay: dict[str, Any] | None = None, name: str = "mailgate.toml"
+    ) -> tuple[Config, Path]:
         data = _merge(BASE_CONFIG, {"database": {"url": db_url}})
         data = _merge(data, {"outbound": {"maildir": str(tmp_path / "outbox")}})
         data = _merge(data, overlay or {})
-        path = tmp_path / "mailgate.toml"
+        path = tmp_path / name
         path.write_text(toml_dumps(data), encoding="utf-8")
         return parse_config(data, source=str(path)), path
 

@@ -110,3 +110,16 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "nope.toml: file not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_followers_must_be_members(tmp_path: Path) -> None:
+    """Followers see every new ticket: check-config refuses a follower who is no member."""
+    path = tmp_path / "f.toml"
+    path.write_text(
+        '[[organizations]]\nname = "A"\nmembers = ["a@a.example"]\nfollowers = ["b@b.example"]\n'
+    )
+    proc = subprocess.run(
+        [*MAILGATE, "--config", str(path), "check-config"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "organizations[1].followers: 'b@b.example' is not a member of A" in proc.stderr

@@ -45,6 +45,7 @@ def test_sync_builds_memberships_followers_and_agents(store: Store) -> None:
     assert _memberships(store) == {
         ("anna@mueller-logistik.de", "Müller Logistik GmbH"),
         ("berater@agentur.de", "Müller Logistik GmbH"),
+        ("chef@mueller-logistik.de", "Müller Logistik GmbH"),
         ("berater@agentur.de", "Agentur Blau"),
     }
     with store.transaction() as s:
@@ -61,6 +62,7 @@ def test_sync_is_idempotent_and_follows_config_changes(
     assert store.sync(config, clock()) is False
     orgs: list[dict[str, Any]] = [dict(o) for o in BASE_CONFIG["organizations"]]
     orgs[0]["members"] = ["anna@mueller-logistik.de"]
+    orgs[0]["followers"] = []
     orgs = orgs[:1] + [{"name": "Neu AG", "members": ["berater@agentur.de"]}]
     changed, _ = make_config({"organizations": orgs, "agents": {"addresses": []}})
     assert store.sync(changed, clock()) is True

@@ -1,0 +1,241 @@
+"""Scheduled work: deliver the outbox and close solved tickets. Every job takes ``now``.
+
+Several instances may run these at once against one PostgreSQL. Outbox rows are claimed
+with ``SELECT … FOR UPDATE SKIP LOCKED`` and marked ``sending`` before any network I/O, so
+no two instances send the same row; the result is recorded only if the claim is still
+ours. Closing is one conditional, set-based UPDATE, so a ticket is closed exactly once.
+SQLite takes the same path (its single writer makes the lock clause unnecessary).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from mailgate.config import Config
+from mailgate.hours import SupportHours
+from mailgate.models import Comment, Outbox, Status, Ticket, User
+from mailgate.outbound import (
+    DeliveryError,
+    Envelope,
+    Transport,
+    Verdict,
+    backoff,
+    build_message,
+    classify,
+    make_transport,
+)
+from mailgate.render import Renderer
+from mailgate.store import Store, ensure_secret
+from mailgate.threads import reply_address
+
+log = logging.getLogger(__name__)
+
+STALE_CLAIM = timedelta(minutes=10)  # a claim older than this belongs to a dead instance
+BATCH = 50
+
+
+@dataclass
+class DeliveryStats:
+    sent: int = 0
+    retry: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"sent": self.sent, "retry": self.retry, "failed": self.failed}
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    id: int
+    message: bytes
+    recipients: tuple[str, ...]
+    created_at: datetime
+    attempts: int
+
+
+class Jobs:
+    """The jobs for one config: renderer, support hours and transport built once."""
+
+    def __init__(self, store: Store, config: Config, transport: Transport | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.renderer = Renderer(config.outbound.templates_dir)
+        self.hours = SupportHours(config.hours)
+        self.transport = transport or make_transport(config)
+
+    # --- outbox -------------------------------------------------------------------------
+
+    def deliver_outbox(self, now: datetime) -> DeliveryStats:
+        """Send every due row once; retry transient failures with backoff."""
+        stats = DeliveryStats()
+        while True:
+            claims = self._claim(now)
+            if not claims:
+                return stats
+            for claim in claims:
+                self._send(claim, now, stats)
+
+    def _claim(self, now: datetime) -> list[_Claim]:
+        due = or_(
+            and_(Outbox.status.in_(("pending", "retry")), Outbox.next_attempt_at <= now),
+            and_(Outbox.status == "sending", Outbox.claimed_at <= now - STALE_CLAIM),
+        )
+        claims: list[_Claim] = []
+        with self.store.transaction() as session:
+            rows = session.scalars(
+                select(Outbox)
+                .where(due)
+                .order_by(Outbox.id)
+                .limit(BATCH)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                if row.message is None:
+                    try:
+                        self._render(session, row)
+                    except Exception as exc:  # a template bug must not block the queue
+                        log.exception("outbox %s: cannot render %s", row.id, row.kind)
+                        row.status, row.last_error = Verdict.FAILED.value, f"render: {exc}"
+                        continue
+                assert row.message is not None
+                row.status = "sending"
+                row.claimed_at = now
+                row.attempts += 1
+                claims.append(
+                    _Claim(row.id, row.message, tuple(row.recipients), row.created_at, row.attempts)
+                )
+        return claims
+
+    def _send(self, claim: _Claim, now: datetime, stats: DeliveryStats) -> None:
+        try:
+            self.transport.send(claim.message, self.config.mail.address, claim.recipients)
+            verdict, error = Verdict.SENT, None
+        except DeliveryError as exc:
+            verdict, error = classify(exc.code), str(exc)
+        if verdict is Verdict.RETRY and now - claim.created_at >= self.config.outbound.max_age:
+            verdict, error = Verdict.FAILED, f"gave up after {claim.attempts} attempts: {error}"
+        values: dict[str, Any] = {"status": verdict.value, "last_error": error, "claimed_at": None}
+        if verdict is Verdict.SENT:
+            values["sent_at"] = now
+        elif verdict is Verdict.RETRY:
+            values["next_attempt_at"] = now + backoff(claim.attempts)
+        with self.store.transaction() as session:
+            # Only if the claim is still ours (a stale-claim takeover would have bumped it).
+            session.execute(
+                update(Outbox)
+                .where(
+                    Outbox.id == claim.id,
+                    Outbox.status == "sending",
+                    Outbox.attempts == claim.attempts,
+                )
+                .values(**values)
+            )
+        setattr(stats, verdict.value, getattr(stats, verdict.value) + 1)
+        if error:
+            stats.errors.append(f"outbox {claim.id}: {error}")
+            log.warning("outbox %s: %s (%s)", claim.id, verdict.value, error)
+
+    def _render(self, session: Session, row: Outbox) -> None:
+        """Render and build the message once; retries send the very same bytes."""
+        config = self.config
+        ticket = session.get(Ticket, row.ticket_id) if row.ticket_id is not None else None
+        if ticket is None:
+            raise ValueError("the ticket is gone")
+        comment_id = row.payload.get("comment")
+        comment = session.get(Comment, comment_id) if comment_id is not None else None
+        org_cfg = config.organization(ticket.organization.name) if ticket.organization else None
+        language = (org_cfg.language if org_cfg else None) or config.mail.language
+        context = {
+            "ticket": {
+                "id": ticket.id,
+                "subject": ticket.subject,
+                "status": ticket.status,
+                "organization": ticket.organization.name if ticket.organization else None,
+                "requester": ticket.requester.email,
+                "requester_name": ticket.requester.name,
+            },
+            "tag": config.tickets.tag.replace("{id}", str(ticket.id)),
+            "recipient": row.recipients[0] if row.recipients else "",
+            "support": {
+                "address": config.mail.address,
+                "hours": self.hours.describe(language),
+                "open_now": self.hours.is_open(row.created_at),
+            },
+            "comment": (
+                {
+                    "author": comment.author.email,
+                    "author_name": comment.author.name,
+                    "body": comment.body,
+                }
+                if comment is not None
+                else None
+            ),
+            "errors": list(row.payload.get("errors", [])),
+        }
+        rendered = self.renderer.render(row.kind, language, context)
+        thread = [c.message_id for c in ticket.comments if c.message_id]
+        secret = config.mail.secret or ensure_secret(session)
+        envelope = Envelope(
+            to=tuple(row.recipients),
+            subject=row.subject,
+            reply_to=reply_address(ticket.id, config.mail.address, secret),
+            in_reply_to=(comment.message_id if comment and comment.message_id else None)
+            or (thread[-1] if thread else None),
+            references=tuple(dict.fromkeys(thread[:1] + thread[-1:])),
+            auto_submitted="auto-replied" if row.kind == "ticket_created" else "auto-generated",
+        )
+        message = build_message(config, envelope, rendered.text, rendered.html)
+        row.message_id = str(message["Message-ID"]).strip().strip("<>")
+        row.message = message.as_bytes()
+
+    # --- auto-close -----------------------------------------------------------------------
+
+    def close_solved(self, now: datetime) -> list[int]:
+        """Close every ticket solved at least ``close_after`` ago; exactly once each."""
+        cutoff = now - self.config.tickets.close_after
+        with self.store.transaction() as session:
+            closed = session.execute(
+                update(Ticket)
+                .where(Ticket.status == Status.SOLVED.value, Ticket.solved_at <= cutoff)
+                .values(status=Status.CLOSED.value, closed_at=now, updated_at=now)
+                .returning(Ticket.id, Ticket.subject, Ticket.requester_id)
+            ).all()
+            if closed and self.config.tickets.notify_closed:
+                emails = dict(
+                    session.execute(
+                        select(User.id, User.email).where(
+                            User.id.in_({requester for _, _, requester in closed})
+                        )
+                    ).all()
+                )
+                tag = self.config.tickets.tag
+                session.add_all(
+                    Outbox(
+                        kind="ticket_closed",
+                        ticket_id=ticket_id,
+                        recipients=[emails[requester]],
+                        subject=f"{tag.replace('{id}', str(ticket_id))} {subject}",
+                        payload={},
+                        status="pending",
+                        created_at=now,
+                        next_attempt_at=now,
+                    )
+                    for ticket_id, subject, requester in closed
+                )
+        ids = sorted(ticket_id for ticket_id, _, _ in closed)
+        if ids:
+            log.info("closed %d solved tickets: %s", len(ids), ids[:20])
+        return ids
+
+    def run_once(self, now: datetime) -> dict[str, Any]:
+        """Every job once (``mailgate jobs run``): close first, so its mail goes out too."""
+        closed = self.close_solved(now)
+        stats = self.deliver_outbox(now)
+        return {"closed": len(closed), **stats.as_json()}

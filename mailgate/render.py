@@ -1,0 +1,147 @@
+"""Notification texts from jinja2 templates: one plain-text and one HTML part per mail.
+
+Admins adapt the wording without touching code by pointing ``[outbound].templates_dir`` at
+a folder with files of the same names; whatever they do not override still comes from the
+built-in templates. Pure apart from reading the template files: the caller builds the
+context and sends the result.
+
+The context contract (every template may rely on exactly these names):
+
+``ticket``     mapping: id, subject, status, organization (str or None), requester,
+               requester_name
+``tag``        the ticket's subject tag, e.g. ``"[#12]"``
+``recipient``  the address this copy goes to
+``support``    mapping: address, hours (:meth:`SupportHours.describe`), open_now (bool)
+``comment``    mapping: author, author_name, body — for ticket_created,
+               new_ticket_follower, agent_reply, customer_reply; None otherwise
+``errors``     list of str — the refused commands for command_error; else empty
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import (
+    BaseLoader,
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateNotFound,
+    UndefinedError,
+    select_autoescape,
+)
+from markupsafe import Markup, escape
+
+import mailgate
+from mailgate.errors import ConfigError
+
+KINDS: tuple[str, ...] = (
+    "ticket_created",
+    "new_ticket_follower",
+    "agent_reply",
+    "customer_reply",
+    "ticket_closed",
+    "command_error",
+)
+LANGUAGES: tuple[str, ...] = ("de", "en")
+# Tried in this order after the requested language: German first, as mailgate's teams are.
+FALLBACK_LANGUAGES: tuple[str, ...] = ("de", "en")
+CONTEXT_KEYS: tuple[str, ...] = ("ticket", "tag", "recipient", "support", "comment", "errors")
+
+# A language is a folder name; anything else (a path, "..") must never reach the loader.
+_LANGUAGE = re.compile(r"^[a-z]{2,3}$")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Both parts of one notification, for a multipart/alternative mail."""
+
+    text: str
+    html: str
+
+
+def builtin_templates_dir() -> Path:
+    """The folder with the built-in templates, wherever mailgate was installed from.
+
+    A wheel carries them inside the package (``mailgate/templates``, see pyproject's
+    force-include); an editable install or a checkout has them at the repository's top.
+    """
+    packaged = Path(mailgate.__file__).resolve().parent / "templates"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[1] / "templates"
+
+
+def nl2br(value: Any) -> Markup:
+    """Escape a plain-text body and keep its line breaks as ``<br>``.
+
+    ``<br>`` rather than ``white-space: pre-wrap`` because Outlook's Word-based renderer
+    ignores that style and would run a customer's lines together.
+    """
+    text = str(value).replace("\r\n", "\n").replace("\r", "\n")
+    return escape(text).replace("\n", Markup("<br>\n"))
+
+
+class Renderer:
+    """Renders notification kinds; build one and keep it (the environment caches templates)."""
+
+    def __init__(self, templates_dir: str | None = None) -> None:
+        loaders: list[BaseLoader] = []
+        if templates_dir is not None:
+            # A typo in the path would otherwise silently fall back to the built-ins.
+            if not Path(templates_dir).is_dir():
+                raise ConfigError(f"[outbound].templates_dir: {templates_dir!r} is not a folder")
+            loaders.append(FileSystemLoader(templates_dir))
+        loaders.append(FileSystemLoader(builtin_templates_dir()))
+        self.env = Environment(
+            loader=ChoiceLoader(loaders),
+            # Missing data must fail loudly, never send "Ticket  wurde angelegt".
+            undefined=StrictUndefined,
+            autoescape=select_autoescape(["html"]),
+            keep_trailing_newline=True,
+            # Block tags on lines of their own leave no blank lines behind in the text part.
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters["nl2br"] = nl2br
+
+    def render(self, kind: str, language: str, context: Mapping[str, Any]) -> Rendered:
+        """Render ``<language>/<kind>.txt`` and ``.html``, falling back to German, English.
+
+        Raises ``ValueError`` for an unknown kind and jinja2's ``UndefinedError`` when the
+        context lacks a name of the contract or a template uses one that is missing.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"unknown notification kind {kind!r}; known are {', '.join(KINDS)}")
+        missing = [key for key in CONTEXT_KEYS if key not in context]
+        if missing:
+            # Checked here too: a template that happens not to use a name would hide the
+            # caller's bug until an admin's template does use it.
+            raise UndefinedError(f"context for {kind!r} lacks {', '.join(map(repr, missing))}")
+        text, html = self._templates(kind, language)
+        return Rendered(text=text.render(context), html=html.render(context))
+
+    def _templates(self, kind: str, language: str) -> tuple[Template, Template]:
+        """The first language, in fallback order, that has both parts of ``kind``.
+
+        Both parts come from the same language so a mail never mixes German and English.
+        """
+        wanted = language.strip().lower().replace("_", "-").split("-")[0]
+        for lang in dict.fromkeys((wanted, *FALLBACK_LANGUAGES)):
+            if not _LANGUAGE.match(lang):
+                continue
+            try:
+                return (
+                    self.env.get_template(f"{lang}/{kind}.txt"),
+                    self.env.get_template(f"{lang}/{kind}.html"),
+                )
+            except TemplateNotFound as exc:
+                if exc.name not in (f"{lang}/{kind}.txt", f"{lang}/{kind}.html"):
+                    raise  # a broken include or base inside a template that does exist
+        raise TemplateNotFound(f"{kind}.txt/.html in any of {', '.join(FALLBACK_LANGUAGES)}")

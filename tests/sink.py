@@ -1,0 +1,89 @@
+"""A real SMTP sink for outbound tests: records what arrives, answers what it is told to."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_to: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        parsed = message_from_bytes(self.data, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+@dataclass
+class _Handler:
+    received: list[Received] = field(default_factory=list)
+    # Scripted answers for the next DATA commands: "250", "451", "550" or "drop".
+    script: list[str] = field(default_factory=list)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        answer = self.script.pop(0) if self.script else "250"
+        if answer == "drop":
+            assert server.transport is not None
+            server.transport.close()
+            return "421 4.4.2 dropped"
+        if answer == "451":
+            return "451 4.3.0 Try again later"
+        if answer == "550":
+            return "550 5.1.1 No such user"
+        self.received.append(
+            Received(
+                envelope.mail_from or "", list(envelope.rcpt_tos), envelope.original_content or b""
+            )
+        )
+        return "250 2.0.0 Ok"
+
+
+class Sink:
+    """An aiosmtpd server on a free port in its own thread."""
+
+    def __init__(self) -> None:
+        self.handler = _Handler()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: Any = None
+        self.port = 0
+
+    @property
+    def received(self) -> list[Received]:
+        return self.handler.received
+
+    def answer(self, *answers: str) -> None:
+        self.handler.script.extend(answers)
+
+    def start(self) -> Sink:
+        self._thread.start()
+
+        async def start() -> int:
+            self.server = await self.loop.create_server(
+                lambda: SMTP(self.handler, hostname="sink.test", loop=self.loop),
+                host="127.0.0.1",
+                port=0,
+            )
+            return int(self.server.sockets[0].getsockname()[1])
+
+        self.port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
