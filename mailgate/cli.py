@@ -294,6 +294,7 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
                     "created_at": iso(o.created_at),
                     "sent_at": iso(o.sent_at),
                     "message_id": o.message_id,
+                    "history": o.payload.get("attempts", []),
                 }
                 for o in session.scalars(query)
             ]

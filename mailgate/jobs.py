@@ -121,22 +121,18 @@ class Jobs:
             verdict, error = classify(exc.code), str(exc)
         if verdict is Verdict.RETRY and now - claim.created_at >= self.config.outbound.max_age:
             verdict, error = Verdict.FAILED, f"gave up after {claim.attempts} attempts: {error}"
-        values: dict[str, Any] = {"status": verdict.value, "last_error": error, "claimed_at": None}
-        if verdict is Verdict.SENT:
-            values["sent_at"] = now
-        elif verdict is Verdict.RETRY:
-            values["next_attempt_at"] = now + backoff(claim.attempts)
         with self.store.transaction() as session:
+            row = session.get(Outbox, claim.id, with_for_update=True)
             # Only if the claim is still ours (a stale-claim takeover would have bumped it).
-            session.execute(
-                update(Outbox)
-                .where(
-                    Outbox.id == claim.id,
-                    Outbox.status == "sending",
-                    Outbox.attempts == claim.attempts,
-                )
-                .values(**values)
-            )
+            if row is None or row.status != "sending" or row.attempts != claim.attempts:
+                return
+            row.status, row.last_error, row.claimed_at = verdict.value, error, None
+            if verdict is Verdict.SENT:
+                row.sent_at = now
+            elif verdict is Verdict.RETRY:
+                row.next_attempt_at = now + backoff(claim.attempts)
+            attempt = {"at": now.isoformat(), "result": verdict.value, "error": error}
+            row.payload = {**row.payload, "attempts": [*row.payload.get("attempts", []), attempt]}
         setattr(stats, verdict.value, getattr(stats, verdict.value) + 1)
         if error:
             stats.errors.append(f"outbox {claim.id}: {error}")

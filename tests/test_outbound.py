@@ -110,6 +110,9 @@ def test_retry_backoff_and_give_up(
     assert jobs.deliver_outbox(clock()).sent == 1
     [row] = rows(store)
     assert (row.status, row.attempts, len(sink.received)) == ("sent", 3, 1)
+    log = row.payload["attempts"]
+    assert [a["result"] for a in log] == ["retry", "retry", "sent"]
+    assert log[0]["error"].startswith("451") and log[2]["error"] is None
 
     ingest(store, config, mail(sender="zwei@gmail.com"), Envelope(), clock())
     sink.answer("550")
