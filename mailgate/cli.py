@@ -113,6 +113,20 @@ def _parser() -> argparse.ArgumentParser:
     p = command(jsub, "run", help="run every due job once: close solved tickets, send outbox")
     p.add_argument("--now", metavar="ISO8601", help="pretend it is this time (default: now)")
 
+    quarantine = command(sub, "quarantine", help="mail kept aside, and processing it again")
+    qsub = quarantine.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
+    p = command(qsub, "list", help="list quarantined mail")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = command(qsub, "show", help="show one quarantined mail with its error")
+    p.add_argument("id", type=int)
+    p.add_argument("--raw", action="store_true", help="write the raw mail, byte for byte")
+    p = command(qsub, "reprocess", help="process quarantined mail again, exactly once")
+    p.add_argument("id", type=int, nargs="?")
+    p.add_argument("--all", action="store_true", help="every quarantined mail")
+
+    p = command(sub, "stats", help="the ingest ledger, tickets and outbox in numbers")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
     p = command(sub, "route", help="explain which organization a mail would go to (dry run)")
     p.add_argument("subject", help="the subject line, e.g. 'Müller Logistik: Drucker kaputt'")
     p.add_argument("--from", dest="sender", required=True, metavar="ADDR", help="sender")
@@ -390,6 +404,97 @@ def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
     return EX_OK
 
 
+def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
+    from sqlalchemy import select
+
+    from mailgate.ingest import reprocess_quarantined
+    from mailgate.models import InboundMessage, Outcome
+    from mailgate.store import iso
+
+    store = _open_store(config)
+    try:
+        if args.quarantine_command == "reprocess":
+            if args.all == (args.id is not None):
+                raise CliError("give one ID or --all", EX_USAGE)
+            results = reprocess_quarantined(store, config, now(), None if args.all else [args.id])
+            if args.id is not None and not results:
+                raise CliError(f"mail {args.id} is not in quarantine")
+            for entry, result in results:
+                print(json.dumps({"id": entry, **result.as_json()}, ensure_ascii=False))
+            return EX_OK
+        with store.transaction() as session:
+            if args.quarantine_command == "list":
+                rows = [
+                    {
+                        "id": r.id,
+                        "message_id": r.message_id,
+                        "received_at": iso(r.received_at),
+                        "mail_from": r.mail_from,
+                        "size": r.size,
+                        "reason": r.reason,
+                    }
+                    for r in session.scalars(
+                        select(InboundMessage)
+                        .where(InboundMessage.outcome == Outcome.QUARANTINED.value)
+                        .order_by(InboundMessage.id)
+                    )
+                ]
+                if args.json:
+                    print(json.dumps(rows, ensure_ascii=False, indent=2))
+                elif not rows:
+                    print("quarantine is empty")
+                for r in [] if args.json else rows:
+                    print(f"{r['id']:>6}  {r['received_at'][:19]}  {r['size']:>8}  {r['reason']}")
+                return EX_OK
+            row = session.get(InboundMessage, args.id)
+            if row is None or row.outcome != Outcome.QUARANTINED.value:
+                raise CliError(f"mail {args.id} is not in quarantine")
+            if args.raw:
+                sys.stdout.buffer.write(row.raw)
+                return EX_OK
+            print(f"mail {row.id}: {row.reason}")
+            print(f"  message-id: {row.message_id}")
+            print(f"  received:   {iso(row.received_at)} from {row.mail_from or '<>'}")
+            print(f"  size:       {row.size} bytes, sha256 {row.sha256}")
+            if row.error:
+                print("  error:")
+                print("    " + row.error.strip().replace("\n", "\n    "))
+            print()
+            print(row.raw[:4000].decode("utf-8", "replace"))
+    finally:
+        store.close()
+    return EX_OK
+
+
+def cmd_stats(args: argparse.Namespace, config: Config) -> int:
+    from sqlalchemy import func, select
+
+    from mailgate.models import InboundMessage, Outbox, Ticket
+
+    store = _open_store(config)
+    try:
+        with store.transaction() as session:
+
+            def counts(column: Any) -> dict[str, int]:
+                rows = session.execute(select(column, func.count()).group_by(column)).all()
+                return {str(key): int(n) for key, n in sorted(rows)}
+
+            ledger = counts(InboundMessage.outcome)
+            result = {
+                "ledger": {**ledger, "total": sum(ledger.values())},
+                "tickets": counts(Ticket.status),
+                "outbox": counts(Outbox.status),
+            }
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for section, values in result.items():
+            print(f"{section}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
+    return EX_OK
+
+
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     s = config.server
     print(f"config: {config.source} (ok)")
@@ -413,6 +518,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "ingest": cmd_ingest,
     "tickets": cmd_tickets,
     "route": cmd_route,
+    "quarantine": cmd_quarantine,
+    "stats": cmd_stats,
     "outbox": cmd_outbox,
     "follow": cmd_follow,
     "jobs": cmd_jobs,

@@ -66,6 +66,8 @@ class OutboundConfig:
     max_age: timedelta = timedelta(days=2)
     # A folder with templates that replace the built-in ones (same file names).
     templates_dir: str | None = None
+    # An address that hard-bounced (5.x.x) gets no notifications for this long.
+    suppress_for: timedelta = timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,15 @@ class HoursConfig:
     close: str = "17:00"
     days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
     holidays: str | None = "DE-BE"  # country-subdivision for the holidays package, or none
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Bounds that keep a mail loop or a flood from a single sender from hurting anyone."""
+
+    acks_per_hour: int = 10  # acknowledgements to one sender; beyond, tickets stay silent
+    tickets_per_hour: int = 30  # new tickets from one sender; beyond, mail is quarantined
+    max_recipients: int = 50  # per SMTP transaction; more get "452 4.5.3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +186,7 @@ class Config:
     organizations: tuple[OrganizationConfig, ...] = ()
     hours: HoursConfig = field(default_factory=HoursConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: str = "built-in defaults"  # where the config came from, for messages
 
     def organization(self, name: str) -> OrganizationConfig | None:
@@ -449,6 +461,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         "organizations",
         "hours",
         "jobs",
+        "limits",
     }
     unknown = sorted(set(data) - sections)
     if unknown:
@@ -502,6 +515,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
             "timeout",
             "max_age",
             "templates_dir",
+            "suppress_for",
         },
     )
     outbound = OutboundConfig(
@@ -515,6 +529,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         timeout=s.get("timeout", d_out.timeout, _number(1, 600)),
         max_age=s.get("max_age", d_out.max_age, _duration),
         templates_dir=s.get("templates_dir", None, _str),
+        suppress_for=s.get("suppress_for", d_out.suppress_for, _duration),
     )
 
     d_hours = HoursConfig()
@@ -530,6 +545,16 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
     )
     if hours.open >= hours.close:
         raise ConfigError("[hours].close: must be later than [hours].open")
+
+    d_limits = LimitsConfig()
+    s = _Section(
+        data.get("limits", {}), "limits", {"acks_per_hour", "tickets_per_hour", "max_recipients"}
+    )
+    limits = LimitsConfig(
+        acks_per_hour=s.get("acks_per_hour", d_limits.acks_per_hour, _int(0, 100_000)),
+        tickets_per_hour=s.get("tickets_per_hour", d_limits.tickets_per_hour, _int(1, 100_000)),
+        max_recipients=s.get("max_recipients", d_limits.max_recipients, _int(1, 10_000)),
+    )
 
     d_jobs = JobsConfig()
     s = _Section(data.get("jobs", {}), "jobs", {"outbox_interval", "close_interval"})
@@ -653,5 +678,6 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         organizations=tuple(organizations),
         hours=hours,
         jobs=jobs,
+        limits=limits,
         source=source,
     )

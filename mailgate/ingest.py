@@ -14,13 +14,14 @@ import logging
 import re
 import traceback
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from mailgate.bounces import analyse_bounce, is_bounce
 from mailgate.config import Config
 from mailgate.errors import NotFound, Refused, StoreUnavailable
 from mailgate.filters import auto_reply_reason
@@ -34,10 +35,12 @@ from mailgate.models import (
     Outcome,
     Participant,
     Status,
+    Suppression,
     Ticket,
     User,
 )
 from mailgate.models import InboundMessage as InboundRow
+from mailgate.outbound import LOOP_HEADER
 from mailgate.parser import InboundMessage, UnparseableMessage, parse, synthesized_message_id
 from mailgate.quotes import forwarded_original, strip_quoted
 from mailgate.routing import RouteDecision, Router, normalize_subject
@@ -68,6 +71,7 @@ log = logging.getLogger(__name__)
 
 DUPLICATE = "duplicate"
 UNPARSEABLE = "unparseable"  # reason prefix: the input is no mail (pipe exit 65)
+RATE_LIMITED = "rate_limited"  # reason prefix: too many new tickets from one sender
 NO_SUBJECT = "(no subject)"
 
 
@@ -138,19 +142,24 @@ def ingest(
     envelope: Envelope,
     now: datetime,
     router: Router | None = None,
+    reprocess: int | None = None,
 ) -> IngestResult:
     """Store one mail and turn it into a ticket; idempotent per mail.
 
     ``router`` is built from ``config`` when not given; long-running callers build it once
-    per config load and pass it in.
+    per config load and pass it in. ``reprocess`` names a quarantined ledger entry whose
+    raw mail this is: it is processed again in place, exactly once.
     """
     try:
         message = parse(raw)
     except UnparseableMessage as exc:
         reason = f"{UNPARSEABLE}: {exc}"
-        return _quarantine(store, raw, envelope, now, synthesized_message_id(raw), reason, None)
+        message_id = synthesized_message_id(raw)
+        return _quarantine(store, raw, envelope, now, message_id, reason, None, reprocess)
     try:
-        return _ingest_parsed(store, router or Router(config), raw, envelope, message, now)
+        return _ingest_parsed(
+            store, router or Router(config), raw, envelope, message, now, reprocess
+        )
     except StoreUnavailable:
         raise
     except Exception as exc:
@@ -166,6 +175,7 @@ def ingest(
             message.message_id,
             f"processing failed: {type(exc).__name__}: {exc}",
             traceback.format_exc(),
+            reprocess,
         )
 
 
@@ -205,6 +215,30 @@ def _new_inbound(
     return row
 
 
+def _ledger_entry(
+    session: Session,
+    raw: bytes,
+    envelope: Envelope,
+    now: datetime,
+    message_id: str,
+    outcome: Outcome,
+    reason: str,
+    reprocess: int | None,
+) -> InboundRow | None:
+    """The ledger row for this mail: a new one, or the quarantined one being reprocessed.
+
+    None means there is nothing to do: a redelivery, or an entry already reprocessed (the
+    row lock and the outcome check make a second reprocess of the same entry a no-op).
+    """
+    if reprocess is None:
+        return _new_inbound(session, raw, envelope, now, message_id, outcome, reason)
+    row = session.get(InboundRow, reprocess, with_for_update=True)
+    if row is None or row.outcome != Outcome.QUARANTINED:
+        return None
+    row.outcome, row.reason, row.error = outcome.value, reason, None
+    return row
+
+
 def _duplicate(message_id: str) -> IngestResult:
     return IngestResult(DUPLICATE, None, None, message_id, "this mail is already stored")
 
@@ -217,9 +251,12 @@ def _quarantine(
     message_id: str,
     reason: str,
     error: str | None,
+    reprocess: int | None = None,
 ) -> IngestResult:
     with store.transaction() as session:
-        row = _new_inbound(session, raw, envelope, now, message_id, Outcome.QUARANTINED, reason)
+        row = _ledger_entry(
+            session, raw, envelope, now, message_id, Outcome.QUARANTINED, reason, reprocess
+        )
         if row is None:
             return _duplicate(message_id)
         row.error = error
@@ -267,29 +304,41 @@ def _ingest_parsed(
     envelope: Envelope,
     message: InboundMessage,
     now: datetime,
+    reprocess: int | None = None,
 ) -> IngestResult:
+    config = router.config
+    if is_bounce(message, envelope.mail_from):
+        return _bounce(store, config, raw, envelope, message, now, reprocess)
     sender = requester_address(message, envelope)
     if sender is None:
-        return _quarantine(
-            store, raw, envelope, now, message.message_id, "no sender address (From)", None
-        )
-    config = router.config
+        reason = "no sender address (From)"
+        return _quarantine(store, raw, envelope, now, message.message_id, reason, None, reprocess)
     recipients = (*envelope.rcpt_to, *(a.email for a in (*message.to, *message.cc)))
     mail = _Mail(message, sender[0], sender[1], recipients, auto_reply_reason(message))
 
     with store.transaction() as session:
-        inbound = _new_inbound(session, raw, envelope, now, message.message_id, Outcome.CREATED, "")
+        inbound = _ledger_entry(
+            session, raw, envelope, now, message.message_id, Outcome.CREATED, "", reprocess
+        )
         if inbound is None:
             return _duplicate(message.message_id)
         secret = config.mail.secret or ensure_secret(session)
         token, references, tag = _thread_facts(session, mail, config, secret)
         match = match_thread(mail.sender, router.agents, token, references, tag)
         ticket = session.get(Ticket, match.ticket.id) if match.ticket is not None else None
-        if ticket is None:
+        loop = own_mail(message, config)
+        recent = _recent_tickets(session, mail.sender, now) if ticket is None else 0
+        if loop is not None:
+            outcome, reason, ticket = Outcome.IGNORED, loop, None
+        elif ticket is None:
             if mail.auto_reply:
                 outcome, reason = Outcome.IGNORED, f"auto-reply ({mail.auto_reply}) to no ticket"
+            elif recent >= config.limits.tickets_per_hour:
+                outcome = Outcome.QUARANTINED
+                reason = f"{RATE_LIMITED}: {recent} new tickets from {mail.sender} in the last hour"
             else:
-                ticket, reason = _new_ticket(session, router, mail, inbound, match, now)
+                quiet = recent >= config.limits.acks_per_hour
+                ticket, reason = _new_ticket(session, router, mail, inbound, match, now, quiet)
                 outcome = Outcome.CREATED
         elif ticket.status == Status.CLOSED:
             if mail.auto_reply:
@@ -333,6 +382,75 @@ class _Mail:
     @property
     def subject(self) -> str:
         return self.message.subject.strip() or NO_SUBJECT
+
+
+def _bounce(
+    store: Store,
+    config: Config,
+    raw: bytes,
+    envelope: Envelope,
+    message: InboundMessage,
+    now: datetime,
+    reprocess: int | None,
+) -> IngestResult:
+    """A bounce is never a ticket: mark the notification it returns, note it, suppress."""
+    report = analyse_bounce(message)
+    with store.transaction() as session:
+        inbound = _ledger_entry(
+            session, raw, envelope, now, message.message_id, Outcome.IGNORED, "", reprocess
+        )
+        if inbound is None:
+            return _duplicate(message.message_id)
+        rows = (
+            list(session.scalars(select(Outbox).where(Outbox.message_id.in_(report.message_ids))))
+            if report.message_ids
+            else []
+        )
+        failed = ", ".join(f"{email} {status or '?'}" for email, status, _ in report.recipients)
+        for row in rows:
+            row.status = "bounced"
+            row.last_error = f"bounced: {failed or 'no details'}"
+            ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
+            if ticket is not None:
+                note = f"Notification {row.kind} to {', '.join(row.recipients)} bounced: {failed}"
+                system = ensure_user(session, config.mail.address, "mailgate", now)
+                _add_comment(session, ticket, system, note, False, message, inbound, now)
+                inbound.ticket_id = ticket.id
+        for email, status, hard in report.recipients:
+            if hard:
+                until = now + config.outbound.suppress_for
+                existing = session.get(Suppression, email)
+                if existing is None:
+                    session.add(Suppression(email=email, until=until, reason=f"bounce {status}"))
+                else:
+                    existing.until, existing.reason = until, f"bounce {status}"
+        reason = f"bounce for {len(rows)} notification(s)" + (f": {failed}" if failed else "")
+        inbound.reason = reason
+        ticket_id = inbound.ticket_id
+    log.info("%s: %s", message.message_id, reason)
+    return IngestResult(Outcome.IGNORED.value, ticket_id, None, message.message_id, reason)
+
+
+def own_mail(message: InboundMessage, config: Config) -> str | None:
+    """Our own notification coming back (a loop): the reason to ignore it, else None."""
+    domain = config.mail.address.rpartition("@")[2]
+    if (message.header(LOOP_HEADER) or "").strip().lower() == domain:
+        return f"own mail ({LOOP_HEADER}), a loop"
+    if message.from_ is not None and message.from_.email == config.mail.address:
+        return "own mail (From is our address), a loop"
+    return None
+
+
+def _recent_tickets(session: Session, email: str, now: datetime) -> int:
+    """New tickets this sender opened in the last hour (the rate limits count these)."""
+    return (
+        session.scalar(
+            select(func.count(Ticket.id))
+            .join(User, User.id == Ticket.requester_id)
+            .where(User.email == email, Ticket.created_at > now - timedelta(hours=1))
+        )
+        or 0
+    )
 
 
 def _facts(session: Session, ticket_id: int | None) -> TicketFacts | None:
@@ -463,6 +581,7 @@ def _new_ticket(
     inbound: InboundRow,
     match: ThreadMatch,
     now: datetime,
+    quiet: bool = False,
 ) -> tuple[Ticket, str]:
     config = router.config
     requester, name, subject, note = mail.sender, mail.name, mail.subject, ""
@@ -497,17 +616,25 @@ def _new_ticket(
     comment = _add_comment(
         session, ticket, user, mail.message.text, True, mail.message, inbound, now
     )
-    _announce(session, config, ticket, comment, now)
+    _announce(session, config, ticket, comment, now, acknowledge=not quiet)
+    if quiet:
+        reason += f"; no acknowledgement (more than {config.limits.acks_per_hour} this hour)"
     return ticket, reason
 
 
 def _announce(
-    session: Session, config: Config, ticket: Ticket, comment: Comment, now: datetime
+    session: Session,
+    config: Config,
+    ticket: Ticket,
+    comment: Comment,
+    now: datetime,
+    acknowledge: bool = True,
 ) -> None:
     """A new ticket: acknowledge it to the requester and tell the organization's followers."""
     session.flush()
     payload = {"comment": comment.id}
-    _queue(session, config, "ticket_created", ticket, [ticket.requester.email], payload, now)
+    if acknowledge:
+        _queue(session, config, "ticket_created", ticket, [ticket.requester.email], payload, now)
     if ticket.organization_id is None:
         return
     members = select(Membership.user_id).where(Membership.organization_id == ticket.organization_id)
@@ -671,10 +798,21 @@ def _queue(
     facts = _facts(session, ticket.id)
     assert facts is not None
     # Never to ourselves (a loop); agents may share our domain.
+    suppressed = set(
+        session.scalars(
+            select(Suppression.email).where(
+                Suppression.email.in_(recipients), Suppression.until > now
+            )
+        )
+    )
     to = [
         r
         for r in dict.fromkeys(recipients)
-        if r and r != exclude and (r in agents or not is_ours(r, config)) and facts.knows(r, agents)
+        if r
+        and r != exclude
+        and r not in suppressed  # hard-bounced recently: mail would only bounce again
+        and (r in agents or not is_ours(r, config))
+        and facts.knows(r, agents)
     ]
     if not to:
         return
@@ -691,3 +829,24 @@ def _queue(
             next_attempt_at=now,
         )
     )
+
+
+def reprocess_quarantined(
+    store: Store, config: Config, now: datetime, ids: list[int] | None = None
+) -> list[tuple[int, IngestResult]]:
+    """Process quarantined mail again (after an admin fixed the config), each exactly once."""
+    query = select(InboundRow.id).where(InboundRow.outcome == Outcome.QUARANTINED.value)
+    if ids is not None:
+        query = query.where(InboundRow.id.in_(ids))
+    with store.transaction() as session:
+        todo = list(session.scalars(query.order_by(InboundRow.id)))
+    router = Router(config)
+    results: list[tuple[int, IngestResult]] = []
+    for entry in todo:
+        with store.transaction() as session:
+            row = session.get(InboundRow, entry)
+            if row is None:
+                continue
+            raw, envelope = row.raw, Envelope(row.mail_from, tuple(row.rcpt_to))
+        results.append((entry, ingest(store, config, raw, envelope, now, router, reprocess=entry)))
+    return results

@@ -233,3 +233,12 @@ class Outbox(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Set when an instance takes the row to send it; a stale claim (crash) is taken again.
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Suppression(Base):
+    """An address that hard-bounced: no notifications to it until ``until``."""
+
+    __tablename__ = "suppressions"
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(Text, default="")

@@ -40,6 +40,7 @@ RCPT_BAD_SYNTAX = "501 5.1.3 Bad recipient address syntax"
 STORED = "250 2.0.0 Ok: {detail}"
 TEMPFAIL = "451 4.3.0 Cannot store the message right now, please try again later"
 TOO_BIG = "552 5.3.4 Message size exceeds the fixed maximum message size"
+TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"  # RFC 5321 4.5.3.1.10: the client retries
 
 # aiosmtpd's own size replies carry no enhanced status code; give them ours.
 _REWRITE = {
@@ -108,6 +109,8 @@ class Handler:
         if not at or not local:
             return RCPT_BAD_SYNTAX
         config, _ = self.state
+        if len(envelope.rcpt_tos) >= config.limits.max_recipients:
+            return TOO_MANY_RCPTS
         if domain.lower().rstrip(".") not in config.mail.domains:
             log.info("refused recipient %s from %s", address, session.peer)
             return RCPT_UNKNOWN

@@ -165,7 +165,7 @@ def test_real_world_corpus_ends_in_the_ledger(store: Store, config: Config, cloc
         if result.action == "quarantined":
             reasons[result.reason.split(":")[0]] += 1
         if result.action == "ignored":
-            assert result.reason.startswith("auto-reply"), (path, result)
+            assert result.reason.startswith(("auto-reply", "bounce", "own mail")), (path, result)
         if result.action == "duplicate":  # byte variants (CRLF/CR copies) of a stored mail
             with store.transaction() as s:
                 assert s.scalar(
@@ -181,9 +181,10 @@ def test_real_world_corpus_ends_in_the_ledger(store: Store, config: Config, cloc
     # Quarantine only for input that is no mail (reply-parser body samples, raw TNEF and
     # .msg files, MIME part fragments) or has no sender at all; never for a bug.
     assert set(reasons) <= {"unparseable", "no sender address (From)"}, reasons
-    # Robots' mail (bounces, out-of-office, list traffic) that threads nowhere is ignored.
-    assert results["created"] + results["commented"] >= 600
-    assert results["created"] + results["commented"] + results["ignored"] >= 900
+    # Robots' mail is ignored (never a ticket): the ~800 bounces, out-of-office, list mail.
+    assert results["created"] + results["commented"] >= 300
+    assert results["ignored"] >= 650
+    assert reasons["no sender address (From)"] <= 50
 
 
 def test_routing_rule_and_named_customer_reach_the_ticket(

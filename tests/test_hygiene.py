@@ -1,0 +1,162 @@
+"""Loops, floods, limits and the quarantine: calm and correct, nothing silently dropped."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from mailgate.config import Config
+from mailgate.ingest import Envelope, ingest, reprocess_quarantined
+from mailgate.jobs import Jobs
+from mailgate.models import Outbox
+from mailgate.smtp import ServerThread
+from mailgate.store import Store, get_ticket, ticket_detail
+
+from .conftest import MAILGATE, Clock, mail
+
+
+def test_own_notifications_coming_back_are_ignored(
+    store: Store, config: Config, clock: Clock
+) -> None:
+    looped = mail(sender="Support <support@support.example.com>", subject="[#1] x")
+    assert ingest(store, config, looped, Envelope(), clock()).action == "ignored"
+    header = mail(sender="x@relay.example", extra="X-Mailgate-Loop: support.example.com\r\n")
+    result = ingest(store, config, header, Envelope(), clock())
+    assert (result.action, result.ticket) == ("ignored", None)
+    assert "loop" in result.reason
+
+
+def test_rate_limits_quarantine_then_reprocess_exactly_once(
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock
+) -> None:
+    """Past the acknowledgement cap tickets stay silent; past the ticket cap mail waits."""
+    config, _ = make_config({"limits": {"acks_per_hour": 2, "tickets_per_hour": 3}})
+    results = [
+        ingest(store, config, mail(sender="flood@gmail.com", subject=f"n{i}"), Envelope(), clock())
+        for i in range(5)
+    ]
+    assert [r.action for r in results] == ["created"] * 3 + ["quarantined"] * 2
+    assert results[3].reason.startswith("rate_limited: 3 new tickets from flood@gmail.com")
+    with store.transaction() as s:
+        acks = [o for o in s.scalars(select(Outbox)) if o.kind == "ticket_created"]
+    assert len(acks) == 2 and "no acknowledgement" in results[2].reason
+
+    clock.advance(hours=2)  # the hour has passed: the admin reprocesses
+    done = reprocess_quarantined(store, config, clock())
+    assert [r.action for _, r in done] == ["created", "created"]
+    assert reprocess_quarantined(store, config, clock()) == []  # exactly once
+
+
+@pytest.fixture
+def strict_server(
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock
+) -> Iterator[int]:
+    config, _ = make_config({"limits": {"max_recipients": 2}})
+    with ServerThread(config, store, clock) as thread:
+        assert thread.server.port is not None
+        yield thread.server.port
+
+
+def test_too_many_recipients_get_452(strict_server: int) -> None:
+    with smtplib.SMTP("127.0.0.1", strict_server) as client:
+        client.ehlo()
+        client.mail("a@mueller-logistik.de")
+        assert client.rcpt("one@support.example.com")[0] == 250
+        assert client.rcpt("two@support.example.com")[0] == 250
+        code, reply = client.rcpt("three@support.example.com")
+        assert code == 452 and reply.startswith(b"4.5.3")
+
+
+def test_quarantine_commands_and_stats(config_path: Path) -> None:
+    def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*MAILGATE, "--config", str(config_path), *args], input=stdin, capture_output=True
+        )
+
+    cli("ingest", stdin=b"")
+    cli("ingest", stdin=b"Subject: ohne Absender\r\n\r\nText\r\n")
+    cli("ingest", stdin=mail())
+    listed = json.loads(cli("quarantine", "list", "--json").stdout)
+    assert [q["reason"].split(":")[0] for q in listed] == [
+        "unparseable",
+        "no sender address (From)",
+    ]
+    shown = cli("quarantine", "show", str(listed[1]["id"])).stdout.decode()
+    assert "no sender address" in shown and "ohne Absender" in shown
+    raw = cli("quarantine", "show", str(listed[1]["id"]), "--raw").stdout
+    assert raw == b"Subject: ohne Absender\r\n\r\nText\r\n"
+    stats = json.loads(cli("stats", "--json").stdout)
+    assert stats["ledger"] == {"created": 1, "quarantined": 2, "total": 3}
+    assert stats["tickets"] == {"new": 1}
+    again = cli("quarantine", "reprocess", "--all")
+    assert again.returncode == 0
+    assert [json.loads(line)["action"] for line in again.stdout.splitlines()] == [
+        "quarantined",
+        "quarantined",
+    ]
+    assert json.loads(cli("stats", "--json").stdout)["ledger"]["total"] == 3  # nothing doubled
+    missing = cli("quarantine", "show", "999")
+    assert missing.returncode == 1 and b"not in quarantine" in missing.stderr
+
+
+def dsn(original: bytes, recipient: str, status: str) -> bytes:
+    """A Postfix-style delivery status notification returning ``original``."""
+    return (
+        (
+            "From: MAILER-DAEMON@mx.kunde.example (Mail Delivery System)\r\n"
+            "To: support@support.example.com\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+            "Message-ID: <dsn-1@mx.kunde.example>\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+            "--B\r\nContent-Type: text/plain\r\n\r\nI'm sorry to have to inform you...\r\n"
+            "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+            "Reporting-MTA: dns; mx.kunde.example\r\n"
+            f"\r\nFinal-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: {status}\r\n"
+            "--B\r\nContent-Type: message/rfc822\r\n\r\n"
+        ).encode()
+        + original
+        + b"\r\n--B--\r\n"
+    )
+
+
+def test_bounce_marks_the_notification_and_suppresses_the_address(
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock
+) -> None:
+    """A bounce is no ticket: the delivery is marked bounced, noted, the address suppressed."""
+    config, _ = make_config()
+    created = ingest(store, config, mail(sender="weg@kunde.example"), Envelope(), clock())
+    Jobs(store, config).deliver_outbox(clock())  # into the maildir
+    with store.transaction() as s:
+        [ack] = s.scalars(select(Outbox)).all()
+        original = ack.message
+    assert original is not None
+    bounce = ingest(
+        store,
+        config,
+        dsn(original, "weg@kunde.example", "5.1.1"),
+        Envelope("", ("support@support.example.com",)),
+        clock(),
+    )
+    assert (bounce.action, bounce.ticket) == ("ignored", created.ticket)
+    assert "weg@kunde.example 5.1.1" in bounce.reason
+    with store.transaction() as s:
+        assert s.scalars(select(Outbox)).one().status == "bounced"
+        assert created.ticket is not None
+        note = ticket_detail(s, get_ticket(s, created.ticket))["comments"][-1]
+    assert note["public"] is False and "bounced" in note["body"]
+    # further mail to the address is suppressed, but the ticket is still created
+    again = ingest(
+        store, config, mail(sender="weg@kunde.example", subject="neu"), Envelope(), clock()
+    )
+    assert again.action == "created"
+    with store.transaction() as s:
+        assert len(s.scalars(select(Outbox)).all()) == 1
+    clock.advance(days=8)
+    ingest(store, config, mail(sender="weg@kunde.example", subject="später"), Envelope(), clock())
+    with store.transaction() as s:
+        assert len(s.scalars(select(Outbox)).all()) == 2
