@@ -7,6 +7,7 @@ never reopen a ticket, never be acknowledged and never start a ticket of its own
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from mailgate.parser import InboundMessage
@@ -48,7 +49,29 @@ def mailing_list(message: InboundMessage) -> str | None:
     return None
 
 
-AUTO_REPLY_CHECKS: tuple[Check, ...] = (auto_submitted, precedence, vendor_markers, mailing_list)
+# Out-of-office subjects of Exchange/Outlook, Gmail, Zimbra and others, German and English,
+# for the robots that set no header at all.
+_OOO_SUBJECT = re.compile(
+    r"^\s*(automatic reply|automatische antwort|auto(matic)?[- ]?reply|autoreply|"
+    r"abwesenheitsnotiz|out of (the )?office|abwesend|réponse automatique|"
+    r"risposta automatica|respuesta automática)\b",
+    re.IGNORECASE,
+)
+
+
+def out_of_office_subject(message: InboundMessage) -> str | None:
+    if _OOO_SUBJECT.match(message.subject):
+        return "out-of-office subject"
+    return None
+
+
+AUTO_REPLY_CHECKS: tuple[Check, ...] = (
+    auto_submitted,
+    precedence,
+    vendor_markers,
+    mailing_list,
+    out_of_office_subject,
+)
 
 
 def auto_reply_reason(message: InboundMessage) -> str | None:
