@@ -50,6 +50,8 @@ class MailConfig:
     # Key for the reply tokens in our Reply-To addresses. Unset: $MAILGATE_SECRET, else one
     # is generated on first start and kept in the database (shared by all instances).
     secret: str | None = None
+    # One-time secret link service customers should use instead of mailing credentials.
+    secrets_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,6 +414,13 @@ def _holidays(value: Any) -> str | None:
     return text
 
 
+def _url(value: Any) -> str:
+    text = _str(value)
+    if not re.match(r"^https?://\S+$", text):
+        raise ValueError("must be an http(s) URL")
+    return text
+
+
 def _secret(value: Any) -> str:
     text = _str(value)
     if len(text) < 16:
@@ -490,12 +499,15 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
     )
 
     d_mail = MailConfig()
-    s = _Section(data.get("mail", {}), "mail", {"domains", "address", "language", "secret"})
+    s = _Section(
+        data.get("mail", {}), "mail", {"domains", "address", "language", "secret", "secrets_url"}
+    )
     mail = MailConfig(
         domains=s.get("domains", d_mail.domains, _list(_domain)),
         address=s.get("address", d_mail.address, _email),
         language=s.get("language", d_mail.language, _choice("de", "en")),
         secret=s.get("secret", None, _secret) or os.environ.get("MAILGATE_SECRET") or None,
+        secrets_url=s.get("secrets_url", None, _url),
     )
     if not mail.domains:
         raise ConfigError("[mail].domains: must name at least one domain we accept mail for")

@@ -44,6 +44,7 @@ from mailgate.outbound import LOOP_HEADER
 from mailgate.parser import InboundMessage, UnparseableMessage, parse, synthesized_message_id
 from mailgate.quotes import forwarded_original, strip_quoted
 from mailgate.routing import RouteDecision, Router, normalize_subject
+from mailgate.secrets_scan import mask_secrets as scan_and_mask
 from mailgate.store import (
     Store,
     ensure_blob,
@@ -599,8 +600,10 @@ def _new_ticket(
     user = ensure_user(session, requester, name, now)
     # Another ticket's tag in a new ticket's subject would only confuse: it goes.
     untagged = " ".join(re.sub(config.tickets.tag_regex, " ", decision.subject or subject).split())
+    subject_text, subject_secret = mask_secrets(untagged or NO_SUBJECT)
+    body, body_secret = mask_secrets(mail.message.text)
     ticket = Ticket(
-        subject=untagged or NO_SUBJECT,
+        subject=subject_text,
         status=Status.NEW.value,
         organization=_organization(session, decision.organization),
         requester=user,
@@ -613,10 +616,10 @@ def _new_ticket(
     )
     session.add(ticket)
     _add_participants(session, ticket, mail, config, now)
-    comment = _add_comment(
-        session, ticket, user, mail.message.text, True, mail.message, inbound, now
-    )
+    comment = _add_comment(session, ticket, user, body, True, mail.message, inbound, now)
     _announce(session, config, ticket, comment, now, acknowledge=not quiet)
+    if subject_secret or body_secret:
+        _warn_secret(session, config, ticket, mail.sender, now)
     if quiet:
         reason += f"; no acknowledgement (more than {config.limits.acks_per_hour} this hour)"
     return ticket, reason
@@ -675,9 +678,11 @@ def _follow_up(
     for participant in closed.participants:
         ticket.participants.append(Participant(user=participant.user))
     author = ensure_user(session, mail.sender, mail.name, now)
-    body = strip_quoted(mail.message.text)
+    body, secret = mask_secrets(strip_quoted(mail.message.text))
     comment = _add_comment(session, ticket, author, body, True, mail.message, inbound, now)
     _announce(session, router.config, ticket, comment, now)
+    if secret:
+        _warn_secret(session, router.config, ticket, mail.sender, now)
     return ticket
 
 
@@ -697,6 +702,7 @@ def _reply(
     commands: tuple[Command, ...] = ()
     if by_agent:  # only agents' commands count; a customer's "#status solved" is text
         commands, body = split_commands(body)
+    body, secret = mask_secrets(body)
     public = not (mail.auto_reply or is_private(commands))
     author = ensure_user(session, mail.sender, mail.name, now)
     comment = _add_comment(session, ticket, author, body, public, mail.message, inbound, now)
@@ -725,10 +731,25 @@ def _reply(
         )
     if errors:
         _queue(session, config, "command_error", ticket, [mail.sender], {"errors": errors}, now)
+    if secret:
+        _warn_secret(session, config, ticket, mail.sender, now)
     reason = match.reason
     if mail.auto_reply:
         reason += f"; auto-reply ({mail.auto_reply}) kept as internal note"
     return reason
+
+
+def mask_secrets(text: str) -> tuple[str, bool]:
+    """The text with credentials masked (the raw mail keeps the original), and whether any."""
+    masked, findings = scan_and_mask(text)
+    return masked, bool(findings)
+
+
+def _warn_secret(
+    session: Session, config: Config, ticket: Ticket, sender: str, now: datetime
+) -> None:
+    """Credentials never travel in plain mail: ask the sender to use the secret link."""
+    _queue(session, config, "secret_warning", ticket, [sender], {}, now)
 
 
 def _apply_commands(

@@ -163,6 +163,7 @@ class Jobs:
                 "address": config.mail.address,
                 "hours": self.hours.describe(language),
                 "open_now": self.hours.is_open(row.created_at),
+                "secrets_url": config.mail.secrets_url,
             },
             "comment": (
                 {

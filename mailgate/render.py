@@ -48,6 +48,7 @@ KINDS: tuple[str, ...] = (
     "customer_reply",
     "ticket_closed",
     "command_error",
+    "secret_warning",
 )
 LANGUAGES: tuple[str, ...] = ("de", "en")
 # Tried in this order after the requested language: German first, as mailgate's teams are.

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from mailgate.config import Config
 from mailgate.ingest import Envelope, ingest, reprocess_quarantined
 from mailgate.jobs import Jobs
-from mailgate.models import Outbox
+from mailgate.models import InboundMessage, Outbox
 from mailgate.smtp import ServerThread
 from mailgate.store import Store, get_ticket, ticket_detail
 
@@ -160,3 +160,25 @@ def test_bounce_marks_the_notification_and_suppresses_the_address(
     ingest(store, config, mail(sender="weg@kunde.example", subject="später"), Envelope(), clock())
     with store.transaction() as s:
         assert len(s.scalars(select(Outbox)).all()) == 2
+
+
+def test_credentials_are_masked_everywhere_but_the_raw_mail(
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock
+) -> None:
+    """A pasted password stays in the raw mail only; the sender is pointed to the link."""
+    config, _ = make_config({"mail": {"secrets_url": "https://secrets.example.com/new"}})
+    body = "Hallo,\nder Zugang klemmt.\nBenutzer: anna\nPasswort: Geheim123!\n"
+    created = ingest(store, config, mail(subject="Login kaputt", body=body), Envelope(), clock())
+    assert created.ticket is not None
+    with store.transaction() as s:
+        comment = ticket_detail(s, get_ticket(s, created.ticket))["comments"][0]
+        raw = s.scalars(select(InboundMessage)).one().raw
+        kinds = [o.kind for o in s.scalars(select(Outbox))]
+    assert "Geheim123" not in comment["body"] and "Passwort: ••••••" in comment["body"]
+    assert b"Geheim123!" in raw
+    assert kinds == ["ticket_created", "new_ticket_follower", "secret_warning"]
+    Jobs(store, config).deliver_outbox(clock())
+    with store.transaction() as s:
+        sent = [o.message for o in s.scalars(select(Outbox))]
+    assert all(m is not None and b"Geheim123" not in m for m in sent)
+    assert any(m is not None and b"https://secrets.example.com/new" in m for m in sent)
