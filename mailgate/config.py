@@ -32,6 +32,9 @@ class ServerConfig:
     hostname: str = "localhost"
     max_message_size: int = 25 * 1024 * 1024
     timeout: float = 300.0  # idle seconds before a session is closed (RFC 5321 4.5.3.2)
+    # PEM certificate chain and key: offer STARTTLS (RFC 3207) when both are set.
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +417,13 @@ def _holidays(value: Any) -> str | None:
     return text
 
 
+def _readable_file(value: Any) -> str:
+    text = _str(value)
+    if not os.path.isfile(text):
+        raise ValueError(f"{text!r} is not a readable file")
+    return text
+
+
 def _url(value: Any) -> str:
     text = _str(value)
     if not re.match(r"^https?://\S+$", text):
@@ -480,7 +490,16 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
     s = _Section(
         data.get("server", {}),
         "server",
-        {"host", "port", "protocol", "hostname", "max_message_size", "timeout"},
+        {
+            "host",
+            "port",
+            "protocol",
+            "hostname",
+            "max_message_size",
+            "timeout",
+            "tls_cert",
+            "tls_key",
+        },
     )
     server = ServerConfig(
         host=s.get("host", d_server.host, _str),
@@ -489,7 +508,11 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         hostname=s.get("hostname", d_server.hostname, _str),
         max_message_size=s.get("max_message_size", d_server.max_message_size, _int(1024, 2**31)),
         timeout=s.get("timeout", d_server.timeout, _number(1, 3600)),
+        tls_cert=s.get("tls_cert", None, _readable_file),
+        tls_key=s.get("tls_key", None, _readable_file),
     )
+    if (server.tls_cert is None) != (server.tls_key is None):
+        raise ConfigError("[server].tls_key: tls_cert and tls_key go together; give both")
 
     d_db = DatabaseConfig()
     s = _Section(data.get("database", {}), "database", {"url", "lock_timeout"})

@@ -10,8 +10,10 @@ that cannot be written escapes as :class:`StoreUnavailable`, so the sender retri
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
+import time
 import traceback
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -151,6 +153,31 @@ def ingest(
     per config load and pass it in. ``reprocess`` names a quarantined ledger entry whose
     raw mail this is: it is processed again in place, exactly once.
     """
+    started = time.perf_counter()
+    result = _ingest(store, config, raw, envelope, now, router, reprocess)
+    # One line per mail, key=value, for the log pipeline and for people.
+    log.log(
+        logging.WARNING if result.action == Outcome.QUARANTINED else logging.INFO,
+        "message_id=%s action=%s ticket=%s organization=%s duration_ms=%.1f reason=%s",
+        json.dumps(result.message_id),
+        result.action,
+        result.ticket,
+        json.dumps(result.organization, ensure_ascii=False),
+        (time.perf_counter() - started) * 1000,
+        json.dumps(result.reason, ensure_ascii=False),
+    )
+    return result
+
+
+def _ingest(
+    store: Store,
+    config: Config,
+    raw: bytes,
+    envelope: Envelope,
+    now: datetime,
+    router: Router | None,
+    reprocess: int | None,
+) -> IngestResult:
     try:
         message = parse(raw)
     except UnparseableMessage as exc:
@@ -261,7 +288,6 @@ def _quarantine(
         if row is None:
             return _duplicate(message_id)
         row.error = error
-    log.warning("quarantined %s: %s", message_id, reason)
     return IngestResult(Outcome.QUARANTINED.value, None, None, message_id, reason)
 
 
@@ -358,15 +384,6 @@ def _ingest_parsed(
         inbound.ticket_id = ticket.id if ticket is not None else None
         ticket_id = ticket.id if ticket is not None else None
         org_name = ticket.organization.name if ticket and ticket.organization else None
-    log.info(
-        "%s from %s: %s ticket #%s (%s): %s",
-        message.message_id,
-        mail.sender,
-        outcome.value,
-        ticket_id,
-        org_name,
-        reason,
-    )
     return IngestResult(outcome.value, ticket_id, org_name, message.message_id, reason)
 
 
@@ -428,7 +445,6 @@ def _bounce(
         reason = f"bounce for {len(rows)} notification(s)" + (f": {failed}" if failed else "")
         inbound.reason = reason
         ticket_id = inbound.ticket_id
-    log.info("%s: %s", message.message_id, reason)
     return IngestResult(Outcome.IGNORED.value, ticket_id, None, message.message_id, reason)
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -178,9 +179,15 @@ class MailServer:
         handler = self.handler
         cfg = self.config.server
 
+        tls = None
+        if cfg.tls_cert and cfg.tls_key:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+
         def factory() -> SMTP:
             return protocol(
                 handler,
+                tls_context=tls,
                 data_size_limit=cfg.max_message_size,
                 enable_SMTPUTF8=True,
                 hostname=cfg.hostname,

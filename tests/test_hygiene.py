@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from mailgate.config import Config
@@ -182,3 +184,49 @@ def test_credentials_are_masked_everywhere_but_the_raw_mail(
         sent = [o.message for o in s.scalars(select(Outbox))]
     assert all(m is not None and b"Geheim123" not in m for m in sent)
     assert any(m is not None and b"https://secrets.example.com/new" in m for m in sent)
+
+
+def test_own_notification_fed_back_never_causes_more_mail(
+    store: Store, config: Config, clock: Clock
+) -> None:
+    """Our acknowledgement returned verbatim, as an auto-reply, or inside a bounce: no mail."""
+    ingest(store, config, mail(sender="kunde@kunde.example"), Envelope(), clock())
+    jobs = Jobs(store, config)
+    jobs.deliver_outbox(clock())
+    with store.transaction() as s:
+        [ack] = s.scalars(select(Outbox)).all()
+        sent = ack.message
+    assert sent is not None
+    auto = sent.replace(
+        b"Subject: ", b"Auto-Submitted: auto-replied\r\nSubject: Automatic reply: ", 1
+    )
+    for variant in (sent, auto, dsn(sent, "kunde@kunde.example", "5.2.2")):
+        result = ingest(
+            store, config, variant, Envelope("", ("support@support.example.com",)), clock()
+        )
+        assert result.action in ("ignored", "duplicate"), result
+    with store.transaction() as s:
+        assert len(s.scalars(select(Outbox)).all()) == 1
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_fuzzed_mail_never_raises_and_the_ledger_balances(
+    data: st.DataObject, store: Store, config: Config, clock: Clock
+) -> None:
+    """Arbitrary bytes and mutated real mail: every call ends in the ledger or as duplicate."""
+    base = mail(subject=data.draw(st.text(max_size=40)), body=data.draw(st.text(max_size=200)))
+    cut = data.draw(st.integers(0, len(base)))
+    noise = data.draw(st.binary(max_size=200))
+    raw = data.draw(st.sampled_from([noise, base[:cut] + noise + base[cut:], base[:cut], base]))
+    with store.transaction() as s:
+        before = len(s.scalars(select(InboundMessage.id)).all())
+    result = ingest(store, config, raw, Envelope(), clock())
+    with store.transaction() as s:
+        after = len(s.scalars(select(InboundMessage.id)).all())
+    assert result.action in ("created", "commented", "ignored", "quarantined", "duplicate")
+    assert after == before + (0 if result.action == "duplicate" else 1)

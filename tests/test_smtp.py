@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import smtplib
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -196,4 +198,50 @@ def test_lmtp_answers_once_per_recipient(lmtp_server: int, store: Store) -> None
         assert code == 250 and reply.startswith(b"2.0.0")
     finally:
         client.close()
+    assert count(store, Ticket) == 1
+
+
+@pytest.fixture
+def tls_server(
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock, tmp_path: Path
+) -> Iterator[int]:
+    """A listener with a fresh self-signed certificate."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    config, _ = make_config({"server": {"tls_cert": str(cert), "tls_key": str(key)}})
+    with ServerThread(config, store, clock) as thread:
+        assert thread.server.port is not None
+        yield thread.server.port
+
+
+def test_starttls_is_offered_and_works(tls_server: int, store: Store) -> None:
+    with smtplib.SMTP("127.0.0.1", tls_server) as client:
+        client.ehlo()
+        assert client.has_extn("starttls")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        code, _ = client.starttls(context=context)
+        assert code == 220
+        client.ehlo()
+        client.sendmail("anna@mueller-logistik.de", ["support@support.example.com"], mail())
     assert count(store, Ticket) == 1
