@@ -96,6 +96,12 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    port: int | None = None  # unset: no HTTP endpoint
+
+
+@dataclass(frozen=True, slots=True)
 class JobsConfig:
     outbox_interval: timedelta = timedelta(seconds=10)
     close_interval: timedelta = timedelta(minutes=5)
@@ -192,6 +198,7 @@ class Config:
     hours: HoursConfig = field(default_factory=HoursConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "built-in defaults"  # where the config came from, for messages
 
     def organization(self, name: str) -> OrganizationConfig | None:
@@ -481,6 +488,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         "hours",
         "jobs",
         "limits",
+        "metrics",
     }
     unknown = sorted(set(data) - sections)
     if unknown:
@@ -589,6 +597,11 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         acks_per_hour=s.get("acks_per_hour", d_limits.acks_per_hour, _int(0, 100_000)),
         tickets_per_hour=s.get("tickets_per_hour", d_limits.tickets_per_hour, _int(1, 100_000)),
         max_recipients=s.get("max_recipients", d_limits.max_recipients, _int(1, 10_000)),
+    )
+
+    s = _Section(data.get("metrics", {}), "metrics", {"host", "port"})
+    metrics = MetricsConfig(
+        host=s.get("host", "127.0.0.1", _str), port=s.get("port", None, _int(0, 65535))
     )
 
     d_jobs = JobsConfig()
@@ -714,5 +727,6 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         hours=hours,
         jobs=jobs,
         limits=limits,
+        metrics=metrics,
         source=source,
     )

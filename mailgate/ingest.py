@@ -27,6 +27,7 @@ from mailgate.bounces import analyse_bounce, is_bounce
 from mailgate.config import Config
 from mailgate.errors import NotFound, Refused, StoreUnavailable
 from mailgate.filters import auto_reply_reason
+from mailgate.health import INGEST_SECONDS, MESSAGES
 from mailgate.models import (
     Attachment,
     Comment,
@@ -155,6 +156,8 @@ def ingest(
     """
     started = time.perf_counter()
     result = _ingest(store, config, raw, envelope, now, router, reprocess)
+    MESSAGES.labels(result.action).inc()
+    INGEST_SECONDS.observe(time.perf_counter() - started)
     # One line per mail, key=value, for the log pipeline and for people.
     log.log(
         logging.WARNING if result.action == Outcome.QUARANTINED else logging.INFO,

@@ -18,6 +18,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailgate.config import Config
+from mailgate.health import DELIVERIES
 from mailgate.hours import SupportHours
 from mailgate.models import Comment, Outbox, Status, Ticket, User
 from mailgate.outbound import (
@@ -134,6 +135,7 @@ class Jobs:
             attempt = {"at": now.isoformat(), "result": verdict.value, "error": error}
             row.payload = {**row.payload, "attempts": [*row.payload.get("attempts", []), attempt]}
         setattr(stats, verdict.value, getattr(stats, verdict.value) + 1)
+        DELIVERIES.labels(verdict.value).inc()
         if error:
             stats.errors.append(f"outbox {claim.id}: {error}")
             log.warning("outbox %s: %s (%s)", claim.id, verdict.value, error)

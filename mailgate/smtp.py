@@ -296,6 +296,20 @@ async def serve_until_signalled(
     server = MailServer(config, store)
     await server.start()
     scheduler = start_scheduler(server)
+    http = None
+    if config.metrics.port is not None:
+        from mailgate.health import start_http
+
+        async def healthy() -> str | None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    server.executor, store.schema_is_current
+                )
+            except StoreUnavailable as exc:
+                return str(exc)
+            return None
+
+        http = await start_http(config.metrics.host, config.metrics.port, healthy)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -312,6 +326,8 @@ async def serve_until_signalled(
     await stop.wait()
     log.info("shutting down: finishing messages in flight")
     scheduler.shutdown(wait=False)
+    if http is not None:
+        http.close()
     await server.stop()
     log.info("stopped")
 

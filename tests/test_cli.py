@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -291,3 +292,21 @@ def test_human_readable_output(config_path: Path) -> None:
     shown = mailgate(config_path, "tickets", "show", "1").stdout.decode()
     assert shown.startswith("Ticket #1: Server down")
     assert "der Drucker druckt nicht." in shown
+
+
+def test_metrics_and_health_endpoints(make_config: Callable[..., tuple[Config, Path]]) -> None:
+    """With [metrics] port set, serve answers /metrics and /healthz over HTTP."""
+    _, path = make_config({"metrics": {"port": 0}}, name="metrics.toml")
+    daemon = Daemon(path)
+    try:
+        port = int(daemon.wait_for(r"http://127\.0\.0\.1:(\d+)/metrics").group(1))
+        send(daemon.port, mail())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as reply:
+            assert (reply.status, reply.read()) == (200, b"ok\n")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        assert 'mailgate_messages_total{action="created"} 1.0' in text
+        assert "mailgate_ingest_seconds_count 1.0" in text
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(30) == 0
