@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import re
 import signal
+import smtplib
 import subprocess
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -310,3 +312,51 @@ def test_metrics_and_health_endpoints(make_config: Callable[..., tuple[Config, P
     finally:
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.proc.wait(30) == 0
+
+
+def test_sigkill_under_load_loses_no_accepted_mail(
+    make_config: Callable[..., tuple[Config, Path]],
+) -> None:
+    """Kill -9 mid-stream: every mail that got 250 is stored exactly once after restart."""
+    _, config_path = make_config({"limits": {"tickets_per_hour": 1000}}, name="kill.toml")
+    daemon = Daemon(config_path)
+    accepted: list[str] = []
+    state = {"port": daemon.port, "stop": False}
+
+    def load() -> None:
+        pending = [f"<kill-{i}@mueller-logistik.de>" for i in range(80)]
+        deadline = time.monotonic() + 120
+        while pending and time.monotonic() < deadline:
+            message_id = pending[0]
+            try:
+                with smtplib.SMTP("127.0.0.1", state["port"], timeout=10) as client:
+                    client.sendmail(
+                        "anna@mueller-logistik.de",
+                        ["support@support.example.com"],
+                        mail(subject=f"Last {message_id}", message_id=message_id),
+                    )
+                accepted.append(message_id.strip("<>"))
+                pending.pop(0)
+            except (OSError, smtplib.SMTPException):
+                time.sleep(0.05)  # the server is down: retry, as an MTA would
+
+    sender = threading.Thread(target=load)
+    sender.start()
+    while len(accepted) < 25:
+        time.sleep(0.01)
+    daemon.proc.kill()  # SIGKILL, no chance to clean up
+    daemon.proc.wait(10)
+    restarted = Daemon(config_path)
+    state["port"] = restarted.port
+    sender.join(150)
+    try:
+        assert len(accepted) == 80
+        listed = as_json(mailgate(config_path, "tickets", "list", "--json"))
+        stats = as_json(mailgate(config_path, "stats", "--json"))
+    finally:
+        restarted.proc.send_signal(signal.SIGTERM)
+        restarted.proc.wait(30)
+    subjects = Counter(t["subject"] for t in listed)
+    assert {f"Last <{m}>" for m in accepted} <= set(subjects)
+    assert set(subjects.values()) == {1}
+    assert stats["ledger"]["total"] == len(listed) == 80
