@@ -96,6 +96,13 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    verify_dkim: bool = False  # check DKIM on inbound mail and record the result
+    # Honour agents' email commands only from DKIM-verified mail of the agent's domain.
+    require_dkim_for_commands: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     host: str = "127.0.0.1"
     port: int | None = None  # unset: no HTTP endpoint
@@ -199,6 +206,7 @@ class Config:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     source: str = "built-in defaults"  # where the config came from, for messages
 
     def organization(self, name: str) -> OrganizationConfig | None:
@@ -489,6 +497,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         "jobs",
         "limits",
         "metrics",
+        "security",
     }
     unknown = sorted(set(data) - sections)
     if unknown:
@@ -602,6 +611,12 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
     s = _Section(data.get("metrics", {}), "metrics", {"host", "port"})
     metrics = MetricsConfig(
         host=s.get("host", "127.0.0.1", _str), port=s.get("port", None, _int(0, 65535))
+    )
+
+    s = _Section(data.get("security", {}), "security", {"verify_dkim", "require_dkim_for_commands"})
+    require = s.get("require_dkim_for_commands", False, _bool)
+    security = SecurityConfig(
+        verify_dkim=s.get("verify_dkim", False, _bool) or require, require_dkim_for_commands=require
     )
 
     d_jobs = JobsConfig()
@@ -728,5 +743,6 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         jobs=jobs,
         limits=limits,
         metrics=metrics,
+        security=security,
         source=source,
     )

@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session
 
 from mailgate.bounces import analyse_bounce, is_bounce
 from mailgate.config import Config
+from mailgate.dkim_check import DkimResult, DnsLookup
+from mailgate.dkim_check import verify as verify_dkim
 from mailgate.errors import NotFound, Refused, StoreUnavailable
 from mailgate.filters import auto_reply_reason
 from mailgate.health import INGEST_SECONDS, MESSAGES
@@ -147,6 +149,7 @@ def ingest(
     now: datetime,
     router: Router | None = None,
     reprocess: int | None = None,
+    dkim_dns: DnsLookup | None = None,
 ) -> IngestResult:
     """Store one mail and turn it into a ticket; idempotent per mail.
 
@@ -155,7 +158,7 @@ def ingest(
     raw mail this is: it is processed again in place, exactly once.
     """
     started = time.perf_counter()
-    result = _ingest(store, config, raw, envelope, now, router, reprocess)
+    result = _ingest(store, config, raw, envelope, now, router, reprocess, dkim_dns)
     MESSAGES.labels(result.action).inc()
     INGEST_SECONDS.observe(time.perf_counter() - started)
     # One line per mail, key=value, for the log pipeline and for people.
@@ -180,6 +183,7 @@ def _ingest(
     now: datetime,
     router: Router | None,
     reprocess: int | None,
+    dkim_dns: DnsLookup | None,
 ) -> IngestResult:
     try:
         message = parse(raw)
@@ -188,8 +192,9 @@ def _ingest(
         message_id = synthesized_message_id(raw)
         return _quarantine(store, raw, envelope, now, message_id, reason, None, reprocess)
     try:
+        dkim = verify_dkim(raw, dkim_dns) if config.security.verify_dkim else None
         return _ingest_parsed(
-            store, router or Router(config), raw, envelope, message, now, reprocess
+            store, router or Router(config), raw, envelope, message, now, reprocess, dkim
         )
     except StoreUnavailable:
         raise
@@ -335,6 +340,7 @@ def _ingest_parsed(
     message: InboundMessage,
     now: datetime,
     reprocess: int | None = None,
+    dkim: DkimResult | None = None,
 ) -> IngestResult:
     config = router.config
     if is_bounce(message, envelope.mail_from):
@@ -344,7 +350,7 @@ def _ingest_parsed(
         reason = "no sender address (From)"
         return _quarantine(store, raw, envelope, now, message.message_id, reason, None, reprocess)
     recipients = (*envelope.rcpt_to, *(a.email for a in (*message.to, *message.cc)))
-    mail = _Mail(message, sender[0], sender[1], recipients, auto_reply_reason(message))
+    mail = _Mail(message, sender[0], sender[1], recipients, auto_reply_reason(message), dkim)
 
     with store.transaction() as session:
         inbound = _ledger_entry(
@@ -352,6 +358,7 @@ def _ingest_parsed(
         )
         if inbound is None:
             return _duplicate(message.message_id)
+        inbound.dkim = str(dkim) if dkim is not None else None
         secret = config.mail.secret or ensure_secret(session)
         token, references, tag = _thread_facts(session, mail, config, secret)
         match = match_thread(mail.sender, router.agents, token, references, tag)
@@ -399,6 +406,7 @@ class _Mail:
     name: str
     recipients: tuple[str, ...]
     auto_reply: str | None
+    dkim: DkimResult | None = None
 
     @property
     def subject(self) -> str:
@@ -733,7 +741,22 @@ def _reply(
     if by_agent or mail.sender == ticket.requester.email:
         _add_participants(session, ticket, mail, config, now)
     session.flush()
-    errors = _apply_commands(session, router, ticket, commands, now) if commands else []
+    errors: list[str] = []
+    if (
+        commands
+        and config.security.require_dkim_for_commands
+        and not (mail.dkim is not None and mail.dkim.signed_by(mail.sender))
+    ):
+        # A forged From of an agent must not solve or move tickets.
+        domain = mail.sender.rpartition("@")[2]
+        errors = [
+            f"{c.line}: refused: commands need a valid DKIM signature of {domain} "
+            f"(this mail: {mail.dkim or 'not checked'})"
+            for c in commands
+            if c.name not in ("note", "private")
+        ]
+        commands = tuple(c for c in commands if c.name in ("note", "private"))
+    errors += _apply_commands(session, router, ticket, commands, now) if commands else []
     audience = [ticket.requester.email, *(p.user.email for p in ticket.participants)]
     if by_agent and public:
         _queue(session, config, "agent_reply", ticket, audience, {"comment": comment.id}, now)

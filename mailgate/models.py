@@ -170,6 +170,7 @@ class InboundMessage(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str | None] = mapped_column(Text)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    dkim: Mapped[str | None] = mapped_column(String(300))  # "pass d=…", "fail", "none"
 
 
 class Comment(Base):

@@ -32,7 +32,7 @@ def test_example_file_is_valid_and_documents_every_key() -> None:
     assert config.organizations, "the example should show organizations"
     text = path.read_text(encoding="utf-8")
     sections = ("server", "database", "mail", "outbound", "routing", "tickets", "agents", "hours")
-    for section in (*sections, "jobs", "limits", "metrics"):
+    for section in (*sections, "jobs", "limits", "metrics", "security"):
         fields = getattr(Config(), section).__dataclass_fields__
         for key in fields:
             documented = (f"{key.rstrip('_')} =", f"[[{section}.{key}]]")

@@ -1,0 +1,83 @@
+"""DKIM: recorded on every mail when enabled; agents' commands need a valid signature."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import dkim
+import pytest
+from sqlalchemy import select
+
+from mailgate.config import Config
+from mailgate.ingest import Envelope, ingest
+from mailgate.models import InboundMessage, Outbox
+from mailgate.store import Store, get_ticket, ticket_detail
+
+from .conftest import Clock, mail
+
+AGENT = "Tech <tech@support.example.com>"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+    """A fresh RSA key: the private PEM and the DNS TXT record that publishes it."""
+    folder = tmp_path_factory.mktemp("dkim")
+    private = folder / "key.pem"
+    subprocess.run(
+        ["openssl", "genrsa", "-out", str(private), "2048"], check=True, capture_output=True
+    )
+    public = subprocess.run(
+        ["openssl", "rsa", "-in", str(private), "-pubout", "-outform", "DER"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return private.read_bytes(), b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+
+def signed(raw: bytes, private: bytes) -> bytes:
+    signature = dkim.sign(
+        raw,
+        b"mg",
+        b"support.example.com",
+        private,
+        include_headers=[b"from", b"to", b"subject", b"message-id"],
+    )
+    return signature + raw
+
+
+def test_agent_commands_need_dkim(
+    make_config: Callable[..., tuple[Config, Path]],
+    store: Store,
+    clock: Clock,
+    keys: tuple[bytes, bytes],
+) -> None:
+    private, record = keys
+
+    def dns(name: bytes, timeout: int = 5) -> bytes | None:
+        return record if name == b"mg._domainkey.support.example.com." else None
+
+    config, _ = make_config({"security": {"require_dkim_for_commands": True}})
+    created = ingest(store, config, mail(), Envelope(), clock(), dkim_dns=dns)
+    tid = created.ticket
+    assert tid is not None
+    forged = mail(sender=AGENT, subject=f"Re: [#{tid}] x", body="#status solved\n\nErledigt.")
+    ingest(store, config, forged, Envelope(), clock(), dkim_dns=dns)
+    with store.transaction() as s:
+        assert ticket_detail(s, get_ticket(s, tid))["status"] == "open"
+        [error] = [o for o in s.scalars(select(Outbox)) if o.kind == "command_error"]
+        assert "refused: commands need a valid DKIM signature" in error.payload["errors"][0]
+    genuine = signed(
+        mail(sender=AGENT, subject=f"Re: [#{tid}] x", body="#status solved\n\nJa."), private
+    )
+    ingest(store, config, genuine, Envelope(), clock(), dkim_dns=dns)
+    tampered = signed(
+        mail(sender=AGENT, subject=f"Re: [#{tid}] y", body="#status open\n\nA"), private
+    ).replace(b"\r\nA", b"\r\nB")
+    ingest(store, config, tampered, Envelope(), clock(), dkim_dns=dns)
+    with store.transaction() as s:
+        assert ticket_detail(s, get_ticket(s, tid))["status"] == "solved"
+        results = [r.dkim for r in s.scalars(select(InboundMessage).order_by(InboundMessage.id))]
+    assert results == ["none", "none", "pass d=support.example.com", "fail d=support.example.com"]
