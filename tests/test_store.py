@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, select
@@ -76,3 +77,12 @@ def test_sync_is_idempotent_and_follows_config_changes(
         assert blau is not None and blau.active is False  # kept for its tickets
         agent = s.scalar(select(User).where(User.email == "tech@support.example.com"))
         assert agent is not None and not agent.is_agent
+
+
+def test_sqlite_runs_in_wal_mode_with_full_sync(store: Store) -> None:
+    """Readers never block the listener, and every commit is on disk before we answer 250."""
+    if store.dialect != "sqlite":
+        pytest.skip("SQLite only")
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
