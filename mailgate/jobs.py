@@ -76,12 +76,15 @@ class Jobs:
     def deliver_outbox(self, now: datetime) -> DeliveryStats:
         """Send every due row once; retry transient failures with backoff."""
         stats = DeliveryStats()
-        while True:
-            claims = self._claim(now)
-            if not claims:
-                return stats
-            for claim in claims:
-                self._send(claim, now, stats)
+        try:
+            while True:
+                claims = self._claim(now)
+                if not claims:
+                    return stats
+                for claim in claims:
+                    self._send(claim, now, stats)
+        finally:
+            self.transport.close()
 
     def _claim(self, now: datetime) -> list[_Claim]:
         due = or_(

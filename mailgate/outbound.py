@@ -8,6 +8,7 @@ transient, 5yz permanent) and RFC 3463 (the enhanced code's class digit says the
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import mailbox
 import os
@@ -104,6 +105,8 @@ def build_message(
 class Transport(Protocol):
     def send(self, message: bytes, sender: str, recipients: Sequence[str]) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class MaildirTransport:
     """Notifications as files in a Maildir's ``new/``: laptops, tests, a local MDA."""
@@ -118,33 +121,73 @@ class MaildirTransport:
         except OSError as exc:
             raise DeliveryError(None, f"cannot write to maildir {self.path}: {exc}") from exc
 
+    def close(self) -> None:
+        pass
+
 
 class SmtpTransport:
-    """Relay through an SMTP server (blocking smtplib; callers run it off the event loop)."""
+    """Relay through an SMTP server (blocking smtplib; callers run it off the event loop).
+
+    One connection serves a whole delivery run: opening one per message cost more than
+    the message itself. A connection the relay dropped is opened again once.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config.outbound
+        self._client: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        cfg = self.config
+        client = smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=cfg.timeout)
+        try:
+            if cfg.starttls:
+                client.starttls(context=ssl.create_default_context())
+            if cfg.username:
+                client.login(cfg.username, os.environ.get(cfg.password_env or "", ""))
+        except BaseException:
+            client.close()
+            raise
+        return client
 
     def send(self, message: bytes, sender: str, recipients: Sequence[str]) -> None:
-        cfg = self.config
-        try:
-            with smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=cfg.timeout) as client:
-                if cfg.starttls:
-                    client.starttls(context=ssl.create_default_context())
-                if cfg.username:
-                    password = os.environ.get(cfg.password_env or "", "")
-                    client.login(cfg.username, password)
-                refused = client.sendmail(sender, list(recipients), message)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, reply = next(iter(exc.recipients.values()))
-            raise DeliveryError(code, _reply_text(code, reply)) from exc
-        except smtplib.SMTPResponseException as exc:
-            raise DeliveryError(exc.smtp_code, _reply_text(exc.smtp_code, exc.smtp_error)) from exc
-        except (smtplib.SMTPException, OSError) as exc:
-            raise DeliveryError(None, f"{type(exc).__name__}: {exc}") from exc
+        for attempt in (1, 2):
+            fresh = self._client is None
+            try:
+                if self._client is None:
+                    self._client = self._connect()
+                refused = self._client.sendmail(sender, list(recipients), message)
+                break
+            except smtplib.SMTPServerDisconnected as exc:
+                self._drop()
+                if fresh or attempt == 2:  # a new connection dropped too: the relay's fault
+                    raise DeliveryError(None, f"{type(exc).__name__}: {exc}") from exc
+            except smtplib.SMTPRecipientsRefused as exc:
+                code, reply = next(iter(exc.recipients.values()))
+                raise DeliveryError(code, _reply_text(code, reply)) from exc
+            except smtplib.SMTPResponseException as exc:
+                if exc.smtp_code == 421:  # the relay closes the session (RFC 5321 3.8)
+                    self._drop()
+                code = exc.smtp_code
+                raise DeliveryError(code, _reply_text(code, exc.smtp_error)) from exc
+            except (smtplib.SMTPException, OSError) as exc:
+                self._drop()
+                raise DeliveryError(None, f"{type(exc).__name__}: {exc}") from exc
         if refused:
             code, reply = next(iter(refused.values()))
             raise DeliveryError(code, "some recipients refused: " + _reply_text(code, reply))
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            finally:
+                self._client = None
+
+    def close(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                self._client.quit()
+            self._drop()
 
 
 def _reply_text(code: int, reply: bytes | str) -> str:
