@@ -423,14 +423,17 @@ class RunResult:
 TICKET_RE = re.compile(rb"ticket #(\d+)")
 
 
-def send_load(port: int, mails: Sequence[Mail], k: int, result: RunResult) -> None:
-    """Send every mail once over K persistent connections; fill latencies and accepted."""
+def send_load(ports: Sequence[int], mails: Sequence[Mail], k: int, result: RunResult) -> None:
+    """Send every mail once over K persistent connections; fill latencies and accepted.
+
+    With several servers (``--instances``), connection n goes to server n mod N.
+    """
     counter = itertools.count()
     tickets: dict[int, bytes] = {}  # mail index -> ticket number from mailgate's 250
     lock = threading.Lock()
     latencies: list[float] = []
 
-    def worker() -> None:
+    def worker(port: int) -> None:
         client: smtplib.SMTP | None = None
         while (i := next(counter)) < len(mails):
             mail = mails[i]
@@ -477,7 +480,10 @@ def send_load(port: int, mails: Sequence[Mail], k: int, result: RunResult) -> No
 
     cpu0 = _self_cpu()
     start = time.perf_counter()
-    threads = [threading.Thread(target=worker, name=f"client-{n}") for n in range(k)]
+    threads = [
+        threading.Thread(target=worker, args=(ports[n % len(ports)],), name=f"client-{n}")
+        for n in range(k)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -532,12 +538,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def measure(
-    proc: subprocess.Popen[bytes], port: int, mails: Sequence[Mail], result: RunResult
+    procs: Sequence[subprocess.Popen[bytes]],
+    ports: Sequence[int],
+    mails: Sequence[Mail],
+    result: RunResult,
 ) -> None:
-    cpu0 = proc_cpu(proc.pid)
-    send_load(port, mails, result.k, result)
-    result.cpu = proc_cpu(proc.pid) - cpu0
-    result.rss_kb = proc_hwm_kb(proc.pid)
+    cpu0 = sum(proc_cpu(p.pid) for p in procs)
+    send_load(ports, mails, result.k, result)
+    result.cpu = sum(proc_cpu(p.pid) for p in procs) - cpu0
+    result.rss_kb = max(proc_hwm_kb(p.pid) for p in procs)
 
 
 def run_baseline(kind: str, k: int, mails: Sequence[Mail], workdir: Path) -> RunResult:
@@ -550,7 +559,7 @@ def run_baseline(kind: str, k: int, mails: Sequence[Mail], workdir: Path) -> Run
         )
     try:
         port = wait_for_port(proc, log, r"listening on [\d.]+:(\d+)", 30)
-        measure(proc, port, mails, result)
+        measure([proc], [port], mails, result)
     finally:
         stop(proc)
         spool.unlink(missing_ok=True)
@@ -558,12 +567,17 @@ def run_baseline(kind: str, k: int, mails: Sequence[Mail], workdir: Path) -> Run
 
 
 def run_mailgate(
-    k: int, mails: Sequence[Mail], workdir: Path, orgs: Sequence[Org], db: str
+    k: int,
+    mails: Sequence[Mail],
+    workdir: Path,
+    orgs: Sequence[Org],
+    db: str,
+    instances: int = 1,
 ) -> RunResult:
-    result = RunResult("mailgate", k)
-    run_dir = workdir / f"mailgate-{k}"
+    result = RunResult("mailgate" if instances == 1 else f"mailgate×{instances}", k)
+    run_dir = workdir / f"mailgate-{k}-{instances}"
     run_dir.mkdir()
-    schema = f"bench_smtp_{os.getpid()}_{k}"
+    schema = f"bench_smtp_{os.getpid()}_{k}_{instances}"
     if db == "sqlite":
         url = f"sqlite:///{run_dir / 'mailgate.db'}"
     else:
@@ -571,18 +585,25 @@ def run_mailgate(
         pg_execute(f'CREATE SCHEMA "{schema}"')
     config = run_dir / "mailgate.toml"
     write_config(config, url, run_dir, orgs)
-    log = run_dir / "serve.log"
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [MAILGATE, "--config", str(config), "serve"], stdout=out, stderr=out
-            )
         try:
-            port = wait_for_port(proc, log, r"mailgate listening on [\d.]+:(\d+)", 300)
+            ports = []
+            for n in range(instances):
+                log = run_dir / f"serve-{n}.log"
+                with log.open("wb") as out:
+                    procs.append(
+                        subprocess.Popen(
+                            [MAILGATE, "--config", str(config), "serve"], stdout=out, stderr=out
+                        )
+                    )
+                pattern = r"mailgate listening on [\d.]+:(\d+)"
+                ports.append(wait_for_port(procs[-1], log, pattern, 300))
             time.sleep(1.0)  # let the start-up outbox/close job run (it runs once at start)
-            measure(proc, port, mails, result)
+            measure(procs, ports, mails, result)
         finally:
-            stop(proc)
+            for proc in procs:
+                stop(proc)
         result.ledger = check_ledger(config, url, result)
     finally:
         if db == "postgresql":
@@ -662,7 +683,7 @@ def rate(r: RunResult) -> float:
 def print_table(results: Sequence[RunResult], n: int) -> None:
     by = {(r.server, r.k): r for r in results}
     header = (
-        f"{'server':<9} {'K':>3} {'250s':>6} {'other':>5} {'msgs/s':>8} {'p50 ms':>7} "
+        f"{'server':<10} {'K':>3} {'250s':>6} {'other':>5} {'msgs/s':>8} {'p50 ms':>7} "
         f"{'p99 ms':>7} {'CPU ms/msg':>10} {'peak RSS MB':>11} {'client CPU s':>12} "
         f"{'vs discard':>10} {'vs fsync':>8}"
     )
@@ -671,13 +692,13 @@ def print_table(results: Sequence[RunResult], n: int) -> None:
     for r in results:
         other = sum(v for c, v in r.codes.items() if c != 250) + r.errors
         ratios = ["", ""]
-        if r.server == "mailgate":
+        if r.server.startswith("mailgate"):
             for j, base in enumerate(("discard", "fsync")):
                 b = by.get((base, r.k))
                 if b is not None and rate(b):
                     ratios[j] = f"{rate(r) / rate(b):.2f}×"
         print(
-            f"{r.server:<9} {r.k:>3} {len(r.accepted):>6} {other:>5} {rate(r):>8.1f} "
+            f"{r.server:<10} {r.k:>3} {len(r.accepted):>6} {other:>5} {rate(r):>8.1f} "
             f"{percentile(r.latencies, 0.5) * 1000:>7.2f} "
             f"{percentile(r.latencies, 0.99) * 1000:>7.2f} "
             f"{r.cpu / max(1, n) * 1000:>10.2f} {r.rss_kb / 1024:>11.1f} "
@@ -702,6 +723,18 @@ def print_targets(results: Sequence[RunResult], db: str) -> None:
         print(f"  {'met    ' if ok else 'MISSED '} {text_}")
 
 
+def print_scale_out(results: Sequence[RunResult]) -> None:
+    """Several instances against one database, compared with one, at the same K."""
+    by = {(r.server, r.k): r for r in results}
+    for r in results:
+        one = by.get(("mailgate", r.k))
+        if r.server.startswith("mailgate×") and one is not None and rate(one):
+            print(
+                f"scale-out K={r.k}: {r.server} {rate(r):.1f} msgs/s = "
+                f"{rate(r) / rate(one):.2f}× one instance (target with PostgreSQL: ≥ 1.5×)"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
@@ -710,6 +743,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="500 mails, K=4 only")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, DBs)")
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="also run N mailgate serve processes on one database (round-robin connections)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.messages, args.concurrency = 500, "4"
@@ -738,10 +777,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r = run_baseline(kind, k, mails, workdir)
                 results.append(r)
                 print(f"  {kind} K={k}: {rate(r):.1f} msgs/s", flush=True)
-            r = run_mailgate(k, mails, workdir, orgs, args.db)
-            results.append(r)
-            ledgers.append(r.ledger)
-            print(f"  mailgate K={k}: {rate(r):.1f} msgs/s; {r.ledger}", flush=True)
+            for instances in sorted({1, args.instances}):
+                r = run_mailgate(k, mails, workdir, orgs, args.db, instances)
+                results.append(r)
+                ledgers.append(r.ledger)
+                print(f"  {r.server} K={k}: {rate(r):.1f} msgs/s; {r.ledger}", flush=True)
     finally:
         if args.keep:
             print(f"kept {workdir}")
@@ -755,6 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in ledgers:
         print(line)
     print_targets(results, args.db)
+    print_scale_out(results)
     return 0 if all(line.startswith("LEDGER OK") for line in ledgers) else 1
 
 
