@@ -267,8 +267,12 @@ def start_scheduler(server: MailServer) -> Any:
 
     loop = asyncio.get_running_loop()
 
+    built: dict[str, Jobs] = {}  # one Jobs (renderer, hours, relay) per config in force
+
     async def run(name: str) -> None:
-        jobs = Jobs(server.store, server.config)  # the config in force, after any reload
+        jobs = built.get("jobs")
+        if jobs is None or jobs.config is not server.config:  # new, or reloaded by SIGHUP
+            jobs = built["jobs"] = Jobs(server.store, server.config)
         job = jobs.deliver_outbox if name == "deliver" else jobs.close_solved
         try:
             await loop.run_in_executor(server.jobs_executor, job, server.clock())
