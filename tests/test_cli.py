@@ -360,3 +360,23 @@ def test_sigkill_under_load_loses_no_accepted_mail(
     assert {f"Last <{m}>" for m in accepted} <= set(subjects)
     assert set(subjects.values()) == {1}
     assert stats["ledger"]["total"] == len(listed) == 80
+
+
+def test_serve_delivers_the_outbox_on_its_schedule(
+    make_config: Callable[..., tuple[Config, Path]], tmp_path: Path
+) -> None:
+    """The scheduler inside serve sends the acknowledgement into the Maildir by itself."""
+    _, path = make_config({"jobs": {"outbox_interval": "1s"}}, name="jobs.toml")
+    daemon = Daemon(path)
+    try:
+        send(daemon.port, mail(subject="Bitte Rueckruf"))
+        maildir = tmp_path / "outbox" / "new"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list(maildir.glob("*"))) < 2:
+            time.sleep(0.1)
+        delivered = sorted(p.read_bytes() for p in maildir.glob("*"))
+        assert len(delivered) == 2  # acknowledgement and the follower's notice
+        assert all(b"Subject: [#1] Bitte Rueckruf" in m for m in delivered)
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(30) == 0
