@@ -663,8 +663,10 @@ def _announce(
     """A new ticket: acknowledge it to the requester and tell the organization's followers."""
     session.flush()
     payload = {"comment": comment.id}
+    facts = _facts(session, ticket.id)  # once for all rows: who the ticket knows
     if acknowledge:
-        _queue(session, config, "ticket_created", ticket, [ticket.requester.email], payload, now)
+        to = [ticket.requester.email]
+        _queue(session, config, "ticket_created", ticket, to, payload, now, facts=facts)
     if ticket.organization_id is None:
         return
     members = select(Membership.user_id).where(Membership.organization_id == ticket.organization_id)
@@ -676,7 +678,9 @@ def _announce(
     )
     for email in followers:  # one mail each: followers do not see each other's addresses
         if email != ticket.requester.email:
-            _queue(session, config, "new_ticket_follower", ticket, [email], payload, now)
+            _queue(
+                session, config, "new_ticket_follower", ticket, [email], payload, now, facts=facts
+            )
 
 
 def _follow_up(
@@ -851,14 +855,16 @@ def _queue(
     payload: dict[str, Any],
     now: datetime,
     exclude: str | None = None,
+    facts: TicketFacts | None = None,
 ) -> None:
     """An outbox row, in the transaction of the event that caused it.
 
     Only people the ticket knows receive it — requester, participants, members of its
     organization, agents (user rule: never send a ticket's content to someone outside).
+    ``facts`` may be passed by a caller queueing several rows for one unchanged ticket.
     """
     agents = frozenset(config.agents.addresses)
-    facts = _facts(session, ticket.id)
+    facts = facts or _facts(session, ticket.id)
     assert facts is not None
     # Never to ourselves (a loop); agents may share our domain.
     suppressed = set(
