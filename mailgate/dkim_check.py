@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import dkim
 
+from mailgate.routing import domain_matches
+
 log = logging.getLogger(__name__)
 
 DnsLookup = Callable[..., bytes | None]
@@ -35,8 +37,7 @@ class DkimResult:
         """A passing signature of the address's domain (or a parent domain of it)."""
         if self.status != "pass" or not self.domain:
             return False
-        domain = email.rpartition("@")[2].lower()
-        return domain == self.domain or domain.endswith("." + self.domain)
+        return domain_matches(email, (self.domain,))
 
 
 def verify(raw: bytes, dnsfunc: DnsLookup | None = None) -> DkimResult:

@@ -48,7 +48,7 @@ from mailgate.models import InboundMessage as InboundRow
 from mailgate.outbound import LOOP_HEADER
 from mailgate.parser import InboundMessage, UnparseableMessage, parse, synthesized_message_id
 from mailgate.quotes import forwarded_original, strip_quoted
-from mailgate.routing import RouteDecision, Router, normalize_subject
+from mailgate.routing import RouteDecision, Router, domain_of, normalize_subject
 from mailgate.secrets_scan import mask_secrets as scan_and_mask
 from mailgate.store import (
     Store,
@@ -310,8 +310,7 @@ def requester_address(message: InboundMessage, envelope: Envelope) -> tuple[str,
 
 def is_ours(email: str, config: Config) -> bool:
     """An address on one of our own domains (the support address and its aliases)."""
-    domain = email.rpartition("@")[2].lower()
-    return domain in config.mail.domains
+    return domain_of(email) in config.mail.domains
 
 
 def participant_addresses(
@@ -752,7 +751,7 @@ def _reply(
         and not (mail.dkim is not None and mail.dkim.signed_by(mail.sender))
     ):
         # A forged From of an agent must not solve or move tickets.
-        domain = mail.sender.rpartition("@")[2]
+        domain = domain_of(mail.sender)
         errors = [
             f"{c.line}: refused: commands need a valid DKIM signature of {domain} "
             f"(this mail: {mail.dkim or 'not checked'})"
