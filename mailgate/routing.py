@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from rapidfuzz import fuzz
 
-from mailgate.config import Config, OrganizationConfig, RoutingRule
+from mailgate.config import Config, OrganizationConfig, RoutingRule, TicketsConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ _REPLY_PREFIX = re.compile(
     rf"^\s*(?:(?:{_REPLY_WORDS})\s*(?:\[\d+\]|\(\d+\)|\^\d+)?\s*[:：]\s*)+",
     re.IGNORECASE,
 )
-_TICKET_TAG = re.compile(r"\s*\[#\s*\d+\]\s*")
+_TICKET_TAG = re.compile(rf"\s*{TicketsConfig().tag_regex}\s*")  # the default tag
 
 
 def normalize_subject(subject: str, tag_regex: str | None = None) -> str:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from mailgate.config import TicketsConfig
 from mailgate.models import Status
 
 # --- reply tokens: support+<ticket>-<mac>@domain -------------------------------------------
@@ -50,7 +51,7 @@ def ticket_from_token(recipients: Iterable[str], secret: str) -> int | None:
 
 # --- subject tags: [#123] ----------------------------------------------------------------------
 
-DEFAULT_TAG = r"\[#(\d+)\]"
+DEFAULT_TAG = TicketsConfig().tag_regex  # "[#123]", the same pattern ingest uses
 
 
 def ticket_from_tag(subject: str, pattern: str = DEFAULT_TAG) -> int | None:
