@@ -549,6 +549,60 @@ def measure(
     result.rss_kb = max(proc_hwm_kb(p.pid) for p in procs)
 
 
+PROFILE = False
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """With ``--profile``: py-spy samples the server (all threads, idle excluded) until it exits."""
+    if not PROFILE:
+        return None
+    return subprocess.Popen(
+        [
+            str(Path(PYTHON).with_name("py-spy")),
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def summarise_profile(path: Path, title: str, top: int = 30) -> str:
+    """Share of samples per function: inclusive (on the stack) and self (on top)."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    if not path.exists():
+        return f"profile {title}: no samples ({path} missing)"
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r" \(([^)]*/)?([^/)]+)\)$", r" (\2)", f) for f in stack.split(";")]
+        frames = [re.sub(r":\d+\)$", ")", f) for f in frames]
+        for f in set(frames):
+            inclusive[f] += n
+        own[frames[-1]] += n
+    lines = [f"profile {title}: {total} samples (py-spy, 250 Hz, all threads, idle excluded)"]
+    lines.append("  inclusive%  self%  function")
+    for f, n in inclusive.most_common(top):
+        lines.append(f"  {100 * n / total:9.1f} {100 * own[f] / total:6.1f}  {f}")
+    lines.append("  top self:")
+    for f, n in own.most_common(15):
+        lines.append(f"  {'':9} {100 * n / total:6.1f}  {f}")
+    return "\n".join(lines)
+
+
 def run_baseline(kind: str, k: int, mails: Sequence[Mail], workdir: Path) -> RunResult:
     result = RunResult(kind, k)
     log = workdir / f"{kind}-{k}.log"
@@ -586,6 +640,7 @@ def run_mailgate(
     config = run_dir / "mailgate.toml"
     write_config(config, url, run_dir, orgs)
     procs: list[subprocess.Popen[bytes]] = []
+    spies: list[subprocess.Popen[bytes] | None] = []
     try:
         try:
             ports = []
@@ -600,10 +655,17 @@ def run_mailgate(
                 pattern = r"mailgate listening on [\d.]+:(\d+)"
                 ports.append(wait_for_port(procs[-1], log, pattern, 300))
             time.sleep(1.0)  # let the start-up outbox/close job run (it runs once at start)
+            spies = [
+                start_profiler(p.pid, run_dir / f"profile-{n}.txt") for n, p in enumerate(procs)
+            ]
             measure(procs, ports, mails, result)
         finally:
             for proc in procs:
                 stop(proc)
+        for n, spy in enumerate(spies):
+            if spy is not None:
+                spy.wait(60)
+                print(summarise_profile(run_dir / f"profile-{n}.txt", f"{result.server} K={k}"))
         result.ledger = check_ledger(config, url, result)
     finally:
         if db == "postgresql":
@@ -749,7 +811,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="also run N mailgate serve processes on one database (round-robin connections)",
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="sample each mailgate server with py-spy"
+    )
     args = parser.parse_args(argv)
+    global PROFILE
+    PROFILE = args.profile
     if args.quick:
         args.messages, args.concurrency = 500, "4"
     ks = [int(k) for k in args.concurrency.split(",") if k.strip()]

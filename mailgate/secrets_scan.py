@@ -84,6 +84,28 @@ _TOKEN_PATTERNS: tuple[tuple[str, re.Pattern[str], int], ...] = (
         1,
     ),
 )
+# Literals each token pattern cannot match without (the lowercase ones are looked for in the
+# lowercased text). A plain substring test is a hundred times cheaper than a regex scan whose
+# leading lookbehind defeats the regex engine's own prefix search, and almost every mail
+# contains none of them, so most scans end here.
+_TOKEN_LITERALS: tuple[tuple[str, ...], ...] = (
+    ("AKIA", "ASIA"),
+    ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+    ("github_pat_",),
+    ("xox",),
+    ("k_live_",),
+    ("AIza",),
+    ("eyJ",),
+    ("bearer",),
+    ("://",),
+)
+_LOWERCASE_LITERALS = frozenset({"bearer"})
+# The non-ASCII letters that IGNORECASE matches to an ASCII letter ("Paſſwort", "PİN"): the
+# prefilter's lowercased text must hold the ASCII letter there, as the regex would see it.
+_IGNORECASE_TWINS = {"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"}
+_TWIN_TABLE = str.maketrans(_IGNORECASE_TWINS)
+# Every label in _LABEL_RE contains one of these, lowercased.
+_LABEL_LITERALS = ("pass", "pw", "pin", "kennwort", "zugangsdaten")
 _KIND_PRIORITY = {kind: i for i, (kind, _, _) in enumerate(_TOKEN_PATTERNS)}
 _KIND_PRIORITY["private_key"] = -2
 _KIND_PRIORITY["password"] = len(_KIND_PRIORITY)
@@ -181,10 +203,23 @@ def find_secrets(text: str) -> list[Finding]:
     Overlapping candidates (a URL password inside a labelled value, a JWT after "Bearer") are
     merged into one span rather than one being dropped, so no part of either leaks.
     """
+    return _scan(text, prefilter=True)
+
+
+def _scan(text: str, *, prefilter: bool) -> list[Finding]:
+    """The scan itself; ``prefilter=False`` runs every pattern (tests prove both agree)."""
     candidates: list[tuple[int, int, str]] = []
-    for m in _PEM_RE.finditer(text):
-        candidates.append((m.start(), m.end(), "private_key"))
-    for kind, pattern, group in _TOKEN_PATTERNS:
+    if not prefilter or "PRIVATE KEY" in text:
+        for m in _PEM_RE.finditer(text):
+            candidates.append((m.start(), m.end(), "private_key"))
+    lowered = text.lower()
+    if not text.isascii() and any(twin in text for twin in _IGNORECASE_TWINS):
+        lowered = text.translate(_TWIN_TABLE).lower()
+    for (kind, pattern, group), literals in zip(_TOKEN_PATTERNS, _TOKEN_LITERALS, strict=True):
+        if prefilter and not any(
+            lit in (lowered if lit in _LOWERCASE_LITERALS else text) for lit in literals
+        ):
+            continue
         for m in pattern.finditer(text):
             start, end = m.span(group)
             value = m.group(group)
@@ -197,7 +232,9 @@ def find_secrets(text: str) -> list[Finding]:
                 continue
             candidates.append((start, end, kind))
     value_end = 0
-    for m in _LABEL_RE.finditer(text):
+    wanted = not prefilter or any(lit in lowered for lit in _LABEL_LITERALS)
+    labels = _LABEL_RE.finditer(text) if wanted else ()
+    for m in labels:
         if m.start() < value_end:
             continue  # "pw:pw:pw:…" inside an accepted value; re-checking it is quadratic
         span = _labelled_value(text, m.end())

@@ -9,13 +9,21 @@ re-rendered from already masked comments) and that no found value survives maski
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailgate.secrets_scan import MASK, Finding, find_secrets, mask_secrets
+from mailgate.secrets_scan import (
+    _IGNORECASE_TWINS,
+    MASK,
+    Finding,
+    _scan,
+    find_secrets,
+    mask_secrets,
+)
 
 # Fake credentials, built at runtime so secret scanners on this repository stay quiet.
 AWS = "AKIA" + "IOSFODNN7EXAMPLE"
@@ -151,6 +159,38 @@ _PIECES = st.sampled_from(
 _SECRET = st.text("abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789", min_size=6)
 _STRUCTURED = st.lists(st.one_of(_PIECES, _SECRET, st.text(max_size=5)), max_size=30).map("".join)
 _ANY_TEXT = st.one_of(st.text(), _STRUCTURED)
+
+
+_CASE_PIECES = st.sampled_from(
+    ["PASSWORT", "paſſwort", "PaSs", "KENNWORT", "BEARER ", "bEaReR ", "Pw", "pİn", "ghp_",
+     "github_pat_", "xoxb-", "AIza", "rk_live_", "ASIA", "K", "ß"]
+)  # fmt: skip
+_PREFILTER_TEXT = st.lists(
+    st.one_of(_PIECES, _CASE_PIECES, _SECRET, st.text(max_size=5)), max_size=30
+).map("".join)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(_ANY_TEXT, _PREFILTER_TEXT))
+def test_literal_prefilter_never_changes_the_findings(text: str) -> None:
+    """Skipping patterns whose literals are absent is only a shortcut, never a blind spot."""
+    assert find_secrets(text) == _scan(text, prefilter=False)
+
+
+@pytest.mark.parametrize("label", ["Pa\u017f\u017fwort", "P\u0130N", "p\u0131n", "\u212aENNWORT"])
+def test_prefilter_keeps_unicode_case_variants_of_labels(label: str) -> None:
+    # IGNORECASE lets "ſ" match "s", "İ"/"ı" match "i" and the Kelvin sign match "k".
+    text = f"{label}: Geheim123"
+    assert find_secrets(text) == _scan(text, prefilter=False) != []
+
+
+def test_prefilter_knows_every_non_ascii_letter_ignorecase_matches_to_ascii() -> None:
+    twins = {
+        chr(c)
+        for c in range(0x80, 0x110000)
+        if re.fullmatch("[a-z]", chr(c), re.IGNORECASE) and not chr(c).isascii()
+    }
+    assert twins == set(_IGNORECASE_TWINS)
 
 
 @settings(max_examples=400, deadline=None)
