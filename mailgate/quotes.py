@@ -352,6 +352,16 @@ def _attribution(window: str, quote_follows: bool) -> bool:
     text = window.strip().strip("-_*").strip()
     if not text or len(text) > _MAX_ATTRIBUTION:
         return False
+    # Every pattern below but two needs a colon at the end; the other two need "wrote" at
+    # the end or four digits at the start. Prose lines have none of these, and this check
+    # spares them the regex searches, which made stripping quadratic-ish on long bodies.
+    if text[-1] not in ":：" and text[-5:].lower() != "wrote" and not text[:4].isdigit():
+        return False
+    return _attribution_evidence(text, quote_follows)
+
+
+def _attribution_evidence(text: str, quote_follows: bool) -> bool:
+    """The attribution rules proper, on the stripped window (see :func:`_attribution`)."""
     has_email = _EMAIL_RE.search(text) is not None
     has_date = _DATE_RE.search(text) is not None
     first_digit = next((i for i, ch in enumerate(text) if ch.isdigit()), len(text))

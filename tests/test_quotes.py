@@ -403,3 +403,21 @@ def test_corpus_precision_and_no_lost_text() -> None:
     rate = exact / len(emails)
     assert rate >= MIN_EXACT_RATE, f"exact match {exact}/{len(emails)} = {rate:.3f}"
     assert len(over) <= MAX_OVER_STRIPPED, f"customer text lost in {over}"
+
+
+_ATTRIBUTION_PIECES = st.sampled_from(
+    ["On", "Am", "Le", "2016-10-24", "15:36", "GMT+02:00", "12.03.2024", "Anna", "<a@b.de>",
+     "wrote", "WROTE", "schrieb", "a écrit", "写道", ":", "：", " ", ",", "um", "Mon, 4 Jan"]
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(_ATTRIBUTION_PIECES, st.text(max_size=4)), max_size=14), st.booleans())
+def test_attribution_gate_only_skips_lines_no_rule_matches(pieces: list[str], quote: bool) -> None:
+    """The cheap end/start check in front of the attribution regexes changes no decision."""
+    from mailgate.quotes import _attribution, _attribution_evidence
+
+    window = " ".join(pieces)
+    text = window.strip().strip("-_*").strip()
+    expected = bool(text) and len(text) <= 350 and _attribution_evidence(text, quote)
+    assert _attribution(window, quote) == expected

@@ -1,0 +1,100 @@
+"""CPU per mail of :func:`mailgate.ingest.ingest` alone, in-process, without SMTP.
+
+The SMTP load test (``bench/smtp_load.py``) says how fast the daemon is; this one says where
+the per-mail CPU goes, by kind of mail, so a change to the ingest path can be measured in
+seconds instead of a full load run. Same generated load (same seed, same 1,000
+organizations) as the SMTP test; mails are ingested one after the other into a fresh
+database, each in its own transaction, exactly as ``serve`` does. With ``--profile`` it
+prints the top functions of a cProfile run (cumulative time).
+
+Run: ``python bench/ingest_cpu.py [--messages 2000] [--db sqlite|postgresql] [--profile]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import random
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import smtp_load  # noqa: E402  (the load generator and config writer are shared)
+
+from mailgate.config import load_config  # noqa: E402
+from mailgate.ingest import Envelope, ingest  # noqa: E402
+from mailgate.routing import Router  # noqa: E402
+from mailgate.store import Store  # noqa: E402
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args(argv)
+
+    orgs = smtp_load.make_orgs(random.Random(args.seed))
+    mails = smtp_load.make_load(args.messages, orgs, args.seed, 4)
+    workdir = Path(tempfile.mkdtemp(prefix="mailgate-ingest-cpu-"))
+    schema = f"bench_ingest_cpu_{args.seed}"
+    if args.db == "sqlite":
+        url = f"sqlite:///{workdir / 'mailgate.db'}"
+    else:
+        url = f"{smtp_load.PG_BASE}?options=-csearch_path%3D{schema}"
+        smtp_load.pg_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        smtp_load.pg_execute(f'CREATE SCHEMA "{schema}"')
+    config_path = workdir / "mailgate.toml"
+    smtp_load.write_config(config_path, url, workdir, orgs)
+    config = load_config(config_path)
+    store = Store(config.database.url, config.database.lock_timeout)
+    store.migrate()
+    now = datetime.now(UTC)
+    store.sync(config, now)
+    router = Router(config)
+
+    tickets: dict[int, int] = {}
+    cpu: dict[str, list[float]] = defaultdict(list)
+    profiler = cProfile.Profile() if args.profile else None
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for mail in mails:
+        raw = mail.raw
+        if mail.kind == "reply-tag" and mail.parent is not None:
+            raw = raw.replace(smtp_load.TAG_PLACEHOLDER, f"[#{tickets.get(mail.parent, 0)}]".encode())
+        envelope = Envelope(mail.mail_from, (smtp_load.RCPT,))
+        t0 = time.process_time()
+        if profiler is not None:
+            profiler.enable()
+        result = ingest(store, config, raw, envelope, now, router)
+        if profiler is not None:
+            profiler.disable()
+        cpu[mail.kind].append(time.process_time() - t0)
+        if result.ticket is not None:
+            tickets[mail.index] = result.ticket
+    wall, total_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    store.close()
+    if args.db == "postgresql":
+        smtp_load.pg_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+    print(f"{len(mails)} mails, db {args.db}: {len(mails) / wall:.1f} mails/s in one thread")
+    print(f"CPU per mail: {total_cpu / len(mails) * 1000:.2f} ms (all kinds)")
+    for kind, values in sorted(cpu.items()):
+        print(f"  {kind:<13} {len(values):>5} mails  {sum(values) / len(values) * 1000:6.2f} ms")
+    if profiler is not None:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(45)
+        print(out.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
