@@ -5,9 +5,10 @@ connections, one client thread each, every connection reused for many mails):
 
 * throughput (msgs/s over the whole send phase) and the per-mail latency from the DATA
   command to the final 250 (``smtplib.SMTP.data()``), p50 and p99;
-* the server's CPU seconds per message (utime+stime of the server process from
-  ``/proc/<pid>/stat``, read right before and after the load, so start-up is excluded)
-  and its peak RSS (``VmHWM`` in ``/proc/<pid>/status``, start-up included);
+* the server's CPU seconds per message (utime+stime of the server process and its ingest
+  worker processes from ``/proc/<pid>/stat``, read right before and after the load, so
+  start-up is excluded) and its peak RSS (``VmHWM`` in ``/proc/<pid>/status``, start-up
+  included; summed over the server's processes, so an upper bound);
 * the same load, byte for byte, against baseline A (aiosmtpd, discards every message) and
   baseline B (aiosmtpd, appends each message to a file and fsyncs before 250), see
   ``bench/baselines.py``, and mailgate's msgs/s as a fraction of each at the same K;
@@ -537,16 +538,29 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (mailgate's ingest workers)."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            todo.extend(int(c) for c in task.read_text().split())
+    return pids
+
+
 def measure(
     procs: Sequence[subprocess.Popen[bytes]],
     ports: Sequence[int],
     mails: Sequence[Mail],
     result: RunResult,
 ) -> None:
-    cpu0 = sum(proc_cpu(p.pid) for p in procs)
+    """CPU of each server with its worker processes; peak RSS summed over them."""
+    trees = [process_tree(p.pid) for p in procs]
+    cpu0 = sum(proc_cpu(pid) for tree in trees for pid in tree)
     send_load(ports, mails, result.k, result)
-    result.cpu = sum(proc_cpu(p.pid) for p in procs) - cpu0
-    result.rss_kb = max(proc_hwm_kb(p.pid) for p in procs)
+    result.cpu = sum(proc_cpu(pid) for tree in trees for pid in tree) - cpu0
+    result.rss_kb = max(sum(proc_hwm_kb(pid) for pid in tree) for tree in trees)
 
 
 PROFILE = False

@@ -138,6 +138,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def setup_logging(level: int) -> None:
+    """Log lines on stderr; also called by each ingest worker process, so all lines agree."""
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    if level > logging.DEBUG:  # aiosmtpd logs every SMTP command at INFO
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
+        logging.getLogger("mailparser").setLevel(logging.ERROR)  # "content not handled" noise
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per job run
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     sys.exit(run(argv))
 
@@ -145,16 +159,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = args.log_level or ("info" if args.command in ("serve", "init-db") else "warning")
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    if level != "debug":  # aiosmtpd logs every SMTP command at INFO
-        logging.getLogger("mail.log").setLevel(logging.WARNING)
-        logging.getLogger("mailparser").setLevel(logging.ERROR)  # "content not handled" noise
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per job run
+    setup_logging(logging.getLevelName(level.upper()))
     try:
         config = load_config(args.config)
         return COMMANDS[args.command](args, config)

@@ -35,6 +35,11 @@ class ServerConfig:
     # PEM certificate chain and key: offer STARTTLS (RFC 3207) when both are set.
     tls_cert: str | None = None
     tls_key: str | None = None
+    # Processes that parse and store mail, beside the one speaking SMTP; None ("auto") is
+    # one per CPU. 0 stores in a thread of the SMTP process (one core for everything).
+    workers: int | None = None
+    # At most this many mails that arrive together are committed in one transaction.
+    batch_size: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +326,17 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return check
 
 
+def _workers(value: Any) -> int | None:
+    """``"auto"`` (one worker process per CPU) or a count, 0 for none."""
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError('must be "auto" or an integer')
+    if not 0 <= value <= 64:
+        raise ValueError("must be between 0 and 64")
+    return value
+
+
 def _int(low: int, high: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -516,6 +532,8 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
             "timeout",
             "tls_cert",
             "tls_key",
+            "workers",
+            "batch_size",
         },
     )
     server = ServerConfig(
@@ -527,6 +545,8 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         timeout=s.get("timeout", d_server.timeout, _number(1, 3600)),
         tls_cert=s.get("tls_cert", None, _readable_file),
         tls_key=s.get("tls_key", None, _readable_file),
+        workers=s.get("workers", None, _workers),
+        batch_size=s.get("batch_size", d_server.batch_size, _int(1, 1000)),
     )
     if (server.tls_cert is None) != (server.tls_key is None):
         raise ConfigError("[server].tls_key: tls_cert and tls_key go together; give both")

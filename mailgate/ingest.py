@@ -15,6 +15,7 @@ import logging
 import re
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -158,10 +159,56 @@ def ingest(
     raw mail this is: it is processed again in place, exactly once.
     """
     started = time.perf_counter()
-    result = _ingest(store, config, raw, envelope, now, router, reprocess, dkim_dns)
-    MESSAGES.labels(result.action).inc()
-    INGEST_SECONDS.observe(time.perf_counter() - started)
-    # One line per mail, key=value, for the log pipeline and for people.
+    prepared = prepare(config, raw, envelope, now, dkim_dns)
+    result = _store(store, router or Router(config), prepared, reprocess)
+    seconds = time.perf_counter() - started
+    log_result(result, seconds)
+    count_result(result, seconds)
+    return result
+
+
+def ingest_batch(
+    store: Store,
+    router: Router,
+    mails: Sequence[tuple[bytes, Envelope, datetime]],
+    dkim_dns: DnsLookup | None = None,
+) -> list[tuple[IngestResult | StoreUnavailable, float]]:
+    """Store mails that arrived together in one transaction (group commit).
+
+    Each mail gets what :func:`ingest` would give it, with the seconds it took, or the
+    :class:`StoreUnavailable` that means 451 for its sender. Parsing and the other pure
+    work happen before the write lock is taken, so another process can write meanwhile.
+    When the group cannot be committed, every mail is stored on its own, so one mail's
+    trouble never makes the others' senders retry.
+    """
+    started = time.perf_counter()
+    prepared = [
+        prepare(router.config, raw, envelope, now, dkim_dns) for raw, envelope, now in mails
+    ]
+    outcomes: list[IngestResult | StoreUnavailable] = []
+    try:
+        with store.batch():
+            outcomes = [_store(store, router, p, None) for p in prepared]
+    except StoreUnavailable as exc:
+        if len(prepared) == 1:
+            outcomes = [exc]
+        else:
+            log.warning("group of %d mails not committed (%s); storing each alone", len(mails), exc)
+            outcomes = []
+            for p in prepared:
+                try:
+                    outcomes.append(_store(store, router, p, None))
+                except StoreUnavailable as single:
+                    outcomes.append(single)
+    seconds = time.perf_counter() - started
+    for outcome in outcomes:
+        if isinstance(outcome, IngestResult):
+            log_result(outcome, seconds)
+    return [(outcome, seconds) for outcome in outcomes]
+
+
+def log_result(result: IngestResult, seconds: float) -> None:
+    """One line per mail, key=value, for the log pipeline and for people."""
     log.log(
         logging.WARNING if result.action == Outcome.QUARANTINED else logging.INFO,
         "message_id=%s action=%s ticket=%s organization=%s duration_ms=%.1f reason=%s",
@@ -169,33 +216,54 @@ def ingest(
         result.action,
         result.ticket,
         json.dumps(result.organization, ensure_ascii=False),
-        (time.perf_counter() - started) * 1000,
+        seconds * 1000,
         json.dumps(result.reason, ensure_ascii=False),
     )
-    return result
 
 
-def _ingest(
-    store: Store,
+def count_result(result: IngestResult, seconds: float) -> None:
+    """The metrics of the process that serves ``/metrics`` (workers report back to it)."""
+    MESSAGES.labels(result.action).inc()
+    INGEST_SECONDS.observe(seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A mail after the pure part of ingest: parsed (or why not) and checked."""
+
+    raw: bytes
+    envelope: Envelope
+    now: datetime
+    message: InboundMessage | None
+    unparseable: str | None = None
+    dkim: DkimResult | None = None
+
+
+def prepare(
     config: Config,
     raw: bytes,
     envelope: Envelope,
     now: datetime,
-    router: Router | None,
-    reprocess: int | None,
-    dkim_dns: DnsLookup | None,
-) -> IngestResult:
+    dkim_dns: DnsLookup | None = None,
+) -> Prepared:
+    """Parse and check one mail without the database; never raises for any input."""
     try:
         message = parse(raw)
     except UnparseableMessage as exc:
-        reason = f"{UNPARSEABLE}: {exc}"
+        return Prepared(raw, envelope, now, None, f"{UNPARSEABLE}: {exc}")
+    dkim = verify_dkim(raw, dkim_dns) if config.security.verify_dkim else None
+    return Prepared(raw, envelope, now, message, dkim=dkim)
+
+
+def _store(store: Store, router: Router, prepared: Prepared, reprocess: int | None) -> IngestResult:
+    """The database part of ingest: the ledger entry and what the mail becomes."""
+    raw, envelope, now, message = prepared.raw, prepared.envelope, prepared.now, prepared.message
+    if message is None:
+        reason = prepared.unparseable or UNPARSEABLE
         message_id = synthesized_message_id(raw)
         return _quarantine(store, raw, envelope, now, message_id, reason, None, reprocess)
     try:
-        dkim = verify_dkim(raw, dkim_dns) if config.security.verify_dkim else None
-        return _ingest_parsed(
-            store, router or Router(config), raw, envelope, message, now, reprocess, dkim
-        )
+        return _ingest_parsed(store, router, raw, envelope, message, now, reprocess, prepared.dkim)
     except StoreUnavailable:
         raise
     except Exception as exc:

@@ -26,9 +26,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from mailgate.config import Config
 from mailgate.errors import ConfigError, StoreUnavailable
 from mailgate.ingest import Envelope as MailEnvelope
-from mailgate.ingest import IngestResult, ingest
+from mailgate.ingest import IngestResult
 from mailgate.routing import Router
 from mailgate.store import Store
+from mailgate.workers import Ingestor, InlineIngestor, WorkerPool, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +84,12 @@ class Handler:
     def __init__(
         self,
         config: Config,
-        store: Store,
-        executor: ThreadPoolExecutor,
+        ingestor: Ingestor,
         clock: Clock = utc_now,
         lmtp: bool = False,
     ) -> None:
-        # Config and router are swapped together, in one assignment, on reload (SIGHUP).
-        self.state: tuple[Config, Router] = (config, Router(config))
-        self.store = store
-        self.executor = executor
+        self.config = config  # swapped on reload (SIGHUP); the ingestor gets it too
+        self.ingestor = ingestor
         self.clock = clock
         self.lmtp = lmtp
         self.in_flight = 0
@@ -109,7 +107,7 @@ class Handler:
         local, at, domain = address.rpartition("@")
         if not at or not local:
             return RCPT_BAD_SYNTAX
-        config, _ = self.state
+        config = self.config
         if len(envelope.rcpt_tos) >= config.limits.max_recipients:
             return TOO_MANY_RCPTS
         if domain.lower().rstrip(".") not in config.mail.domains:
@@ -123,15 +121,12 @@ class Handler:
         mail_envelope = MailEnvelope(
             mail_from=envelope.mail_from or "", rcpt_to=tuple(envelope.rcpt_tos)
         )
-        loop = asyncio.get_running_loop()
         self.in_flight += 1
         self._idle.clear()
         try:
-            # Database work runs off the event loop so other sessions stay responsive.
-            config, router = self.state
-            result = await loop.run_in_executor(
-                self.executor, ingest, self.store, config, raw, mail_envelope, self.clock(), router
-            )
+            # Parsing and database work run off the event loop (in worker processes, or a
+            # store thread), so other sessions stay responsive.
+            result = await self.ingestor.submit(raw, mail_envelope, self.clock())
             reply = stored_reply(result)
         except StoreUnavailable as exc:
             log.error("could not store mail from %s, answered 451: %s", envelope.mail_from, exc)
@@ -166,13 +161,9 @@ class MailServer:
         self.config = config
         self.store = store
         self.clock = clock
-        # SQLite has one writer: several store threads would only wait in its busy loop
-        # (sleeps of up to 100 ms, no queue), which made the p99 latency explode under load.
-        # One thread takes mail in arrival order instead. PostgreSQL writes in parallel.
-        workers = 1 if store.dialect == "sqlite" else 4
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mailgate-store")
         # Jobs relay mail over the network: they must never hold up storing inbound mail.
         self.jobs_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-jobs")
+        self.ingestor: Ingestor | None = None
         self.handler: Handler | None = None
         self.server: asyncio.base_events.Server | None = None
         self.port: int | None = None
@@ -180,7 +171,14 @@ class MailServer:
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
         lmtp = self.config.server.protocol == "lmtp"
-        self.handler = Handler(self.config, self.store, self.executor, self.clock, lmtp=lmtp)
+        count = worker_count(self.config)
+        if count == 0:
+            self.ingestor = InlineIngestor(self.store, Router(self.config))
+        else:
+            pool = WorkerPool(self.config, count)
+            await loop.run_in_executor(None, pool.start)
+            self.ingestor = pool
+        self.handler = Handler(self.config, self.ingestor, self.clock, lmtp=lmtp)
         protocol = MailgateLMTP if lmtp else MailgateSMTP
         handler = self.handler
         cfg = self.config.server
@@ -219,7 +217,7 @@ class MailServer:
         An invalid config (or a database that cannot take the sync) is refused with a log
         line, and the config in force stays.
         """
-        assert self.handler is not None
+        assert self.handler is not None and self.ingestor is not None
         loop = asyncio.get_running_loop()
 
         def prepare() -> tuple[Config, Router]:
@@ -228,13 +226,14 @@ class MailServer:
             return config, Router(config)
 
         try:
-            config, router = await loop.run_in_executor(self.executor, prepare)
+            config, router = await loop.run_in_executor(None, prepare)
         except (ConfigError, StoreUnavailable) as exc:
             log.error("config reload refused, the previous config stays in force: %s", exc)
             return False
         if config.server != self.config.server:
             log.warning("[server] changes take effect only after a restart")
-        self.handler.state = (config, router)
+        self.ingestor.reload(config, router)
+        self.handler.config = config
         self.config = config
         log.info(
             "config reloaded from %s: %d organizations", config.source, len(config.organizations)
@@ -255,7 +254,8 @@ class MailServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.server.wait_closed(), 5)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.executor.shutdown, True)
+        if self.ingestor is not None:
+            await loop.run_in_executor(None, self.ingestor.close)
         await loop.run_in_executor(None, self.jobs_executor.shutdown, True)
 
 

@@ -79,7 +79,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 BASE_CONFIG: dict[str, Any] = {
-    "server": {"host": "127.0.0.1", "port": 0, "hostname": "mx.test", "timeout": 30},
+    # Mail is stored in a thread of the test process; the worker processes have own tests.
+    "server": {"host": "127.0.0.1", "port": 0, "hostname": "mx.test", "timeout": 30, "workers": 0},
     "mail": {"domains": ["support.example.com"], "address": "support@support.example.com"},
     "database": {"lock_timeout": 1.0},
     "agents": {"addresses": ["tech@support.example.com"]},

@@ -1,0 +1,321 @@
+"""Who stores the mail the SMTP listener receives: worker processes, or a thread inline.
+
+Parsing and storing a mail costs far more CPU than speaking SMTP, and one Python process
+runs on one core at a time. ``serve`` therefore hands every mail to ingest worker
+processes (``[server].workers``, one per CPU by default) and keeps its own process for the
+SMTP sessions, which stay responsive however busy the workers are.
+
+Both kinds of ingestor do group commit: the mails waiting when a worker becomes free are
+stored in one transaction (:func:`mailgate.ingest.ingest_batch`), and each sender's future
+resolves only after that commit. A worker that dies fails its mails with
+:class:`StoreUnavailable` (451, the sender retries) and is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, Protocol
+
+from mailgate.config import Config
+from mailgate.errors import StoreUnavailable
+from mailgate.ingest import Envelope, IngestResult, count_result, ingest_batch
+from mailgate.routing import Router
+from mailgate.store import Store
+
+log = logging.getLogger(__name__)
+
+# What travels to a worker: a mail, or a new config (after SIGHUP) for the mails after it.
+_Mail = tuple[int, bytes, Envelope, datetime]
+_Reply = list[tuple[int, IngestResult | str, float]]  # str: why it could not be stored
+_STOP = ("stop",)  # the worker answers what came before it, then exits
+_RESPAWN_PAUSE = 1.0  # seconds before a dead worker is replaced (no tight crash loop)
+
+
+class Ingestor(Protocol):
+    async def submit(self, raw: bytes, envelope: Envelope, now: datetime) -> IngestResult: ...
+
+    def reload(self, config: Config, router: Router) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def worker_count(config: Config) -> int:
+    return config.server.workers if config.server.workers is not None else (os.cpu_count() or 1)
+
+
+def _settle(future: asyncio.Future[IngestResult], outcome: IngestResult | str) -> None:
+    if future.done():  # the session went away meanwhile (client timeout, shutdown)
+        return
+    if isinstance(outcome, IngestResult):
+        future.set_result(outcome)
+    else:
+        future.set_exception(StoreUnavailable(outcome))
+
+
+def _take_batch(first: Any, more: Any, limit: int) -> list[Any]:
+    """The first item and whatever else is already waiting, up to ``limit`` mails."""
+    items = [first]
+    while len(items) < limit:
+        try:
+            items.append(more())
+        except (queue.Empty, EOFError, OSError):
+            break
+    return items
+
+
+def _store_items(store: Store, router: Router, items: Sequence[Any]) -> tuple[Router, _Reply]:
+    """Store runs of mails as groups; a config item switches the router for what follows.
+
+    Never raises: a failure no group commit foresaw still answers every sender (451).
+    """
+    reply: _Reply = []
+    run: list[_Mail] = []
+
+    def flush() -> None:
+        try:
+            stored = ingest_batch(store, router, [(raw, env, now) for _, raw, env, now in run])
+        except Exception as exc:
+            log.exception("storing a group of %d mails failed", len(run))
+            stored = [(StoreUnavailable(f"internal error: {exc}"), 0.0)] * len(run)
+        for (key, *_), (outcome, seconds) in zip(run, stored, strict=True):
+            answer = outcome if isinstance(outcome, IngestResult) else str(outcome)
+            reply.append((key, answer, seconds))
+        run.clear()
+
+    for item in items:
+        if item == _STOP:
+            break
+        if item[0] == "config":
+            if run:
+                flush()
+            router = Router(item[1])
+        else:
+            run.append(item)
+    if run:
+        flush()
+    return router, reply
+
+
+# --------------------------------------------------------------------------- inline
+
+
+class InlineIngestor:
+    """``workers = 0``: one store thread in this process, taking mail in arrival order.
+
+    SQLite has one writer; several threads would only queue for its lock. The thread takes
+    whatever has arrived as one group.
+    """
+
+    def __init__(self, store: Store, router: Router) -> None:
+        self.store = store
+        self._first_router = router
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._futures: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
+        self._ids = itertools.count(1)
+        self._thread = threading.Thread(target=self._run, name="mailgate-store", daemon=True)
+        self._thread.start()
+
+    async def submit(self, raw: bytes, envelope: Envelope, now: datetime) -> IngestResult:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[IngestResult] = loop.create_future()
+        key = next(self._ids)
+        self._futures[key] = (loop, future)
+        self._queue.put((key, raw, envelope, now))
+        result = await future
+        return result
+
+    def reload(self, config: Config, router: Router) -> None:
+        self._queue.put(("config", config))
+
+    def _run(self) -> None:
+        router = self._first_router
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            items = _take_batch(first, self._queue.get_nowait, router.config.server.batch_size)
+            stop = None in items
+            router, reply = _store_items(self.store, router, [i for i in items if i is not None])
+            for key, outcome, seconds in reply:
+                loop, future = self._futures.pop(key)
+                if isinstance(outcome, IngestResult):
+                    count_result(outcome, seconds)
+                loop.call_soon_threadsafe(_settle, future, outcome)
+            if stop:
+                return
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(60)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _worker_main(conn: Connection, config: Config, log_level: int) -> None:
+    """A worker process: take mail from the pipe, store it in groups, send the outcomes."""
+    # The parent stops us by closing the pipe, after the mails in flight are answered.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from mailgate.cli import setup_logging
+
+    setup_logging(log_level)
+    store = Store(config.database.url, config.database.lock_timeout)
+    router = Router(config)
+    try:
+        while True:
+            try:
+                first = conn.recv()
+            except (EOFError, OSError):
+                return
+            items = _take_batch(
+                first,
+                lambda: conn.recv() if conn.poll() else _empty(),
+                router.config.server.batch_size,
+            )
+            stop = _STOP in items
+            if stop:
+                items = items[: items.index(_STOP)]
+            router, reply = _store_items(store, router, items)
+            conn.send(reply)
+            if stop:
+                return
+    finally:
+        store.close()
+
+
+def _empty() -> Any:
+    raise queue.Empty
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: BaseProcess
+    conn: Connection
+    outbox: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = field(
+        default_factory=dict
+    )
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class WorkerPool:
+    """``workers = N``: N processes, each with its own database connection and router."""
+
+    def __init__(self, config: Config, count: int) -> None:
+        self.config = config
+        self.count = max(1, count)
+        self._context = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        self._ids = itertools.count(1)
+        self._workers: list[_Worker] = []
+        self._closing = False
+        self._log_level = logging.getLogger().getEffectiveLevel()
+
+    def start(self) -> None:
+        self._workers = [self._spawn(i) for i in range(self.count)]
+        log.info("%d ingest worker processes started", self.count)
+
+    def _spawn(self, index: int) -> _Worker:
+        parent, child = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_worker_main,
+            args=(child, self.config, self._log_level),
+            name=f"mailgate-worker-{index}",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        worker = _Worker(index, process, parent)
+        threading.Thread(
+            target=self._send, args=(worker,), name=f"mailgate-send-{index}", daemon=True
+        ).start()
+        threading.Thread(
+            target=self._receive, args=(worker,), name=f"mailgate-recv-{index}", daemon=True
+        ).start()
+        return worker
+
+    async def submit(self, raw: bytes, envelope: Envelope, now: datetime) -> IngestResult:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[IngestResult] = loop.create_future()
+        key = next(self._ids)
+        worker = min(self._workers, key=lambda w: len(w.pending))  # the least busy
+        with worker.lock:
+            if not worker.process.is_alive():
+                raise StoreUnavailable(f"ingest worker {worker.index} is restarting")
+            worker.pending[key] = (loop, future)
+        worker.outbox.put((key, raw, envelope, now))
+        return await future
+
+    def reload(self, config: Config, router: Router) -> None:
+        self.config = config
+        for worker in self._workers:
+            worker.outbox.put(("config", config))
+
+    def _send(self, worker: _Worker) -> None:
+        """Writes to the pipe happen here, so a big mail never blocks the event loop."""
+        while True:
+            item = worker.outbox.get()
+            try:
+                worker.conn.send(item)
+            except (OSError, ValueError):
+                return  # the worker is gone; _receive fails its mails
+            if item == _STOP:
+                return
+
+    def _receive(self, worker: _Worker) -> None:
+        while True:
+            try:
+                reply: _Reply = worker.conn.recv()
+            except (EOFError, OSError):
+                break
+            for key, outcome, seconds in reply:
+                with worker.lock:
+                    loop, future = worker.pending.pop(key)
+                if isinstance(outcome, IngestResult):
+                    count_result(outcome, seconds)
+                loop.call_soon_threadsafe(_settle, future, outcome)
+        worker.process.join(5)
+        with worker.lock:
+            lost, worker.pending = worker.pending, {}
+        for loop, future in lost.values():
+            loop.call_soon_threadsafe(
+                _settle, future, f"ingest worker {worker.index} exited before storing it"
+            )
+        if self._closing:
+            return
+        log.error(
+            "ingest worker %d exited (code %s), %d mail(s) answered 451; starting a new one",
+            worker.index,
+            worker.process.exitcode,
+            len(lost),
+        )
+        time.sleep(_RESPAWN_PAUSE)
+        if not self._closing:
+            self._workers[worker.index] = self._spawn(worker.index)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the workers after the mails they hold (the listener stopped taking mail)."""
+        self._closing = True
+        for worker in self._workers:
+            worker.outbox.put(_STOP)
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.process.join(max(0.1, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                log.warning("ingest worker %d did not stop; killing it", worker.index)
+                worker.process.kill()
+                worker.process.join(5)

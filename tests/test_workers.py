@@ -1,0 +1,207 @@
+"""Ingest worker processes and group commit, over real sockets and a real database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from mailgate.config import Config
+from mailgate.errors import StoreUnavailable
+from mailgate.ingest import Envelope, IngestResult, ingest_batch
+from mailgate.models import Comment, InboundMessage, Ticket
+from mailgate.routing import Router
+from mailgate.smtp import ServerThread
+from mailgate.store import Store
+from mailgate.workers import WorkerPool
+
+from .conftest import Clock, mail, send
+
+ENVELOPE = Envelope("anna@mueller-logistik.de", ("support@support.example.com",))
+
+
+def count(store: Store, model: type) -> int:
+    with store.transaction() as s:
+        return s.scalar(select(func.count()).select_from(model)) or 0
+
+
+@pytest.fixture
+def pool_server(
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock
+) -> Iterator[ServerThread]:
+    config, _ = make_config(
+        {"server": {"workers": 2}, "limits": {"tickets_per_hour": 1000, "acks_per_hour": 1000}}
+    )
+    with ServerThread(config, store, clock) as thread:
+        yield thread
+
+
+def worker_pids(thread: ServerThread) -> list[int]:
+    pool = thread.server.ingestor
+    assert isinstance(pool, WorkerPool)
+    return [w.process.pid for w in pool._workers if w.process.pid is not None]
+
+
+def test_workers_store_and_thread_mail(pool_server: ServerThread, store: Store) -> None:
+    """Parsed and stored in another process: ticket, organization and reply as inline."""
+    port = pool_server.server.port
+    assert port is not None and len(worker_pids(pool_server)) == 2
+    with smtplib.SMTP("127.0.0.1", port) as client:
+        client.ehlo()
+        client.mail("anna@mueller-logistik.de")
+        client.rcpt("support@support.example.com")
+        code, reply = client.data(mail(subject="Drucker kaputt", message_id="<w-1@m.de>"))
+    assert code == 250 and reply.startswith(b"2.0.0 Ok: created ticket #")
+    reply_mail = mail(subject="AW: Drucker kaputt", extra="In-Reply-To: <w-1@m.de>\r\n")
+    send(port, reply_mail)
+    with store.transaction() as s:
+        ticket = s.scalars(select(Ticket)).one()
+        assert ticket.organization is not None
+        assert ticket.organization.name == "Müller Logistik GmbH"
+        assert len(ticket.comments) == 2
+
+
+def test_concurrent_sessions_through_workers_are_stored_exactly_once(
+    pool_server: ServerThread, store: Store
+) -> None:
+    """Mails arriving together are grouped; every 250 is one stored mail, none doubled."""
+    port = pool_server.server.port
+    assert port is not None
+    answers: list[tuple[int, bytes]] = []
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+                smtp.ehlo()
+                for i in range(10):
+                    smtp.mail("anna@mueller-logistik.de")
+                    smtp.rcpt("support@support.example.com")
+                    answers.append(smtp.data(mail(subject=f"Anfrage {n}-{i}")))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [code for code, _ in answers] == [250] * 60
+    assert count(store, InboundMessage) == 60
+    assert count(store, Ticket) == 60
+
+
+def test_killed_worker_is_replaced_and_no_mail_is_lost(
+    pool_server: ServerThread, store: Store
+) -> None:
+    """A worker that dies answers its mail 451 (the sender retries) and is started again."""
+    port = pool_server.server.port
+    assert port is not None
+    for pid in worker_pids(pool_server):
+        os.kill(pid, signal.SIGKILL)
+    raw = mail(message_id="<after-kill@m.de>")
+    codes: list[int] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.ehlo()
+            client.mail("anna@mueller-logistik.de")
+            client.rcpt("support@support.example.com")
+            code, _ = client.data(raw)
+        codes.append(code)
+        if code == 250:
+            break
+        time.sleep(0.2)  # an MTA's retry interval, shortened
+    assert codes[-1] == 250 and set(codes) <= {250, 451}
+    send(port, raw)  # a retry after the 250 is a duplicate
+    assert count(store, InboundMessage) == 1
+    assert len(worker_pids(pool_server)) == 2
+
+
+def _items(clock: Clock, *raws: bytes) -> list[tuple[bytes, Envelope, object]]:
+    return [(raw, ENVELOPE, clock()) for raw in raws]
+
+
+def test_group_commit_stores_each_mail_as_alone(store: Store, config: Config, clock: Clock) -> None:
+    """One transaction, each mail its own outcome: new, reply to the first, duplicate, junk."""
+    first = mail(subject="Drucker kaputt", message_id="<g-1@m.de>")
+    reply = mail(subject="AW: Drucker kaputt", extra="In-Reply-To: <g-1@m.de>\r\n")
+    outcomes = ingest_batch(
+        store, Router(config), _items(clock, first, reply, first, b"\x00\x01 no mail")
+    )
+    results = [o for o, _ in outcomes]
+    assert all(isinstance(r, IngestResult) for r in results)
+    actions = [r.action for r in results if isinstance(r, IngestResult)]
+    assert actions == ["created", "commented", "duplicate", "quarantined"]
+    assert count(store, InboundMessage) == 3
+    assert count(store, Comment) == 2
+
+
+def test_failed_group_commit_loses_nothing_and_answers_each(
+    store: Store, config: Config, clock: Clock
+) -> None:
+    """While the write lock is held elsewhere the whole group is answered 451, none stored."""
+    other = Store(config.database.url, lock_timeout=0.2)
+    try:
+        with other.batch():
+            outcomes = ingest_batch(
+                Store(config.database.url, lock_timeout=0.2),
+                Router(config),
+                _items(clock, mail(), mail()),
+            )
+        assert [type(o) for o, _ in outcomes] == [StoreUnavailable, StoreUnavailable]
+    finally:
+        other.close()
+    assert count(store, InboundMessage) == 0
+    # After the outage the same group goes through.
+    outcomes = ingest_batch(store, Router(config), _items(clock, mail(), mail()))
+    assert [o.action for o, _ in outcomes if isinstance(o, IngestResult)] == ["created"] * 2
+
+
+def test_writer_lock_hands_over_between_stores(store: Store, config: Config) -> None:
+    """A second writer waits for the first (no 'database is locked'), then writes."""
+    other = Store(config.database.url, lock_timeout=5)
+    wrote_at: list[float] = []
+
+    def second() -> None:
+        with other.transaction() as s:
+            wrote_at.append(time.monotonic())
+            s.execute(Ticket.__table__.update().values(subject="second"))
+
+    try:
+        with store.transaction():
+            thread = threading.Thread(target=second)
+            thread.start()
+            time.sleep(0.3)  # the second writer is waiting now (SQLite) or done (PostgreSQL)
+            released_at = time.monotonic()
+            if store.dialect == "sqlite":
+                assert wrote_at == []
+        thread.join(10)
+        assert len(wrote_at) == 1
+        if store.dialect == "sqlite":
+            assert wrote_at[0] >= released_at
+    finally:
+        other.close()
+
+
+def test_writer_lock_gives_up_after_lock_timeout(store: Store, config: Config) -> None:
+    """A writer stuck elsewhere means 451 after lock_timeout, not a hang."""
+    if store.dialect != "sqlite":
+        pytest.skip("the write lock file is SQLite's")
+    other = Store(config.database.url, lock_timeout=0.2)
+    try:
+        with store.batch():
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="database busy"), other.transaction():
+                pass
+            assert time.monotonic() - started < 2
+    finally:
+        other.close()
