@@ -581,6 +581,7 @@ def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
             "--rate",
             "250",
             "--nonblocking",
+            "--subprocesses",
             "--output",
             str(out),
         ],

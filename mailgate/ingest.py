@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, select
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mailgate.bounces import analyse_bounce, is_bounce
@@ -55,9 +54,10 @@ from mailgate.store import (
     Store,
     ensure_blob,
     ensure_secret,
-    ensure_user,
+    insert_for,
     is_temporary,
     update_ticket,
+    user_id,
 )
 from mailgate.threads import (
     COMMANDS,
@@ -291,32 +291,36 @@ def _new_inbound(
     message_id: str,
     outcome: Outcome,
     reason: str,
-) -> InboundRow | None:
-    """Insert the raw mail; None when this mail is already stored (a redelivery)."""
-    key = dedup_key(message_id, raw)
-    if session.scalar(select(InboundRow.id).where(InboundRow.dedup_key == key)):
-        return None
-    row = InboundRow(
-        message_id=message_id,
-        dedup_key=key,
-        mail_from=envelope.mail_from,
-        rcpt_to=list(envelope.rcpt_to),
-        raw=raw,
-        size=len(raw),
-        sha256=hashlib.sha256(raw).hexdigest(),
-        received_at=now,
-        outcome=outcome.value,
-        reason=reason,
+    error: str | None = None,
+    dkim: str | None = None,
+) -> int | None:
+    """Insert the raw mail; its ledger id, or None when it is already stored (a redelivery).
+
+    One statement: when a concurrent instance stored the same mail first, the unique dedup
+    key makes the insert do nothing, and this mail a duplicate, without failing the
+    transaction.
+    """
+    stmt = (
+        insert_for(session)(InboundRow)
+        .values(
+            message_id=message_id,
+            dedup_key=dedup_key(message_id, raw),
+            mail_from=envelope.mail_from,
+            rcpt_to=list(envelope.rcpt_to),
+            raw=raw,
+            size=len(raw),
+            sha256=hashlib.sha256(raw).hexdigest(),
+            received_at=now,
+            outcome=outcome.value,
+            reason=reason,
+            error=error,
+            dkim=dkim,
+        )
+        .on_conflict_do_nothing(index_elements=["dedup_key"])
+        .returning(InboundRow.id)
     )
-    # A savepoint, so a concurrent instance storing the same mail first makes this a
-    # duplicate instead of failing the whole transaction.
-    try:
-        with session.begin_nested():
-            session.add(row)
-            session.flush()
-    except sa_exc.IntegrityError:
-        return None
-    return row
+    entry: int | None = session.execute(stmt).scalar()
+    return entry
 
 
 def _ledger_entry(
@@ -328,19 +332,28 @@ def _ledger_entry(
     outcome: Outcome,
     reason: str,
     reprocess: int | None,
-) -> InboundRow | None:
+    error: str | None = None,
+    dkim: str | None = None,
+) -> int | None:
     """The ledger row for this mail: a new one, or the quarantined one being reprocessed.
 
     None means there is nothing to do: a redelivery, or an entry already reprocessed (the
     row lock and the outcome check make a second reprocess of the same entry a no-op).
     """
     if reprocess is None:
-        return _new_inbound(session, raw, envelope, now, message_id, outcome, reason)
-    row = session.get(InboundRow, reprocess, with_for_update=True)
-    if row is None or row.outcome != Outcome.QUARANTINED:
+        return _new_inbound(session, raw, envelope, now, message_id, outcome, reason, error, dkim)
+    current = session.execute(
+        select(InboundRow.outcome).where(InboundRow.id == reprocess).with_for_update()
+    ).scalar()
+    if current != Outcome.QUARANTINED:
         return None
-    row.outcome, row.reason, row.error = outcome.value, reason, None
-    return row
+    _set_ledger(session, reprocess, outcome=outcome.value, reason=reason, error=error, dkim=dkim)
+    return reprocess
+
+
+def _set_ledger(session: Session, entry: int, **values: Any) -> None:
+    """What became of the mail, written to its ledger row (which holds the raw mail too)."""
+    session.execute(update(InboundRow).where(InboundRow.id == entry).values(**values))
 
 
 def _duplicate(message_id: str) -> IngestResult:
@@ -358,12 +371,11 @@ def _quarantine(
     reprocess: int | None = None,
 ) -> IngestResult:
     with store.transaction() as session:
-        row = _ledger_entry(
-            session, raw, envelope, now, message_id, Outcome.QUARANTINED, reason, reprocess
+        entry = _ledger_entry(
+            session, raw, envelope, now, message_id, Outcome.QUARANTINED, reason, reprocess, error
         )
-        if row is None:
+        if entry is None:
             return _duplicate(message_id)
-        row.error = error
     return IngestResult(Outcome.QUARANTINED.value, None, None, message_id, reason)
 
 
@@ -420,18 +432,27 @@ def _ingest_parsed(
     mail = _Mail(message, sender[0], sender[1], recipients, auto_reply_reason(message), dkim)
 
     with store.transaction() as session:
+        dkim_text = str(dkim) if dkim is not None else None
         inbound = _ledger_entry(
-            session, raw, envelope, now, message.message_id, Outcome.CREATED, "", reprocess
+            session,
+            raw,
+            envelope,
+            now,
+            message.message_id,
+            Outcome.CREATED,
+            "",
+            reprocess,
+            dkim=dkim_text,
         )
         if inbound is None:
             return _duplicate(message.message_id)
-        inbound.dkim = str(dkim) if dkim is not None else None
+        conn = session.connection()
         secret = config.mail.secret or ensure_secret(session)
-        token, references, tag = _thread_facts(session, mail, config, secret)
+        token, references, tag = _thread_facts(conn, mail, config, secret)
         match = match_thread(mail.sender, router.agents, token, references, tag)
-        ticket = session.get(Ticket, match.ticket.id) if match.ticket is not None else None
+        ticket = _load_ticket(conn, match.ticket.id) if match.ticket is not None else None
         loop = own_mail(message, config)
-        recent = _recent_tickets(session, mail.sender, now) if ticket is None else 0
+        recent = _recent_tickets(conn, mail.sender, now) if ticket is None else 0
         if loop is not None:
             outcome, reason, ticket = Outcome.IGNORED, loop, None
         elif ticket is None:
@@ -442,7 +463,7 @@ def _ingest_parsed(
                 reason = f"{RATE_LIMITED}: {recent} new tickets from {mail.sender} in the last hour"
             else:
                 quiet = recent >= config.limits.acks_per_hour
-                ticket, reason = _new_ticket(session, router, mail, inbound, match, now, quiet)
+                ticket, reason = _new_ticket(conn, router, mail, inbound, match, now, quiet)
                 outcome = Outcome.CREATED
         elif ticket.status == Status.CLOSED:
             if mail.auto_reply:
@@ -450,17 +471,14 @@ def _ingest_parsed(
                 reason = f"auto-reply ({mail.auto_reply}) to closed ticket #{ticket.id}"
                 ticket = None
             else:
-                ticket = _follow_up(session, router, ticket, mail, inbound, now)
-                outcome, reason = Outcome.CREATED, ticket.routing_reason
+                ticket, reason = _follow_up(conn, router, ticket, mail, inbound, now)
+                outcome = Outcome.CREATED
         else:
-            reason = _reply(session, router, ticket, mail, inbound, match, now)
+            ticket, reason = _reply(session, router, ticket, mail, inbound, match, now)
             outcome = Outcome.COMMENTED
-        session.flush()
-        inbound.outcome = outcome.value
-        inbound.reason = reason
-        inbound.ticket_id = ticket.id if ticket is not None else None
         ticket_id = ticket.id if ticket is not None else None
-        org_name = ticket.organization.name if ticket and ticket.organization else None
+        _set_ledger(session, inbound, outcome=outcome.value, reason=reason, ticket_id=ticket_id)
+        org_name = ticket.organization if ticket is not None else None
     return IngestResult(outcome.value, ticket_id, org_name, message.message_id, reason)
 
 
@@ -480,6 +498,107 @@ class _Mail:
         return self.message.subject.strip() or NO_SUBJECT
 
 
+# Every mail runs this module's statements; they go as SQLAlchemy Core on the session's
+# connection, which costs a quarter of the ORM's CPU per statement (measured with
+# bench/ingest_cpu.py). The ORM stays for the rare paths (agent commands, bounces).
+_TICKETS = Ticket.__table__
+_USERS = User.__table__
+_ORGS = Organization.__table__
+_MEMBERS = Membership.__table__
+_FOLLOWERS = Follower.__table__
+_PARTICIPANTS = Participant.__table__
+_COMMENTS = Comment.__table__
+_ATTACHMENTS = Attachment.__table__
+_OUTBOX = Outbox.__table__
+_SUPPRESSIONS = Suppression.__table__
+
+
+@dataclass(slots=True)
+class _TicketRow:
+    """The columns of a ticket that ingest works with, read in one query."""
+
+    id: int
+    subject: str
+    status: str
+    organization_id: int | None
+    organization: str | None
+    requester_id: int
+    requester: str
+    priority: str
+    tags: list[str]
+
+
+_TICKET_QUERY = (
+    select(
+        _TICKETS.c.id,
+        _TICKETS.c.subject,
+        _TICKETS.c.status,
+        _TICKETS.c.organization_id,
+        _ORGS.c.name,
+        _TICKETS.c.requester_id,
+        _USERS.c.email,
+        _TICKETS.c.priority,
+        _TICKETS.c.tags,
+    )
+    .select_from(
+        _TICKETS.join(_USERS, _USERS.c.id == _TICKETS.c.requester_id).outerjoin(
+            _ORGS, _ORGS.c.id == _TICKETS.c.organization_id
+        )
+    )
+    .where(_TICKETS.c.id == bindparam("ticket"))
+)
+
+
+def _load_ticket(conn: Connection, ticket_id: int) -> _TicketRow | None:
+    row = conn.execute(_TICKET_QUERY, {"ticket": ticket_id}).first()
+    return _TicketRow(*row) if row is not None else None
+
+
+def _participant_emails(conn: Connection, ticket_id: int) -> list[str]:
+    """Who is copied on the ticket, oldest user first (the order notifications list them)."""
+    query = (
+        select(_USERS.c.email)
+        .join(_PARTICIPANTS, _PARTICIPANTS.c.user_id == _USERS.c.id)
+        .where(_PARTICIPANTS.c.ticket_id == ticket_id)
+        .order_by(_PARTICIPANTS.c.user_id)
+    )
+    return list(conn.execute(query).scalars())
+
+
+def _member_emails(conn: Connection, organization_id: int | None) -> frozenset[str]:
+    if organization_id is None:
+        return frozenset()
+    query = (
+        select(_USERS.c.email)
+        .join(_MEMBERS, _MEMBERS.c.user_id == _USERS.c.id)
+        .where(_MEMBERS.c.organization_id == organization_id)
+    )
+    return frozenset(conn.execute(query).scalars())
+
+
+def _facts_of(
+    conn: Connection, ticket: _TicketRow, participants: list[str] | None = None
+) -> TicketFacts:
+    """What threading and the visibility rule need to know of a ticket."""
+    if participants is None:
+        participants = _participant_emails(conn, ticket.id)
+    return TicketFacts(
+        id=ticket.id,
+        status=ticket.status,
+        organization=ticket.organization,
+        requester=ticket.requester,
+        participants=frozenset(participants),
+        members=_member_emails(conn, ticket.organization_id),
+    )
+
+
+def _facts(conn: Connection, ticket_id: int | None) -> TicketFacts | None:
+    if ticket_id is None:
+        return None
+    ticket = _load_ticket(conn, ticket_id)
+    return _facts_of(conn, ticket) if ticket is not None else None
+
+
 def _bounce(
     store: Store,
     config: Config,
@@ -497,6 +616,8 @@ def _bounce(
         )
         if inbound is None:
             return _duplicate(message.message_id)
+        conn = session.connection()
+        ticket_id: int | None = None
         rows = (
             list(session.scalars(select(Outbox).where(Outbox.message_id.in_(report.message_ids))))
             if report.message_ids
@@ -506,12 +627,11 @@ def _bounce(
         for row in rows:
             row.status = "bounced"
             row.last_error = f"bounced: {failed or 'no details'}"
-            ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
-            if ticket is not None:
+            if row.ticket_id is not None:
                 note = f"Notification {row.kind} to {', '.join(row.recipients)} bounced: {failed}"
-                system = ensure_user(session, config.mail.address, "mailgate", now)
-                _add_comment(session, ticket, system, note, False, message, inbound, now)
-                inbound.ticket_id = ticket.id
+                system = user_id(conn, config.mail.address, "mailgate", now)
+                _add_comment(conn, row.ticket_id, system, note, False, message, inbound, now)
+                ticket_id = row.ticket_id
         for email, status, hard in report.recipients:
             if hard:
                 until = now + config.outbound.suppress_for
@@ -521,8 +641,8 @@ def _bounce(
                 else:
                     existing.until, existing.reason = until, f"bounce {status}"
         reason = f"bounce for {len(rows)} notification(s)" + (f": {failed}" if failed else "")
-        inbound.reason = reason
-        ticket_id = inbound.ticket_id
+        session.flush()
+        _set_ledger(session, inbound, reason=reason, ticket_id=ticket_id)
     return IngestResult(Outcome.IGNORED.value, ticket_id, None, message.message_id, reason)
 
 
@@ -536,120 +656,102 @@ def own_mail(message: InboundMessage, config: Config) -> str | None:
     return None
 
 
-def _recent_tickets(session: Session, email: str, now: datetime) -> int:
+def _recent_tickets(conn: Connection, email: str, now: datetime) -> int:
     """New tickets this sender opened in the last hour (the rate limits count these)."""
-    return (
-        session.scalar(
-            select(func.count(Ticket.id))
-            .join(User, User.id == Ticket.requester_id)
-            .where(User.email == email, Ticket.created_at > now - timedelta(hours=1))
-        )
-        or 0
+    query = (
+        select(func.count(_TICKETS.c.id))
+        .join(_USERS, _USERS.c.id == _TICKETS.c.requester_id)
+        .where(_USERS.c.email == email, _TICKETS.c.created_at > now - timedelta(hours=1))
     )
-
-
-def _facts(session: Session, ticket_id: int | None) -> TicketFacts | None:
-    """What threading needs to know of a ticket, from the database."""
-    if ticket_id is None:
-        return None
-    ticket = session.get(Ticket, ticket_id)
-    if ticket is None:
-        return None
-    members: frozenset[str] = frozenset()
-    if ticket.organization_id is not None:
-        members = frozenset(
-            session.scalars(
-                select(User.email)
-                .join(Membership, Membership.user_id == User.id)
-                .where(Membership.organization_id == ticket.organization_id)
-            )
-        )
-    return TicketFacts(
-        id=ticket.id,
-        status=ticket.status,
-        organization=ticket.organization.name if ticket.organization else None,
-        requester=ticket.requester.email,
-        participants=frozenset(p.user.email for p in ticket.participants),
-        members=members,
-    )
+    return conn.execute(query).scalar() or 0
 
 
 _MAX_REFERENCES = 50  # a References header can be long; the newest entries matter
 
 
 def _thread_facts(
-    session: Session, mail: _Mail, config: Config, secret: str
+    conn: Connection, mail: _Mail, config: Config, secret: str
 ) -> tuple[TicketFacts | None, list[Reference], TicketFacts | None]:
     """The tickets behind the reply token, the referenced Message-IDs and the subject tag."""
-    token = _facts(session, ticket_from_token(mail.recipients, secret))
+    token = _facts(conn, ticket_from_token(mail.recipients, secret))
     ids = list(dict.fromkeys((*mail.message.in_reply_to, *reversed(mail.message.references))))
     ids = ids[:_MAX_REFERENCES]
     references: list[Reference] = []
     if ids:
         found: dict[int, bool] = {}
-        for ticket_id in session.scalars(
-            select(Comment.ticket_id).where(Comment.message_id.in_(ids))
-        ):
+        for ticket_id in conn.execute(
+            select(_COMMENTS.c.ticket_id).where(_COMMENTS.c.message_id.in_(ids))
+        ).scalars():
             found.setdefault(ticket_id, False)
-        for ticket_id, recipients in session.execute(
-            select(Outbox.ticket_id, Outbox.recipients).where(Outbox.message_id.in_(ids))
+        for ticket_id, recipients in conn.execute(
+            select(_OUTBOX.c.ticket_id, _OUTBOX.c.recipients).where(_OUTBOX.c.message_id.in_(ids))
         ):
             if ticket_id is not None:
                 found[ticket_id] = found.get(ticket_id, False) or mail.sender in recipients
         for ticket_id, sent_to_sender in found.items():
-            facts = _facts(session, ticket_id)
+            facts = _facts(conn, ticket_id)
             if facts is not None:
                 references.append(Reference(facts, sent_to_sender))
-    tag = _facts(session, ticket_from_tag(mail.subject, config.tickets.tag_regex))
+    tag = _facts(conn, ticket_from_tag(mail.subject, config.tickets.tag_regex))
     return token, references, tag
 
 
-def _organization(session: Session, name: str | None) -> Organization | None:
-    if name is None:
-        return None
-    return session.scalar(select(Organization).where(Organization.name == name))
-
-
 def _add_comment(
-    session: Session,
-    ticket: Ticket,
-    author: User,
+    conn: Connection,
+    ticket_id: int,
+    author_id: int,
     body: str,
     public: bool,
     message: InboundMessage,
-    inbound: InboundRow,
+    inbound: int,
     now: datetime,
-) -> Comment:
-    comment = Comment(
-        author=author,
-        body=body,
-        public=public,
-        message_id=message.message_id,
-        inbound_message_id=inbound.id,
-        created_at=now,
-    )
-    ticket.comments.append(comment)
+) -> int:
+    """The comment with the mail's attachments (content stored once per hash); its id."""
+    comment_id: int = conn.execute(
+        insert(_COMMENTS)
+        .values(
+            ticket_id=ticket_id,
+            author_id=author_id,
+            body=body,
+            public=public,
+            message_id=message.message_id,
+            inbound_message_id=inbound,
+            created_at=now,
+        )
+        .returning(_COMMENTS.c.id)
+    ).scalar_one()
     for part in message.attachments:
-        comment.attachments.append(
-            Attachment(
+        conn.execute(
+            insert(_ATTACHMENTS).values(
+                comment_id=comment_id,
                 filename=part.filename,
                 content_type=part.content_type,
                 content_id=part.content_id,
                 size=part.size,
-                sha256=ensure_blob(session, part.data),
+                sha256=ensure_blob(conn, part.data),
             )
         )
-    return comment
+    return comment_id
 
 
 def _add_participants(
-    session: Session, ticket: Ticket, mail: _Mail, config: Config, now: datetime
-) -> None:
-    known = {p.user.email for p in ticket.participants} | {ticket.requester.email}
-    for email, name in participant_addresses(mail.message, ticket.requester.email, config):
+    conn: Connection,
+    ticket: _TicketRow,
+    participants: list[str],
+    mail: _Mail,
+    config: Config,
+    now: datetime,
+) -> list[str]:
+    """Copy the mail's To/Cc people onto the ticket; the ticket's participants after that."""
+    known = set(participants) | {ticket.requester}
+    added = list(participants)
+    for email, name in participant_addresses(mail.message, ticket.requester, config):
         if email not in known:
-            ticket.participants.append(Participant(user=ensure_user(session, email, name, now)))
+            person = user_id(conn, email, name, now)
+            conn.execute(insert(_PARTICIPANTS).values(ticket_id=ticket.id, user_id=person))
             known.add(email)
+            added.append(email)
+    return added
 
 
 def forwarded_sender(message: InboundMessage) -> tuple[str, str] | None:
@@ -670,14 +772,14 @@ def forwarded_sender(message: InboundMessage) -> tuple[str, str] | None:
 
 
 def _new_ticket(
-    session: Session,
+    conn: Connection,
     router: Router,
     mail: _Mail,
-    inbound: InboundRow,
+    inbound: int,
     match: ThreadMatch,
     now: datetime,
     quiet: bool = False,
-) -> tuple[Ticket, str]:
+) -> tuple[_TicketRow, str]:
     config = router.config
     requester, name, subject, note = mail.sender, mail.name, mail.subject, ""
     if mail.sender in router.agents:
@@ -691,110 +793,149 @@ def _new_ticket(
     reason = decision.reason + note
     if match.reason != NO_REFERENCE:
         reason += f"; {match.reason}"
-    user = ensure_user(session, requester, name, now)
+    requester = requester.lower()
+    requester_id = user_id(conn, requester, name, now)
+    organization = (
+        conn.execute(
+            select(_ORGS.c.id, _ORGS.c.name).where(_ORGS.c.name == decision.organization)
+        ).first()
+        if decision.organization is not None
+        else None
+    )
     # Another ticket's tag in a new ticket's subject would only confuse: it goes.
     untagged = " ".join(re.sub(config.tickets.tag_regex, " ", decision.subject or subject).split())
     subject_text, subject_secret = mask_secrets(untagged or NO_SUBJECT)
     body, body_secret = mask_secrets(mail.message.text)
-    ticket = Ticket(
+    values = {
+        "subject": subject_text,
+        "status": Status.NEW.value,
+        "organization_id": organization.id if organization is not None else None,
+        "requester_id": requester_id,
+        "created_at": now,
+        "updated_at": now,
+        "routing_reason": reason,
+        "routing_score": decision.score,
+        "priority": decision.priority or "normal",
+        "tags": list(decision.tags),
+    }
+    ticket = _TicketRow(
+        id=_insert_ticket(conn, values),
         subject=subject_text,
         status=Status.NEW.value,
-        organization=_organization(session, decision.organization),
-        requester=user,
-        created_at=now,
-        updated_at=now,
-        routing_reason=reason,
-        routing_score=decision.score,
-        priority=decision.priority or "normal",
-        tags=list(decision.tags),
+        organization_id=values["organization_id"],
+        organization=organization.name if organization is not None else None,
+        requester_id=requester_id,
+        requester=requester,
+        priority=values["priority"],
+        tags=values["tags"],
     )
-    session.add(ticket)
-    _add_participants(session, ticket, mail, config, now)
-    comment = _add_comment(session, ticket, user, body, True, mail.message, inbound, now)
-    _announce(session, config, ticket, comment, now, acknowledge=not quiet)
+    participants = _add_participants(conn, ticket, [], mail, config, now)
+    comment = _add_comment(conn, ticket.id, requester_id, body, True, mail.message, inbound, now)
+    _announce(conn, config, ticket, participants, comment, now, acknowledge=not quiet)
     if subject_secret or body_secret:
-        _warn_secret(session, config, ticket, mail.sender, now)
+        _warn_secret(conn, config, ticket, mail.sender, now)
     if quiet:
         reason += f"; no acknowledgement (more than {config.limits.acks_per_hour} this hour)"
     return ticket, reason
 
 
+def _insert_ticket(conn: Connection, values: dict[str, Any]) -> int:
+    ticket_id: int = conn.execute(
+        insert(_TICKETS).values(**values).returning(_TICKETS.c.id)
+    ).scalar_one()
+    return ticket_id
+
+
 def _announce(
-    session: Session,
+    conn: Connection,
     config: Config,
-    ticket: Ticket,
-    comment: Comment,
+    ticket: _TicketRow,
+    participants: list[str],
+    comment: int,
     now: datetime,
     acknowledge: bool = True,
 ) -> None:
     """A new ticket: acknowledge it to the requester and tell the organization's followers."""
-    session.flush()
-    payload = {"comment": comment.id}
-    facts = _facts(session, ticket.id)  # once for all rows: who the ticket knows
+    payload = {"comment": comment}
+    facts = _facts_of(conn, ticket, participants)  # once for all rows: who the ticket knows
     if acknowledge:
-        to = [ticket.requester.email]
-        _queue(session, config, "ticket_created", ticket, to, payload, now, facts=facts)
+        _queue(
+            conn, config, "ticket_created", ticket, [ticket.requester], payload, now, facts=facts
+        )
     if ticket.organization_id is None:
         return
-    members = select(Membership.user_id).where(Membership.organization_id == ticket.organization_id)
-    followers = session.scalars(
-        select(User.email)
-        .join(Follower, Follower.user_id == User.id)
-        .where(Follower.organization_id == ticket.organization_id, User.id.in_(members))
-        .order_by(User.email)
-    )
-    for email in followers:  # one mail each: followers do not see each other's addresses
-        if email != ticket.requester.email:
-            _queue(
-                session, config, "new_ticket_follower", ticket, [email], payload, now, facts=facts
-            )
+    members = select(_MEMBERS.c.user_id).where(_MEMBERS.c.organization_id == ticket.organization_id)
+    followers = conn.execute(
+        select(_USERS.c.email)
+        .join(_FOLLOWERS, _FOLLOWERS.c.user_id == _USERS.c.id)
+        .where(_FOLLOWERS.c.organization_id == ticket.organization_id, _USERS.c.id.in_(members))
+        .order_by(_USERS.c.email)
+    ).scalars()
+    for email in list(followers):  # one mail each: followers do not see each other's addresses
+        if email != ticket.requester:
+            _queue(conn, config, "new_ticket_follower", ticket, [email], payload, now, facts=facts)
 
 
 def _follow_up(
-    session: Session,
+    conn: Connection,
     router: Router,
-    closed: Ticket,
+    closed: _TicketRow,
     mail: _Mail,
-    inbound: InboundRow,
+    inbound: int,
     now: datetime,
-) -> Ticket:
+) -> tuple[_TicketRow, str]:
     """A reply to a closed ticket opens a new one: closed tickets are locked (user rule)."""
-    ticket = Ticket(
+    reason = f"follow-up of closed ticket #{closed.id}"
+    values = {
+        "subject": closed.subject,
+        "status": Status.NEW.value,
+        "organization_id": closed.organization_id,
+        "requester_id": closed.requester_id,
+        "created_at": now,
+        "updated_at": now,
+        "follow_up_of": closed.id,
+        "routing_reason": reason,
+        "routing_score": None,
+        "priority": closed.priority,
+        "tags": list(closed.tags),
+    }
+    ticket = _TicketRow(
+        id=_insert_ticket(conn, values),
         subject=closed.subject,
         status=Status.NEW.value,
+        organization_id=closed.organization_id,
         organization=closed.organization,
+        requester_id=closed.requester_id,
         requester=closed.requester,
-        created_at=now,
-        updated_at=now,
-        follow_up_of=closed.id,
-        routing_reason=f"follow-up of closed ticket #{closed.id}",
-        routing_score=None,
         priority=closed.priority,
         tags=list(closed.tags),
     )
-    session.add(ticket)
-    for participant in closed.participants:
-        ticket.participants.append(Participant(user=participant.user))
-    author = ensure_user(session, mail.sender, mail.name, now)
+    copied = conn.execute(
+        select(_PARTICIPANTS.c.user_id).where(_PARTICIPANTS.c.ticket_id == closed.id)
+    ).scalars()
+    for person in list(copied):
+        conn.execute(insert(_PARTICIPANTS).values(ticket_id=ticket.id, user_id=person))
+    author = user_id(conn, mail.sender, mail.name, now)
     body, secret = mask_secrets(strip_quoted(mail.message.text))
-    comment = _add_comment(session, ticket, author, body, True, mail.message, inbound, now)
-    _announce(session, router.config, ticket, comment, now)
+    comment = _add_comment(conn, ticket.id, author, body, True, mail.message, inbound, now)
+    _announce(conn, router.config, ticket, _participant_emails(conn, ticket.id), comment, now)
     if secret:
-        _warn_secret(session, router.config, ticket, mail.sender, now)
-    return ticket
+        _warn_secret(conn, router.config, ticket, mail.sender, now)
+    return ticket, reason
 
 
 def _reply(
     session: Session,
     router: Router,
-    ticket: Ticket,
+    ticket: _TicketRow,
     mail: _Mail,
-    inbound: InboundRow,
+    inbound: int,
     match: ThreadMatch,
     now: datetime,
-) -> str:
+) -> tuple[_TicketRow, str]:
     """A comment on an open ticket, with the status, participant and notification rules."""
     config = router.config
+    conn = session.connection()
     by_agent = mail.sender in router.agents
     body = strip_quoted(mail.message.text)
     commands: tuple[Command, ...] = ()
@@ -802,16 +943,17 @@ def _reply(
         commands, body = split_commands(body)
     body, secret = mask_secrets(body)
     public = not (mail.auto_reply or is_private(commands))
-    author = ensure_user(session, mail.sender, mail.name, now)
-    comment = _add_comment(session, ticket, author, body, public, mail.message, inbound, now)
+    author = user_id(conn, mail.sender, mail.name, now)
+    comment = _add_comment(conn, ticket.id, author, body, public, mail.message, inbound, now)
     status = status_after_reply(ticket.status, by_agent, mail.auto_reply is not None)
+    changes: dict[str, Any] = {"updated_at": now}
     if status != ticket.status:
+        changes.update(status=status, solved_at=None)
         ticket.status = status
-        ticket.solved_at = None
-    ticket.updated_at = now
-    if by_agent or mail.sender == ticket.requester.email:
-        _add_participants(session, ticket, mail, config, now)
-    session.flush()
+    conn.execute(update(_TICKETS).where(_TICKETS.c.id == ticket.id).values(**changes))
+    if by_agent or mail.sender == ticket.requester:
+        known = _participant_emails(conn, ticket.id)
+        _add_participants(conn, ticket, known, mail, config, now)
     errors: list[str] = []
     if (
         commands
@@ -827,29 +969,38 @@ def _reply(
             if c.name not in ("note", "private")
         ]
         commands = tuple(c for c in commands if c.name in ("note", "private"))
-    errors += _apply_commands(session, router, ticket, commands, now) if commands else []
-    audience = [ticket.requester.email, *(p.user.email for p in ticket.participants)]
+    if commands:
+        # Commands are rare and go through the store's rules on the ORM ticket, read afresh
+        # because the statements above changed the row behind the session's back.
+        orm_ticket = session.get(Ticket, ticket.id, populate_existing=True)
+        assert orm_ticket is not None
+        errors += _apply_commands(session, router, orm_ticket, commands, now)
+        session.flush()
+        reloaded = _load_ticket(conn, ticket.id)
+        assert reloaded is not None
+        ticket = reloaded
+    audience = [ticket.requester, *_participant_emails(conn, ticket.id)]
     if by_agent and public:
-        _queue(session, config, "agent_reply", ticket, audience, {"comment": comment.id}, now)
+        _queue(conn, config, "agent_reply", ticket, audience, {"comment": comment}, now)
     elif not by_agent and not mail.auto_reply:
         _queue(
-            session,
+            conn,
             config,
             "customer_reply",
             ticket,
             list(router.agents),
-            {"comment": comment.id},
+            {"comment": comment},
             now,
             exclude=mail.sender,
         )
     if errors:
-        _queue(session, config, "command_error", ticket, [mail.sender], {"errors": errors}, now)
+        _queue(conn, config, "command_error", ticket, [mail.sender], {"errors": errors}, now)
     if secret:
-        _warn_secret(session, config, ticket, mail.sender, now)
+        _warn_secret(conn, config, ticket, mail.sender, now)
     reason = match.reason
     if mail.auto_reply:
         reason += f"; auto-reply ({mail.auto_reply}) kept as internal note"
-    return reason
+    return ticket, reason
 
 
 def mask_secrets(text: str) -> tuple[str, bool]:
@@ -859,10 +1010,10 @@ def mask_secrets(text: str) -> tuple[str, bool]:
 
 
 def _warn_secret(
-    session: Session, config: Config, ticket: Ticket, sender: str, now: datetime
+    conn: Connection, config: Config, ticket: _TicketRow, sender: str, now: datetime
 ) -> None:
     """Credentials never travel in plain mail: ask the sender to use the secret link."""
-    _queue(session, config, "secret_warning", ticket, [sender], {}, now)
+    _queue(conn, config, "secret_warning", ticket, [sender], {}, now)
 
 
 def _apply_commands(
@@ -914,10 +1065,10 @@ def _apply_command(
 
 
 def _queue(
-    session: Session,
+    conn: Connection,
     config: Config,
     kind: str,
-    ticket: Ticket,
+    ticket: _TicketRow,
     recipients: list[str],
     payload: dict[str, Any],
     now: datetime,
@@ -931,15 +1082,18 @@ def _queue(
     ``facts`` may be passed by a caller queueing several rows for one unchanged ticket.
     """
     agents = frozenset(config.agents.addresses)
-    facts = facts or _facts(session, ticket.id)
-    assert facts is not None
+    facts = facts or _facts_of(conn, ticket)
     # Never to ourselves (a loop); agents may share our domain.
-    suppressed = set(
-        session.scalars(
-            select(Suppression.email).where(
-                Suppression.email.in_(recipients), Suppression.until > now
-            )
+    suppressed = (
+        set(
+            conn.execute(
+                select(_SUPPRESSIONS.c.email).where(
+                    _SUPPRESSIONS.c.email.in_(recipients), _SUPPRESSIONS.c.until > now
+                )
+            ).scalars()
         )
+        if recipients
+        else set()
     )
     to = [
         r
@@ -953,8 +1107,8 @@ def _queue(
     if not to:
         return
     tag = config.tickets.tag.replace("{id}", str(ticket.id))
-    session.add(
-        Outbox(
+    conn.execute(
+        insert(_OUTBOX).values(
             kind=kind,
             ticket_id=ticket.id,
             recipients=to,

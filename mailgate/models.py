@@ -99,6 +99,7 @@ class Membership(Base):
     """A user belongs to an organization; a user may belong to several."""
 
     __tablename__ = "memberships"
+    __table_args__ = (Index("ix_memberships_organization", "organization_id"),)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), primary_key=True)
     source: Mapped[str] = mapped_column(String(20), default="config")
@@ -108,6 +109,7 @@ class Follower(Base):
     """A user who is told of every new ticket in an organization."""
 
     __tablename__ = "followers"
+    __table_args__ = (Index("ix_followers_organization", "organization_id"),)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), primary_key=True)
     source: Mapped[str] = mapped_column(String(20), default="config")
@@ -115,7 +117,10 @@ class Follower(Base):
 
 class Ticket(Base):
     __tablename__ = "tickets"
-    __table_args__ = (Index("ix_tickets_org_status", "organization_id", "status"),)
+    __table_args__ = (
+        Index("ix_tickets_org_status", "organization_id", "status"),
+        Index("ix_tickets_requester_created", "requester_id", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     subject: Mapped[str] = mapped_column(Text)
