@@ -300,27 +300,40 @@ def _new_inbound(
     key makes the insert do nothing, and this mail a duplicate, without failing the
     transaction.
     """
-    stmt = (
-        insert_for(session)(InboundRow)
-        .values(
-            message_id=message_id,
-            dedup_key=dedup_key(message_id, raw),
-            mail_from=envelope.mail_from,
-            rcpt_to=list(envelope.rcpt_to),
-            raw=raw,
-            size=len(raw),
-            sha256=hashlib.sha256(raw).hexdigest(),
-            received_at=now,
-            outcome=outcome.value,
-            reason=reason,
-            error=error,
-            dkim=dkim,
-        )
-        .on_conflict_do_nothing(index_elements=["dedup_key"])
-        .returning(InboundRow.id)
-    )
-    entry: int | None = session.execute(stmt).scalar()
+    conn = session.connection()
+    values = {
+        "message_id": message_id,
+        "dedup_key": dedup_key(message_id, raw),
+        "mail_from": envelope.mail_from,
+        "rcpt_to": list(envelope.rcpt_to),
+        "raw": raw,
+        "size": len(raw),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "received_at": now,
+        "outcome": outcome.value,
+        "reason": reason,
+        "error": error,
+        "dkim": dkim,
+    }
+    entry: int | None = conn.execute(_insert_inbound(conn), values).scalar()
     return entry
+
+
+_INBOUND = InboundRow.__table__
+_INSERT_INBOUND: dict[str, Any] = {}  # by dialect: ON CONFLICT is spelt per dialect
+
+
+def _insert_inbound(conn: Connection) -> Any:
+    """The ledger INSERT, built once: building a statement costs more than running it."""
+    stmt = _INSERT_INBOUND.get(conn.dialect.name)
+    if stmt is None:
+        stmt = (
+            insert_for(conn)(_INBOUND)
+            .on_conflict_do_nothing(index_elements=["dedup_key"])
+            .returning(_INBOUND.c.id)
+        )
+        _INSERT_INBOUND[conn.dialect.name] = stmt
+    return stmt
 
 
 def _ledger_entry(
@@ -353,7 +366,10 @@ def _ledger_entry(
 
 def _set_ledger(session: Session, entry: int, **values: Any) -> None:
     """What became of the mail, written to its ledger row (which holds the raw mail too)."""
-    session.execute(update(InboundRow).where(InboundRow.id == entry).values(**values))
+    session.connection().execute(_SET_LEDGER, {"entry": entry, **values})
+
+
+_SET_LEDGER = update(_INBOUND).where(_INBOUND.c.id == bindparam("entry"))
 
 
 def _duplicate(message_id: str) -> IngestResult:
@@ -554,26 +570,28 @@ def _load_ticket(conn: Connection, ticket_id: int) -> _TicketRow | None:
     return _TicketRow(*row) if row is not None else None
 
 
+_PARTICIPANT_EMAILS = (
+    select(_USERS.c.email)
+    .join(_PARTICIPANTS, _PARTICIPANTS.c.user_id == _USERS.c.id)
+    .where(_PARTICIPANTS.c.ticket_id == bindparam("ticket"))
+    .order_by(_PARTICIPANTS.c.user_id)
+)
+_MEMBER_EMAILS = (
+    select(_USERS.c.email)
+    .join(_MEMBERS, _MEMBERS.c.user_id == _USERS.c.id)
+    .where(_MEMBERS.c.organization_id == bindparam("org"))
+)
+
+
 def _participant_emails(conn: Connection, ticket_id: int) -> list[str]:
     """Who is copied on the ticket, oldest user first (the order notifications list them)."""
-    query = (
-        select(_USERS.c.email)
-        .join(_PARTICIPANTS, _PARTICIPANTS.c.user_id == _USERS.c.id)
-        .where(_PARTICIPANTS.c.ticket_id == ticket_id)
-        .order_by(_PARTICIPANTS.c.user_id)
-    )
-    return list(conn.execute(query).scalars())
+    return list(conn.execute(_PARTICIPANT_EMAILS, {"ticket": ticket_id}).scalars())
 
 
 def _member_emails(conn: Connection, organization_id: int | None) -> frozenset[str]:
     if organization_id is None:
         return frozenset()
-    query = (
-        select(_USERS.c.email)
-        .join(_MEMBERS, _MEMBERS.c.user_id == _USERS.c.id)
-        .where(_MEMBERS.c.organization_id == organization_id)
-    )
-    return frozenset(conn.execute(query).scalars())
+    return frozenset(conn.execute(_MEMBER_EMAILS, {"org": organization_id}).scalars())
 
 
 def _facts_of(
@@ -658,15 +676,24 @@ def own_mail(message: InboundMessage, config: Config) -> str | None:
 
 def _recent_tickets(conn: Connection, email: str, now: datetime) -> int:
     """New tickets this sender opened in the last hour (the rate limits count these)."""
-    query = (
-        select(func.count(_TICKETS.c.id))
-        .join(_USERS, _USERS.c.id == _TICKETS.c.requester_id)
-        .where(_USERS.c.email == email, _TICKETS.c.created_at > now - timedelta(hours=1))
-    )
-    return conn.execute(query).scalar() or 0
+    since = now - timedelta(hours=1)
+    return conn.execute(_RECENT_TICKETS, {"email": email, "since": since}).scalar() or 0
+
+
+_RECENT_TICKETS = (
+    select(func.count(_TICKETS.c.id))
+    .join(_USERS, _USERS.c.id == _TICKETS.c.requester_id)
+    .where(_USERS.c.email == bindparam("email"), _TICKETS.c.created_at > bindparam("since"))
+)
 
 
 _MAX_REFERENCES = 50  # a References header can be long; the newest entries matter
+_COMMENTS_BY_MESSAGE = select(_COMMENTS.c.ticket_id).where(
+    _COMMENTS.c.message_id.in_(bindparam("ids", expanding=True))
+)
+_OUTBOX_BY_MESSAGE = select(_OUTBOX.c.ticket_id, _OUTBOX.c.recipients).where(
+    _OUTBOX.c.message_id.in_(bindparam("ids", expanding=True))
+)
 
 
 def _thread_facts(
@@ -679,13 +706,9 @@ def _thread_facts(
     references: list[Reference] = []
     if ids:
         found: dict[int, bool] = {}
-        for ticket_id in conn.execute(
-            select(_COMMENTS.c.ticket_id).where(_COMMENTS.c.message_id.in_(ids))
-        ).scalars():
+        for ticket_id in conn.execute(_COMMENTS_BY_MESSAGE, {"ids": ids}).scalars():
             found.setdefault(ticket_id, False)
-        for ticket_id, recipients in conn.execute(
-            select(_OUTBOX.c.ticket_id, _OUTBOX.c.recipients).where(_OUTBOX.c.message_id.in_(ids))
-        ):
+        for ticket_id, recipients in conn.execute(_OUTBOX_BY_MESSAGE, {"ids": ids}):
             if ticket_id is not None:
                 found[ticket_id] = found.get(ticket_id, False) or mail.sender in recipients
         for ticket_id, sent_to_sender in found.items():
@@ -707,31 +730,54 @@ def _add_comment(
     now: datetime,
 ) -> int:
     """The comment with the mail's attachments (content stored once per hash); its id."""
-    comment_id: int = conn.execute(
-        insert(_COMMENTS)
-        .values(
-            ticket_id=ticket_id,
-            author_id=author_id,
-            body=body,
-            public=public,
-            message_id=message.message_id,
-            inbound_message_id=inbound,
-            created_at=now,
-        )
-        .returning(_COMMENTS.c.id)
-    ).scalar_one()
+    values = {
+        "ticket_id": ticket_id,
+        "author_id": author_id,
+        "body": body,
+        "public": public,
+        "message_id": message.message_id,
+        "inbound_message_id": inbound,
+        "created_at": now,
+    }
+    comment_id: int = conn.execute(_INSERT_COMMENT, values).scalar_one()
     for part in message.attachments:
-        conn.execute(
-            insert(_ATTACHMENTS).values(
-                comment_id=comment_id,
-                filename=part.filename,
-                content_type=part.content_type,
-                content_id=part.content_id,
-                size=part.size,
-                sha256=ensure_blob(conn, part.data),
-            )
-        )
+        attachment = {
+            "comment_id": comment_id,
+            "filename": part.filename,
+            "content_type": part.content_type,
+            "content_id": part.content_id,
+            "size": part.size,
+            "sha256": ensure_blob(conn, part.data),
+        }
+        conn.execute(_INSERT_ATTACHMENT, attachment)
     return comment_id
+
+
+_INSERT_COMMENT = insert(_COMMENTS).returning(_COMMENTS.c.id)
+_INSERT_ATTACHMENT = insert(_ATTACHMENTS)
+_INSERT_PARTICIPANT = insert(_PARTICIPANTS)
+_INSERT_TICKET = insert(_TICKETS).returning(_TICKETS.c.id)
+_UPDATE_TICKET = update(_TICKETS).where(_TICKETS.c.id == bindparam("ticket"))
+_INSERT_OUTBOX = insert(_OUTBOX)
+_ORG_BY_NAME = select(_ORGS.c.id, _ORGS.c.name).where(_ORGS.c.name == bindparam("name"))
+_PARTICIPANT_IDS = select(_PARTICIPANTS.c.user_id).where(
+    _PARTICIPANTS.c.ticket_id == bindparam("ticket")
+)
+_FOLLOWER_EMAILS = (
+    select(_USERS.c.email)
+    .join(_FOLLOWERS, _FOLLOWERS.c.user_id == _USERS.c.id)
+    .where(
+        _FOLLOWERS.c.organization_id == bindparam("org"),
+        _USERS.c.id.in_(
+            select(_MEMBERS.c.user_id).where(_MEMBERS.c.organization_id == bindparam("org"))
+        ),
+    )
+    .order_by(_USERS.c.email)
+)
+_SUPPRESSED = select(_SUPPRESSIONS.c.email).where(
+    _SUPPRESSIONS.c.email.in_(bindparam("emails", expanding=True)),
+    _SUPPRESSIONS.c.until > bindparam("now"),
+)
 
 
 def _add_participants(
@@ -748,7 +794,7 @@ def _add_participants(
     for email, name in participant_addresses(mail.message, ticket.requester, config):
         if email not in known:
             person = user_id(conn, email, name, now)
-            conn.execute(insert(_PARTICIPANTS).values(ticket_id=ticket.id, user_id=person))
+            conn.execute(_INSERT_PARTICIPANT, {"ticket_id": ticket.id, "user_id": person})
             known.add(email)
             added.append(email)
     return added
@@ -796,9 +842,7 @@ def _new_ticket(
     requester = requester.lower()
     requester_id = user_id(conn, requester, name, now)
     organization = (
-        conn.execute(
-            select(_ORGS.c.id, _ORGS.c.name).where(_ORGS.c.name == decision.organization)
-        ).first()
+        conn.execute(_ORG_BY_NAME, {"name": decision.organization}).first()
         if decision.organization is not None
         else None
     )
@@ -840,9 +884,7 @@ def _new_ticket(
 
 
 def _insert_ticket(conn: Connection, values: dict[str, Any]) -> int:
-    ticket_id: int = conn.execute(
-        insert(_TICKETS).values(**values).returning(_TICKETS.c.id)
-    ).scalar_one()
+    ticket_id: int = conn.execute(_INSERT_TICKET, values).scalar_one()
     return ticket_id
 
 
@@ -864,13 +906,7 @@ def _announce(
         )
     if ticket.organization_id is None:
         return
-    members = select(_MEMBERS.c.user_id).where(_MEMBERS.c.organization_id == ticket.organization_id)
-    followers = conn.execute(
-        select(_USERS.c.email)
-        .join(_FOLLOWERS, _FOLLOWERS.c.user_id == _USERS.c.id)
-        .where(_FOLLOWERS.c.organization_id == ticket.organization_id, _USERS.c.id.in_(members))
-        .order_by(_USERS.c.email)
-    ).scalars()
+    followers = conn.execute(_FOLLOWER_EMAILS, {"org": ticket.organization_id}).scalars()
     for email in list(followers):  # one mail each: followers do not see each other's addresses
         if email != ticket.requester:
             _queue(conn, config, "new_ticket_follower", ticket, [email], payload, now, facts=facts)
@@ -910,11 +946,9 @@ def _follow_up(
         priority=closed.priority,
         tags=list(closed.tags),
     )
-    copied = conn.execute(
-        select(_PARTICIPANTS.c.user_id).where(_PARTICIPANTS.c.ticket_id == closed.id)
-    ).scalars()
+    copied = conn.execute(_PARTICIPANT_IDS, {"ticket": closed.id}).scalars()
     for person in list(copied):
-        conn.execute(insert(_PARTICIPANTS).values(ticket_id=ticket.id, user_id=person))
+        conn.execute(_INSERT_PARTICIPANT, {"ticket_id": ticket.id, "user_id": person})
     author = user_id(conn, mail.sender, mail.name, now)
     body, secret = mask_secrets(strip_quoted(mail.message.text))
     comment = _add_comment(conn, ticket.id, author, body, True, mail.message, inbound, now)
@@ -950,7 +984,7 @@ def _reply(
     if status != ticket.status:
         changes.update(status=status, solved_at=None)
         ticket.status = status
-    conn.execute(update(_TICKETS).where(_TICKETS.c.id == ticket.id).values(**changes))
+    conn.execute(_UPDATE_TICKET, {"ticket": ticket.id, **changes})
     if by_agent or mail.sender == ticket.requester:
         known = _participant_emails(conn, ticket.id)
         _add_participants(conn, ticket, known, mail, config, now)
@@ -1085,13 +1119,7 @@ def _queue(
     facts = facts or _facts_of(conn, ticket)
     # Never to ourselves (a loop); agents may share our domain.
     suppressed = (
-        set(
-            conn.execute(
-                select(_SUPPRESSIONS.c.email).where(
-                    _SUPPRESSIONS.c.email.in_(recipients), _SUPPRESSIONS.c.until > now
-                )
-            ).scalars()
-        )
+        set(conn.execute(_SUPPRESSED, {"emails": recipients, "now": now}).scalars())
         if recipients
         else set()
     )
@@ -1107,18 +1135,17 @@ def _queue(
     if not to:
         return
     tag = config.tickets.tag.replace("{id}", str(ticket.id))
-    conn.execute(
-        insert(_OUTBOX).values(
-            kind=kind,
-            ticket_id=ticket.id,
-            recipients=to,
-            subject=f"{tag} {ticket.subject}",
-            payload=payload,
-            status="pending",
-            created_at=now,
-            next_attempt_at=now,
-        )
-    )
+    row = {
+        "kind": kind,
+        "ticket_id": ticket.id,
+        "recipients": to,
+        "subject": f"{tag} {ticket.subject}",
+        "payload": payload,
+        "status": "pending",
+        "created_at": now,
+        "next_attempt_at": now,
+    }
+    conn.execute(_INSERT_OUTBOX, row)
 
 
 def reprocess_quarantined(

@@ -27,7 +27,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -338,17 +338,20 @@ def user_id(conn: Connection, email: str, name: str, now: datetime) -> int:
     per-statement overhead was most of a mail's CPU. A name learnt later fills an empty one.
     """
     email = email.lower()
-    query = select(_USERS.c.id, _USERS.c.name).where(_USERS.c.email == email)
-    row = conn.execute(query).first()
+    row = conn.execute(_USER_BY_EMAIL, {"address": email}).first()
     if row is None:
-        stmt = insert_for(conn)(User).values(email=email, name=name, is_agent=False, created_at=now)
-        conn.execute(stmt.on_conflict_do_nothing(index_elements=["email"]))
-        row = conn.execute(query).first()
+        stmt = insert_for(conn)(User).on_conflict_do_nothing(index_elements=["email"])
+        conn.execute(stmt, {"email": email, "name": name, "is_agent": False, "created_at": now})
+        row = conn.execute(_USER_BY_EMAIL, {"address": email}).first()
         assert row is not None
     elif name and not row.name:
-        conn.execute(_USERS.update().where(_USERS.c.id == row.id).values(name=name))
+        conn.execute(_SET_USER_NAME, {"user": row.id, "name": name})
     found: int = row.id
     return found
+
+
+_USER_BY_EMAIL = select(_USERS.c.id, _USERS.c.name).where(_USERS.c.email == bindparam("address"))
+_SET_USER_NAME = _USERS.update().where(_USERS.c.id == bindparam("user"))
 
 
 def ensure_user(session: Session, email: str, name: str, now: datetime) -> User:
