@@ -243,6 +243,7 @@ def write_config(path: Path, db_url: str, workdir: Path, orgs: Sequence[Org]) ->
         "[server]",
         'host = "127.0.0.1"',
         "port = 0",
+        f"workers = {WORKERS}",
         "[database]",
         f"url = {toml_str(db_url)}",
         "[mail]",
@@ -564,6 +565,7 @@ def measure(
 
 
 PROFILE = False
+WORKERS: int | str = '"auto"'  # [server].workers of the mailgate under test (--workers)
 
 
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
@@ -827,11 +829,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also run N mailgate serve processes on one database (round-robin connections)",
     )
     parser.add_argument(
+        "--workers", type=int, help="[server].workers of mailgate (default: auto, one per CPU)"
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="sample each mailgate server with py-spy"
     )
     args = parser.parse_args(argv)
-    global PROFILE
+    global PROFILE, WORKERS
     PROFILE = args.profile
+    if args.workers is not None:
+        WORKERS = args.workers
     if args.quick:
         args.messages, args.concurrency = 500, "4"
     ks = [int(k) for k in args.concurrency.split(",") if k.strip()]

@@ -274,7 +274,7 @@ class _WriterLock:
             fd = self._open()
         except OSError as exc:
             raise StoreUnavailable(f"cannot open the write lock {self.path}: {exc}") from exc
-        pause = 0.0005
+        pause = 0.0001
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -285,7 +285,7 @@ class _WriterLock:
                         f"database busy: no write lock within {timeout:g} s"
                     ) from None
                 time.sleep(pause)
-                pause = min(pause * 2, 0.004)
+                pause = min(pause * 2, 0.001)
 
     def close(self) -> None:
         if self._fd is not None:
