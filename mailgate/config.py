@@ -36,7 +36,8 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     # Processes that parse and store mail, beside the one speaking SMTP; None ("auto") is
-    # one per CPU. 0 stores in a thread of the SMTP process (one core for everything).
+    # one on SQLite (one writer) and one per CPU on PostgreSQL. 0 stores in a thread of the
+    # SMTP process (one core for everything).
     workers: int | None = None
     # At most this many mails that arrive together are committed in one transaction.
     batch_size: int = 32

@@ -71,6 +71,15 @@ class Daemon:
         raise AssertionError(f"no log line matching {pattern!r}:\n{''.join(self.lines)}")
 
 
+# The daemon runs as a newcomer runs it: with its default ingest worker process(es).
+AUTO_WORKERS = {"server": {"workers": "auto"}}
+
+
+@pytest.fixture
+def config_path(make_config: Callable[..., tuple[Config, Path]]) -> Path:
+    return make_config(AUTO_WORKERS)[1]
+
+
 @pytest.fixture
 def daemon(config_path: Path) -> Iterator[Daemon]:
     d = Daemon(config_path)
@@ -119,7 +128,7 @@ def test_sighup_reloads_routing_and_refuses_a_bad_config(
     """SIGHUP swaps in a new config; an invalid one is refused and the old one stays."""
     send(daemon.port, mail(sender="neu@kunde-neu.de", subject="Vorher"))
     orgs = [*BASE_CONFIG["organizations"], {"name": "Kunde Neu", "members": ["neu@kunde-neu.de"]}]
-    make_config({"organizations": orgs})
+    make_config({**AUTO_WORKERS, "organizations": orgs})
     mark = len(daemon.lines)
     daemon.proc.send_signal(signal.SIGHUP)
     daemon.wait_for(r"config reloaded from .*: 3 organizations", mark)
@@ -298,7 +307,7 @@ def test_human_readable_output(config_path: Path) -> None:
 
 def test_metrics_and_health_endpoints(make_config: Callable[..., tuple[Config, Path]]) -> None:
     """With [metrics] port set, serve answers /metrics and /healthz over HTTP."""
-    _, path = make_config({"metrics": {"port": 0}}, name="metrics.toml")
+    _, path = make_config({**AUTO_WORKERS, "metrics": {"port": 0}}, name="metrics.toml")
     daemon = Daemon(path)
     try:
         port = int(daemon.wait_for(r"http://127\.0\.0\.1:(\d+)/metrics").group(1))
@@ -318,7 +327,8 @@ def test_sigkill_under_load_loses_no_accepted_mail(
     make_config: Callable[..., tuple[Config, Path]],
 ) -> None:
     """Kill -9 mid-stream: every mail that got 250 is stored exactly once after restart."""
-    _, config_path = make_config({"limits": {"tickets_per_hour": 1000}}, name="kill.toml")
+    overlay = {**AUTO_WORKERS, "limits": {"tickets_per_hour": 1000}}
+    _, config_path = make_config(overlay, name="kill.toml")
     daemon = Daemon(config_path)
     accepted: list[str] = []
     state = {"port": daemon.port, "stop": False}

@@ -20,7 +20,7 @@ from mailgate.models import Comment, InboundMessage, Ticket
 from mailgate.routing import Router
 from mailgate.smtp import ServerThread
 from mailgate.store import Store
-from mailgate.workers import WorkerPool
+from mailgate.workers import WorkerPool, worker_count
 
 from .conftest import Clock, mail, send
 
@@ -41,6 +41,15 @@ def pool_server(
     )
     with ServerThread(config, store, clock) as thread:
         yield thread
+
+
+def test_auto_is_one_writer_on_sqlite_and_one_per_cpu_on_postgresql(
+    make_config: Callable[..., tuple[Config, Path]],
+) -> None:
+    config, _ = make_config({"server": {"workers": "auto"}})
+    expected = 1 if config.database.url.startswith("sqlite") else (os.cpu_count() or 1)
+    assert worker_count(config) == expected
+    assert worker_count(make_config({"server": {"workers": 3}})[0]) == 3
 
 
 def worker_pids(thread: ServerThread) -> list[int]:
