@@ -10,12 +10,13 @@ that cannot be written escapes as :class:`StoreUnavailable`, so the sender retri
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import re
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -122,11 +123,25 @@ def dedup_key(message_id: str, raw: bytes) -> str:
     hosts, CRLF or LF line endings) gets the same key and is a duplicate. A *different*
     mail that reuses a Message-ID (broken mailers, scanners, test tools do) gets another
     key and is stored, because mailgate never drops mail it answered 250 for.
+
+    The text is read with line endings made LF, in pieces, so a large mail is never
+    copied whole (the key of a mail must not change between versions: stored keys decide
+    what a redelivery is).
     """
-    text = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    head, sep, body = text.partition(b"\n\n")
-    if not sep:
-        body = b""
+    pieces = _lf_pieces(raw)
+    head = b""
+    body_start = b""
+    for piece in pieces:
+        # The previous piece's last byte may be the first "\n" of the blank line.
+        index = (head[-1:] + piece).find(b"\n\n")
+        if index >= 0:
+            split = len(head) - len(head[-1:]) + index
+            head += piece
+            head, body_start = head[:split], head[split + 2 :]
+            break
+        head += piece
+    else:
+        pieces = iter(())  # no blank line: all header, no body
     fields: list[bytes] = []
     for line in head.split(b"\n"):
         if line[:1] in (b" ", b"\t") and fields:
@@ -138,8 +153,32 @@ def dedup_key(message_id: str, raw: bytes) -> str:
         name, _, value = field.partition(b":")
         if name.strip().lower() in _IDENTITY_FIELDS:
             digest.update(b"\0" + name.strip().lower() + b":" + b" ".join(value.split()))
-    digest.update(b"\0" + body.rstrip())
+    digest.update(b"\0")
+    # The body without trailing whitespace: whitespace is held back until more text follows.
+    held = b""
+    for piece in itertools.chain((body_start,), pieces):
+        kept = piece.rstrip()
+        if kept:
+            digest.update(held + kept)
+            held = piece[len(kept) :]
+        else:
+            held += piece
     return digest.hexdigest()
+
+
+_PIECE = 1 << 20
+
+
+def _lf_pieces(raw: bytes) -> Iterator[bytes]:
+    """``raw`` with CRLF and lone CR as LF, about a megabyte at a time."""
+    view = memoryview(raw)
+    start, size = 0, len(raw)
+    while start < size:
+        end = min(size, start + _PIECE)
+        while end < size and raw[end - 1] == 0x0D:  # a CR's partner may be the next byte
+            end += 1
+        yield bytes(view[start:end]).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        start = end
 
 
 def ingest(

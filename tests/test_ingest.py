@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from mailgate.config import Config
@@ -228,3 +230,48 @@ def test_routing_rule_and_named_customer_reach_the_ticket(
     assert (prefix["organization"], prefix["subject"]) == ("Müller Logistik GmbH", "Drucker kaputt")
     assert prefix["routing"]["score"] == 100.0
     assert "sender is a member" in prefix["routing"]["reason"]
+
+
+def _dedup_key_whole(message_id: str, raw: bytes) -> str:
+    """The key as first defined, on the whole text at once (stored keys were made so)."""
+    import hashlib
+
+    text = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    head, sep, body = text.partition(b"\n\n")
+    if not sep:
+        body = b""
+    fields: list[bytes] = []
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b" " + line.strip()
+        else:
+            fields.append(line.strip())
+    digest = hashlib.sha256(message_id.encode("utf-8", "replace"))
+    for field in sorted(fields):
+        name, _, value = field.partition(b":")
+        if name.strip().lower() in (b"from", b"to", b"cc", b"subject", b"date", b"message-id"):
+            digest.update(b"\0" + name.strip().lower() + b":" + b" ".join(value.split()))
+    digest.update(b"\0" + body.rstrip())
+    return digest.hexdigest()
+
+
+_RAW_PIECES = st.lists(
+    st.sampled_from(
+        [b"\r", b"\n", b"\r\n", b" ", b"\t", b"From: a@b", b"Subject: x", b"body", b":", b"y"]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(raw=_RAW_PIECES, piece=st.integers(1, 7))
+def test_dedup_key_read_in_pieces_equals_the_whole_text_key(
+    raw: bytes, piece: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a large mail in pieces must not change any key already stored."""
+    import mailgate.ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "_PIECE", piece)
+    assert ingest_module.dedup_key("<m@x>", raw) == _dedup_key_whole("<m@x>", raw)
