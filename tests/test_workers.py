@@ -23,6 +23,7 @@ from mailgate.store import Store
 from mailgate.workers import WorkerPool, worker_count
 
 from .conftest import Clock, mail, send
+from .test_smtp import database_write_locked
 
 ENVELOPE = Envelope("anna@mueller-logistik.de", ("support@support.example.com",))
 
@@ -157,18 +158,10 @@ def test_group_commit_stores_each_mail_as_alone(store: Store, config: Config, cl
 def test_failed_group_commit_loses_nothing_and_answers_each(
     store: Store, config: Config, clock: Clock
 ) -> None:
-    """While the write lock is held elsewhere the whole group is answered 451, none stored."""
-    other = Store(config.database.url, lock_timeout=0.2)
-    try:
-        with other.batch():
-            outcomes = ingest_batch(
-                Store(config.database.url, lock_timeout=0.2),
-                Router(config),
-                _items(clock, mail(), mail()),
-            )
-        assert [type(o) for o, _ in outcomes] == [StoreUnavailable, StoreUnavailable]
-    finally:
-        other.close()
+    """While the database cannot be written the whole group is answered 451, none stored."""
+    with database_write_locked(config.database.url):
+        outcomes = ingest_batch(store, Router(config), _items(clock, mail(), mail()))
+    assert [type(o) for o, _ in outcomes] == [StoreUnavailable, StoreUnavailable]
     assert count(store, InboundMessage) == 0
     # After the outage the same group goes through.
     outcomes = ingest_batch(store, Router(config), _items(clock, mail(), mail()))
