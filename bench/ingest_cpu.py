@@ -4,7 +4,8 @@ The SMTP load test (``bench/smtp_load.py``) says how fast the daemon is; this on
 the per-mail CPU goes, by kind of mail, so a change to the ingest path can be measured in
 seconds instead of a full load run. Same generated load (same seed, same 1,000
 organizations) as the SMTP test; mails are ingested one after the other into a fresh
-database, each in its own transaction, exactly as ``serve`` does. With ``--profile`` it
+database, each in its own transaction (``--batch N``: N at a time in one group commit, as
+``serve`` stores mails that arrive together). With ``--profile`` it
 prints the top functions of a cProfile run (cumulative time).
 
 Run: ``python bench/ingest_cpu.py [--messages 2000] [--db sqlite|postgresql] [--profile]``
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import smtp_load  # noqa: E402  (the load generator and config writer are shared)
 
 from mailgate.config import load_config  # noqa: E402
-from mailgate.ingest import Envelope, ingest  # noqa: E402
+from mailgate.ingest import Envelope, IngestResult, ingest, ingest_batch  # noqa: E402
 from mailgate.routing import Router  # noqa: E402
 from mailgate.store import Store  # noqa: E402
 
@@ -41,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--batch", type=int, default=1, help="mails per group commit (ingest_batch), as serve does"
+    )
     args = parser.parse_args(argv)
 
     orgs = smtp_load.make_orgs(random.Random(args.seed))
@@ -66,20 +70,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu: dict[str, list[float]] = defaultdict(list)
     profiler = cProfile.Profile() if args.profile else None
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    for mail in mails:
-        raw = mail.raw
-        if mail.kind == "reply-tag" and mail.parent is not None:
-            raw = raw.replace(smtp_load.TAG_PLACEHOLDER, f"[#{tickets.get(mail.parent, 0)}]".encode())
-        envelope = Envelope(mail.mail_from, (smtp_load.RCPT,))
+    for start in range(0, len(mails), args.batch):
+        group = mails[start : start + args.batch]
+        items = []
+        for mail in group:
+            raw = mail.raw
+            if mail.kind == "reply-tag" and mail.parent is not None:
+                tag = f"[#{tickets.get(mail.parent, 0)}]".encode()
+                raw = raw.replace(smtp_load.TAG_PLACEHOLDER, tag)
+            items.append((raw, Envelope(mail.mail_from, (smtp_load.RCPT,)), now))
         t0 = time.process_time()
         if profiler is not None:
             profiler.enable()
-        result = ingest(store, config, raw, envelope, now, router)
+        if args.batch == 1:
+            results = [ingest(store, config, *items[0], router)]
+        else:
+            results = [r for r, _ in ingest_batch(store, router, items)]
         if profiler is not None:
             profiler.disable()
-        cpu[mail.kind].append(time.process_time() - t0)
-        if result.ticket is not None:
-            tickets[mail.index] = result.ticket
+        spent = (time.process_time() - t0) / len(group)
+        for mail, result in zip(group, results, strict=True):
+            cpu[mail.kind].append(spent)
+            if isinstance(result, IngestResult) and result.ticket is not None:
+                tickets[mail.index] = result.ticket
     wall, total_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     store.close()
     if args.db == "postgresql":
