@@ -39,6 +39,9 @@ class ServerConfig:
     # one on SQLite (one writer) and one per CPU on PostgreSQL. 0 stores in a thread of the
     # SMTP process (one core for everything).
     workers: int | None = None
+    # Processes that only parse, for the workers; None ("auto") is one beside a single
+    # SQLite writer when there are several CPUs, else none (the workers parse).
+    parsers: int | None = None
     # At most this many mails that arrive together are committed in one transaction.
     batch_size: int = 32
 
@@ -534,6 +537,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
             "tls_cert",
             "tls_key",
             "workers",
+            "parsers",
             "batch_size",
         },
     )
@@ -547,6 +551,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         tls_cert=s.get("tls_cert", None, _readable_file),
         tls_key=s.get("tls_key", None, _readable_file),
         workers=s.get("workers", None, _workers),
+        parsers=s.get("parsers", None, _workers),
         batch_size=s.get("batch_size", d_server.batch_size, _int(1, 1000)),
     )
     if (server.tls_cert is None) != (server.tls_key is None):

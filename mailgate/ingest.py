@@ -209,20 +209,22 @@ def ingest(
 def ingest_batch(
     store: Store,
     router: Router,
-    mails: Sequence[tuple[bytes, Envelope, datetime]],
+    mails: Sequence[tuple[bytes, Envelope, datetime] | Prepared],
     dkim_dns: DnsLookup | None = None,
 ) -> list[tuple[IngestResult | StoreUnavailable, float]]:
     """Store mails that arrived together in one transaction (group commit).
 
     Each mail gets what :func:`ingest` would give it, with the seconds it took, or the
     :class:`StoreUnavailable` that means 451 for its sender. Parsing and the other pure
-    work happen before the write lock is taken, so another process can write meanwhile.
+    work happen before the write lock is taken, or already happened in a parser process
+    (the mail comes :class:`Prepared`).
     When the group cannot be committed, every mail is stored on its own, so one mail's
     trouble never makes the others' senders retry.
     """
     started = time.perf_counter()
     prepared = [
-        prepare(router.config, raw, envelope, now, dkim_dns) for raw, envelope, now in mails
+        mail if isinstance(mail, Prepared) else prepare(router.config, *mail, dkim_dns)
+        for mail in mails
     ]
     outcomes: list[IngestResult | StoreUnavailable] = []
     try:
@@ -938,15 +940,25 @@ def _announce(
 ) -> None:
     """A new ticket: acknowledge it to the requester and tell the organization's followers."""
     payload = {"comment": comment}
-    facts = _facts_of(conn, ticket, participants)  # once for all rows: who the ticket knows
+    followers: list[str] = []
+    if ticket.organization_id is not None:
+        followers = list(conn.execute(_FOLLOWER_EMAILS, {"org": ticket.organization_id}).scalars())
+    # Once for all rows: who the ticket knows. Every recipient here is the requester or a
+    # follower, and followers are members (the query says so), so the members a row could
+    # be checked against are these; asking for all of them would be a query for nothing.
+    facts = TicketFacts(
+        id=ticket.id,
+        status=ticket.status,
+        organization=ticket.organization,
+        requester=ticket.requester,
+        participants=frozenset(participants),
+        members=frozenset(followers),
+    )
     if acknowledge:
         _queue(
             conn, config, "ticket_created", ticket, [ticket.requester], payload, now, facts=facts
         )
-    if ticket.organization_id is None:
-        return
-    followers = conn.execute(_FOLLOWER_EMAILS, {"org": ticket.organization_id}).scalars()
-    for email in list(followers):  # one mail each: followers do not see each other's addresses
+    for email in followers:  # one mail each: followers do not see each other's addresses
         if email != ticket.requester:
             _queue(conn, config, "new_ticket_follower", ticket, [email], payload, now, facts=facts)
 

@@ -29,7 +29,7 @@ from mailgate.ingest import Envelope as MailEnvelope
 from mailgate.ingest import IngestResult
 from mailgate.routing import Router
 from mailgate.store import Store
-from mailgate.workers import Ingestor, InlineIngestor, WorkerPool, worker_count
+from mailgate.workers import Ingestor, InlineIngestor, WorkerPool, parser_count, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class MailServer:
         if count == 0:
             self.ingestor = InlineIngestor(self.store, Router(self.config))
         else:
-            pool = WorkerPool(self.config, count)
+            pool = WorkerPool(self.config, count, parser_count(self.config))
             await loop.run_in_executor(None, pool.start)
             self.ingestor = pool
         self.handler = Handler(self.config, self.ingestor, self.clock, lmtp=lmtp)

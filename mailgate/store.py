@@ -111,8 +111,9 @@ class Store:
             connect_args["options"] = f"{options} -c lock_timeout={ms}".strip()
             connect_args["connect_timeout"] = max(1, int(lock_timeout))
             parsed = parsed.difference_update_query(["options"])
+        # A file has no connection to lose: pinging it before every transaction only costs.
         self.engine: Engine = create_engine(
-            parsed, connect_args=connect_args, pool_pre_ping=True, future=True
+            parsed, connect_args=connect_args, pool_pre_ping=self.dialect != "sqlite", future=True
         )
         self.lock_timeout = lock_timeout
         self._writer = _WriterLock(None)
@@ -132,13 +133,22 @@ class Store:
     def transaction(self) -> Iterator[Session]:
         """A session in one transaction, committed on success; temporary failures → 451.
 
-        Inside :meth:`batch` it is a savepoint of the batch's transaction instead, so the
-        code that stores one mail is the same whether it commits alone or in a group.
+        Inside :meth:`batch` it is the batch's transaction instead, so the code that stores
+        one mail is the same whether it commits alone or in a group. A failure there spoils
+        the group: every later call raises :class:`StoreUnavailable`, the group is rolled
+        back, and its mails are stored one by one (savepoints per mail cost more than the
+        rare redo).
         """
         batch: Session | None = getattr(self._local, "batch", None)
         if batch is not None:
-            with temporary_failures(), batch.begin_nested():
-                yield batch
+            if self._local.spoiled:
+                raise StoreUnavailable("the group was rolled back; storing its mails one by one")
+            try:
+                with temporary_failures():
+                    yield batch
+            except BaseException:
+                self._local.spoiled = True
+                raise
             return
         with (
             self._writer.held(self.lock_timeout),
@@ -152,9 +162,10 @@ class Store:
     def batch(self) -> Iterator[Session]:
         """Group commit: one transaction, one commit (one fsync) for several mails.
 
-        Every :meth:`transaction` this thread opens meanwhile is a savepoint in it, so one
-        mail's failure rolls back only that mail. Nothing of the group is durable before the
-        commit at the end, so callers answer the senders only after this block returns.
+        Every :meth:`transaction` this thread opens meanwhile is part of it; after a failure
+        in one of them the block raises :class:`StoreUnavailable` and nothing of the group
+        is committed. Nothing of the group is durable before the commit at the end, so
+        callers answer the senders only after this block returns.
         """
         with (
             self._writer.held(self.lock_timeout),
@@ -162,9 +173,11 @@ class Store:
             Session(self.engine, expire_on_commit=False) as session,
             session.begin(),
         ):
-            self._local.batch = session
+            self._local.batch, self._local.spoiled = session, False
             try:
                 yield session
+                if self._local.spoiled:  # a failure was caught and handled by the caller
+                    raise StoreUnavailable("a mail of the group failed; nothing was committed")
             finally:
                 self._local.batch = None
 

@@ -18,6 +18,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import threading
@@ -31,7 +32,7 @@ from typing import Any, Protocol
 
 from mailgate.config import Config
 from mailgate.errors import StoreUnavailable
-from mailgate.ingest import Envelope, IngestResult, count_result, ingest_batch
+from mailgate.ingest import Envelope, IngestResult, Prepared, count_result, ingest_batch, prepare
 from mailgate.routing import Router
 from mailgate.store import Store
 
@@ -50,6 +51,19 @@ class Ingestor(Protocol):
     def reload(self, config: Config, router: Router) -> None: ...
 
     def close(self) -> None: ...
+
+
+def parser_count(config: Config) -> int:
+    """``[server].parsers``; "auto" is one beside a single SQLite writer on several CPUs.
+
+    Parsing is about a third of a mail's CPU and needs no database. With one writer (SQLite)
+    a parser process takes it off the writer's core; PostgreSQL's workers parse themselves.
+    """
+    if config.server.parsers is not None:
+        return config.server.parsers
+    if worker_count(config) == 1 and (os.cpu_count() or 1) > 1:
+        return 1
+    return 0
 
 
 def worker_count(config: Config) -> int:
@@ -93,15 +107,15 @@ def _store_items(store: Store, router: Router, items: Sequence[Any]) -> tuple[Ro
     Never raises: a failure no group commit foresaw still answers every sender (451).
     """
     reply: _Reply = []
-    run: list[_Mail] = []
+    run: list[tuple[int, Any]] = []
 
     def flush() -> None:
         try:
-            stored = ingest_batch(store, router, [(raw, env, now) for _, raw, env, now in run])
+            stored = ingest_batch(store, router, [mail for _, mail in run])
         except Exception as exc:
             log.exception("storing a group of %d mails failed", len(run))
             stored = [(StoreUnavailable(f"internal error: {exc}"), 0.0)] * len(run)
-        for (key, *_), (outcome, seconds) in zip(run, stored, strict=True):
+        for (key, _), (outcome, seconds) in zip(run, stored, strict=True):
             answer = outcome if isinstance(outcome, IngestResult) else str(outcome)
             reply.append((key, answer, seconds))
         run.clear()
@@ -113,8 +127,12 @@ def _store_items(store: Store, router: Router, items: Sequence[Any]) -> tuple[Ro
             if run:
                 flush()
             router = Router(item[1])
-        else:
-            run.append(item)
+        elif len(item) == 2 and isinstance(item[1], str):  # a parser could not prepare it
+            reply.append((item[0], item[1], 0.0))
+        elif len(item) == 2:  # (key, Prepared) from a parser
+            run.append((item[0], item[1]))
+        else:  # (key, raw, envelope, now)
+            run.append((item[0], item[1:]))
     if run:
         flush()
     return router, reply
@@ -208,6 +226,43 @@ def _worker_main(conn: Connection, config: Config, log_level: int) -> None:
         store.close()
 
 
+def _parser_main(conn: Connection, config: Config, log_level: int) -> None:
+    """A parser process: the pure part of ingest (parse, DKIM), handed on to the writer.
+
+    The result goes back to the SMTP process, pickled, with the mail's key in front, so
+    that process forwards the bytes to the writer without unpickling them.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from mailgate.cli import setup_logging
+
+    setup_logging(log_level)
+    while True:
+        try:
+            item = conn.recv()
+        except (EOFError, OSError):
+            return
+        if item == _STOP:
+            return
+        if item[0] == "config":
+            config = item[1]
+            continue
+        key, raw, envelope, now = item
+        try:
+            outcome: Prepared | str = prepare(config, raw, envelope, now)
+        except Exception as exc:  # a parser bug: 451, the sender retries later
+            log.exception("preparing a mail failed")
+            outcome = f"internal error: {exc}"
+        conn.send_bytes(key.to_bytes(8, "big") + pickle.dumps((key, outcome), protocol=5))
+
+
+@dataclass(frozen=True, slots=True)
+class _Pickled:
+    """A message already pickled (a parser's output on its way to the writer)."""
+
+    payload: bytes
+
+
 def _empty() -> Any:
     raise queue.Empty
 
@@ -222,40 +277,52 @@ class _Worker:
         default_factory=dict
     )
     lock: threading.Lock = field(default_factory=threading.Lock)
+    role: str = "worker"  # or "parser"
 
 
 class WorkerPool:
-    """``workers = N``: N processes, each with its own database connection and router."""
+    """``workers = N`` store processes, each with its own database connection and router,
+    and ``parsers = P`` processes that parse for them (P = 0: the workers parse)."""
 
-    def __init__(self, config: Config, count: int) -> None:
+    def __init__(self, config: Config, count: int, parsers: int = 0) -> None:
         self.config = config
         self.count = max(1, count)
+        self.parser_count = max(0, parsers)
         self._context = multiprocessing.get_context("spawn")  # no fork of a threaded process
         self._ids = itertools.count(1)
         self._workers: list[_Worker] = []
+        self._parsers: list[_Worker] = []
         self._closing = False
         self._log_level = logging.getLogger().getEffectiveLevel()
 
     def start(self) -> None:
-        self._workers = [self._spawn(i) for i in range(self.count)]
-        log.info("%d ingest worker processes started", self.count)
+        self._workers = [self._spawn(i, "worker") for i in range(self.count)]
+        self._parsers = [self._spawn(i, "parser") for i in range(self.parser_count)]
+        log.info(
+            "%d ingest worker process(es) and %d parser process(es) started",
+            self.count,
+            self.parser_count,
+        )
 
-    def _spawn(self, index: int) -> _Worker:
+    def _spawn(self, index: int, role: str) -> _Worker:
         parent, child = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=_worker_main,
+            target=_worker_main if role == "worker" else _parser_main,
             args=(child, self.config, self._log_level),
-            name=f"mailgate-worker-{index}",
+            name=f"mailgate-{role}-{index}",
             daemon=True,
         )
         process.start()
         child.close()
-        worker = _Worker(index, process, parent)
+        worker = _Worker(index, process, parent, role=role)
         threading.Thread(
-            target=self._send, args=(worker,), name=f"mailgate-send-{index}", daemon=True
+            target=self._send, args=(worker,), name=f"mailgate-{role}-send-{index}", daemon=True
         ).start()
         threading.Thread(
-            target=self._receive, args=(worker,), name=f"mailgate-recv-{index}", daemon=True
+            target=self._receive if role == "worker" else self._forward,
+            args=(worker,),
+            name=f"mailgate-{role}-recv-{index}",
+            daemon=True,
         ).start()
         return worker
 
@@ -263,17 +330,18 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[IngestResult] = loop.create_future()
         key = next(self._ids)
-        worker = min(self._workers, key=lambda w: len(w.pending))  # the least busy
+        first = self._parsers or self._workers
+        worker = min(first, key=lambda w: len(w.pending))  # the least busy
         with worker.lock:
             if not worker.process.is_alive():
-                raise StoreUnavailable(f"ingest worker {worker.index} is restarting")
+                raise StoreUnavailable(f"ingest {worker.role} {worker.index} is restarting")
             worker.pending[key] = (loop, future)
         worker.outbox.put((key, raw, envelope, now))
         return await future
 
     def reload(self, config: Config, router: Router) -> None:
         self.config = config
-        for worker in self._workers:
+        for worker in (*self._parsers, *self._workers):
             worker.outbox.put(("config", config))
 
     def _send(self, worker: _Worker) -> None:
@@ -281,11 +349,32 @@ class WorkerPool:
         while True:
             item = worker.outbox.get()
             try:
-                worker.conn.send(item)
+                if isinstance(item, _Pickled):
+                    worker.conn.send_bytes(item.payload)
+                else:
+                    worker.conn.send(item)
             except (OSError, ValueError):
                 return  # the worker is gone; _receive fails its mails
             if item == _STOP:
                 return
+
+    def _forward(self, parser: _Worker) -> None:
+        """A parser's output goes on to the least busy store worker, still pickled."""
+        while True:
+            try:
+                data = parser.conn.recv_bytes()
+            except (EOFError, OSError):
+                break
+            key = int.from_bytes(data[:8], "big")
+            with parser.lock:
+                entry = parser.pending.pop(key, None)
+            if entry is None:
+                continue
+            worker = min(self._workers, key=lambda w: len(w.pending))
+            with worker.lock:
+                worker.pending[key] = entry
+            worker.outbox.put(_Pickled(data[8:]))
+        self._lost(parser)
 
     def _receive(self, worker: _Worker) -> None:
         while True:
@@ -299,34 +388,44 @@ class WorkerPool:
                 if isinstance(outcome, IngestResult):
                     count_result(outcome, seconds)
                 loop.call_soon_threadsafe(_settle, future, outcome)
+        self._lost(worker)
+
+    def _lost(self, worker: _Worker) -> None:
+        """A process ended: answer its mails 451 and, unless we are stopping, replace it."""
         worker.process.join(5)
         with worker.lock:
             lost, worker.pending = worker.pending, {}
         for loop, future in lost.values():
             loop.call_soon_threadsafe(
-                _settle, future, f"ingest worker {worker.index} exited before storing it"
+                _settle, future, f"ingest {worker.role} {worker.index} exited before storing it"
             )
         if self._closing:
             return
         log.error(
-            "ingest worker %d exited (code %s), %d mail(s) answered 451; starting a new one",
+            "ingest %s %d exited (code %s), %d mail(s) answered 451; starting a new one",
+            worker.role,
             worker.index,
             worker.process.exitcode,
             len(lost),
         )
         time.sleep(_RESPAWN_PAUSE)
         if not self._closing:
-            self._workers[worker.index] = self._spawn(worker.index)
+            group = self._workers if worker.role == "worker" else self._parsers
+            group[worker.index] = self._spawn(worker.index, worker.role)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the workers after the mails they hold (the listener stopped taking mail)."""
         self._closing = True
-        for worker in self._workers:
-            worker.outbox.put(_STOP)
         deadline = time.monotonic() + timeout
-        for worker in self._workers:
+        for group in (self._parsers, self._workers):  # parsers first: they feed the workers
+            self._stop(group, deadline)
+
+    def _stop(self, group: list[_Worker], deadline: float) -> None:
+        for worker in group:
+            worker.outbox.put(_STOP)
+        for worker in group:
             worker.process.join(max(0.1, deadline - time.monotonic()))
             if worker.process.is_alive():
-                log.warning("ingest worker %d did not stop; killing it", worker.index)
+                log.warning("ingest %s %d did not stop; killing it", worker.role, worker.index)
                 worker.process.kill()
                 worker.process.join(5)

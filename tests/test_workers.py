@@ -207,3 +207,21 @@ def test_writer_lock_gives_up_after_lock_timeout(store: Store, config: Config) -
             assert time.monotonic() - started < 2
     finally:
         other.close()
+
+
+def test_a_failure_inside_a_group_commits_nothing_of_it(store: Store) -> None:
+    """One mail's failure spoils its group: nothing is committed, the caller stores each alone."""
+    from mailgate.models import Meta
+
+    with pytest.raises(StoreUnavailable, match="nothing was committed"), store.batch():
+        with store.transaction() as session:
+            session.add(Meta(key="first-of-group", value="x"))
+        try:
+            with store.transaction():
+                raise ValueError("a bug while storing the second mail")
+        except ValueError:
+            pass  # ingest quarantines such a mail; in a group that must not commit the rest
+        with pytest.raises(StoreUnavailable, match="one by one"), store.transaction():
+            pass
+    with store.transaction() as session:
+        assert session.get(Meta, "first-of-group") is None
