@@ -56,9 +56,11 @@ from mailgate.store import (
     ensure_blob,
     ensure_secret,
     insert_for,
+    is_large,
     is_temporary,
     update_ticket,
     user_id,
+    write_large,
 )
 from mailgate.threads import (
     COMMANDS,
@@ -342,12 +344,13 @@ def _new_inbound(
     transaction.
     """
     conn = session.connection()
+    large = is_large(conn, raw)
     values = {
         "message_id": message_id,
         "dedup_key": dedup_key(message_id, raw),
         "mail_from": envelope.mail_from,
         "rcpt_to": list(envelope.rcpt_to),
-        "raw": raw,
+        "raw": b"" if large else raw,
         "size": len(raw),
         "sha256": hashlib.sha256(raw).hexdigest(),
         "received_at": now,
@@ -357,6 +360,8 @@ def _new_inbound(
         "dkim": dkim,
     }
     entry: int | None = conn.execute(_insert_inbound(conn), values).scalar()
+    if entry is not None and large:
+        write_large(conn, "inbound_messages", "raw", entry, raw)
     return entry
 
 

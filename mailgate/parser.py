@@ -706,7 +706,7 @@ def _header_start(raw: bytes) -> tuple[bytes, list[str]]:
     block with transport headers follows. A body-only text or binary data is rejected.
     """
     data = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
-    if not data.strip():
+    if not data or data.isspace():  # not data.strip(): that copies a large mail whole
         raise UnparseableMessage("empty input: no header block")
     notes: list[str] = []
     match = _LEADING_BLANK_LINES.match(data)
@@ -1425,7 +1425,8 @@ def _restore_large_parts(
         span = by_marker.get(attachment.data)
         if span is not None:
             try:
-                content = base64.b64decode(memoryview(data)[span[0] : span[1]])
+                # binascii reads the memoryview in place; base64.b64decode would copy it.
+                content = binascii.a2b_base64(memoryview(data)[span[0] : span[1]])
             except (binascii.Error, ValueError):
                 return None
             attachment = dataclasses.replace(attachment, data=content)

@@ -275,3 +275,35 @@ def test_dedup_key_read_in_pieces_equals_the_whole_text_key(
 
     monkeypatch.setattr(ingest_module, "_PIECE", piece)
     assert ingest_module.dedup_key("<m@x>", raw) == _dedup_key_whole("<m@x>", raw)
+
+
+def test_large_mail_is_stored_byte_for_byte(store: Store, config: Config, clock: Clock) -> None:
+    """A mail with a 3 MB attachment: raw mail and attachment come back exactly as sent.
+
+    On SQLite both are written in pieces (incremental BLOB I/O), the parser decodes the
+    attachment aside; the result must not differ by a byte.
+    """
+    import base64
+    import os
+
+    payload = os.urandom(3 * 1024 * 1024)
+    raw = (
+        b"From: Anna <anna@mueller-logistik.de>\r\nTo: support@support.example.com\r\n"
+        b"Subject: Logs\r\nMessage-ID: <large@mueller-logistik.de>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\n'
+        b"Content-Type: text/plain\r\n\r\nAnbei die Logs.\r\n--b1\r\n"
+        b"Content-Type: application/gzip\r\nContent-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment; filename="logs.gz"\r\n\r\n'
+        + base64.encodebytes(payload).replace(b"\n", b"\r\n")
+        + b"--b1--\r\n"
+    )
+    result = ingest(store, config, raw, Envelope("anna@mueller-logistik.de"), clock())
+    assert result.action == "created"
+    with store.transaction() as s:
+        assert s.scalars(select(InboundMessage.raw)).one() == raw
+        attachment = s.scalars(select(Attachment)).one()
+        assert (attachment.filename, attachment.size) == ("logs.gz", len(payload))
+        assert s.get(Blob, attachment.sha256).data == payload
+        assert ticket_detail(s, get_ticket(s, result.ticket))["comments"][0]["body"].startswith(
+            "Anbei die Logs."
+        )
