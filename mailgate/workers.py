@@ -229,8 +229,8 @@ def _worker_main(conn: Connection, config: Config, log_level: int) -> None:
 def _parser_main(conn: Connection, config: Config, log_level: int) -> None:
     """A parser process: the pure part of ingest (parse, DKIM), handed on to the writer.
 
-    The result goes back to the SMTP process, pickled, with the mail's key in front, so
-    that process forwards the bytes to the writer without unpickling them.
+    The result goes back to the SMTP process as the mail's key and then the pickled result,
+    which that process forwards to the writer without unpickling it.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -253,7 +253,8 @@ def _parser_main(conn: Connection, config: Config, log_level: int) -> None:
         except Exception as exc:  # a parser bug: 451, the sender retries later
             log.exception("preparing a mail failed")
             outcome = f"internal error: {exc}"
-        conn.send_bytes(key.to_bytes(8, "big") + pickle.dumps((key, outcome), protocol=5))
+        conn.send(key)  # apart from the payload: no copy of a large mail to join them
+        conn.send_bytes(pickle.dumps((key, outcome), protocol=5))
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,10 +363,10 @@ class WorkerPool:
         """A parser's output goes on to the least busy store worker, still pickled."""
         while True:
             try:
+                key = parser.conn.recv()
                 data = parser.conn.recv_bytes()
             except (EOFError, OSError):
                 break
-            key = int.from_bytes(data[:8], "big")
             with parser.lock:
                 entry = parser.pending.pop(key, None)
             if entry is None:
@@ -373,7 +374,7 @@ class WorkerPool:
             worker = min(self._workers, key=lambda w: len(w.pending))
             with worker.lock:
                 worker.pending[key] = entry
-            worker.outbox.put(_Pickled(data[8:]))
+            worker.outbox.put(_Pickled(data))
         self._lost(parser)
 
     def _receive(self, worker: _Worker) -> None:
