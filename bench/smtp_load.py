@@ -244,6 +244,7 @@ def write_config(path: Path, db_url: str, workdir: Path, orgs: Sequence[Org]) ->
         'host = "127.0.0.1"',
         "port = 0",
         f"workers = {WORKERS}",
+        f"parsers = {PARSERS}",
         "[database]",
         f"url = {toml_str(db_url)}",
         "[mail]",
@@ -566,6 +567,7 @@ def measure(
 
 PROFILE = False
 WORKERS: int | str = '"auto"'  # [server].workers of the mailgate under test (--workers)
+PARSERS: int | str = '"auto"'  # [server].parsers (--parsers)
 
 
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
@@ -831,14 +833,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, help="[server].workers of mailgate (default: auto, one per CPU)"
     )
+    parser.add_argument("--parsers", type=int, help="[server].parsers (default: auto)")
     parser.add_argument(
         "--profile", action="store_true", help="sample each mailgate server with py-spy"
     )
     args = parser.parse_args(argv)
-    global PROFILE, WORKERS
+    global PROFILE, WORKERS, PARSERS
     PROFILE = args.profile
     if args.workers is not None:
         WORKERS = args.workers
+    if args.parsers is not None:
+        PARSERS = args.parsers
     if args.quick:
         args.messages, args.concurrency = 500, "4"
     ks = [int(k) for k in args.concurrency.split(",") if k.strip()]

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,9 @@ _REWRITE = {
     "552 Error: Too much mail data": TOO_BIG,
     "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
 }
+
+
+_SWITCH_INTERVAL = 0.0005  # seconds
 
 
 def utc_now() -> datetime:
@@ -305,6 +309,10 @@ async def serve_until_signalled(
     config: Config, store: Store, load: Callable[[], Config] | None = None
 ) -> None:
     """``mailgate serve``: run until SIGTERM/SIGINT; SIGHUP reloads the config via ``load``."""
+    # A mail passes through this process's threads on its way to the workers and back; at
+    # the default switch interval (5 ms) each hand-over could wait that long for the
+    # event loop to yield the interpreter.
+    sys.setswitchinterval(_SWITCH_INTERVAL)
     server = MailServer(config, store)
     await server.start()
     scheduler = start_scheduler(server)
