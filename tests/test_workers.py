@@ -33,12 +33,19 @@ def count(store: Store, model: type) -> int:
         return s.scalar(select(func.count()).select_from(model)) or 0
 
 
-@pytest.fixture
+@pytest.fixture(params=[(2, 0), (1, 1)], ids=["2-workers", "1-worker-1-parser"])
 def pool_server(
-    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock
+    request: pytest.FixtureRequest,
+    make_config: Callable[..., tuple[Config, Path]],
+    store: Store,
+    clock: Clock,
 ) -> Iterator[ServerThread]:
+    workers, parsers = request.param
     config, _ = make_config(
-        {"server": {"workers": 2}, "limits": {"tickets_per_hour": 1000, "acks_per_hour": 1000}}
+        {
+            "server": {"workers": workers, "parsers": parsers},
+            "limits": {"tickets_per_hour": 1000, "acks_per_hour": 1000},
+        }
     )
     with ServerThread(config, store, clock) as thread:
         yield thread
@@ -54,15 +61,17 @@ def test_auto_is_one_writer_on_sqlite_and_one_per_cpu_on_postgresql(
 
 
 def worker_pids(thread: ServerThread) -> list[int]:
+    """The pool's processes: store workers and parsers."""
     pool = thread.server.ingestor
     assert isinstance(pool, WorkerPool)
-    return [w.process.pid for w in pool._workers if w.process.pid is not None]
+    processes = [*pool._workers, *pool._parsers]
+    return [w.process.pid for w in processes if w.process.pid is not None and w.process.is_alive()]
 
 
 def test_workers_store_and_thread_mail(pool_server: ServerThread, store: Store) -> None:
     """Parsed and stored in another process: ticket, organization and reply as inline."""
     port = pool_server.server.port
-    assert port is not None and len(worker_pids(pool_server)) == 2
+    assert port is not None and len(worker_pids(pool_server)) == 2  # two processes either way
     with smtplib.SMTP("127.0.0.1", port) as client:
         client.ehlo()
         client.mail("anna@mueller-logistik.de")
