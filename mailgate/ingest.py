@@ -641,18 +641,27 @@ def _member_emails(conn: Connection, organization_id: int | None) -> frozenset[s
 
 
 def _facts_of(
-    conn: Connection, ticket: _TicketRow, participants: list[str] | None = None
+    conn: Connection,
+    ticket: _TicketRow,
+    participants: list[str] | None = None,
+    members: frozenset[str] | None = None,
 ) -> TicketFacts:
-    """What threading and the visibility rule need to know of a ticket."""
+    """What threading and the visibility rule need to know of a ticket.
+
+    Callers that already know the participants, or the only members that matter, pass
+    them and spare the queries.
+    """
     if participants is None:
         participants = _participant_emails(conn, ticket.id)
+    if members is None:
+        members = _member_emails(conn, ticket.organization_id)
     return TicketFacts(
         id=ticket.id,
         status=ticket.status,
         organization=ticket.organization,
         requester=ticket.requester,
         participants=frozenset(participants),
-        members=_member_emails(conn, ticket.organization_id),
+        members=members,
     )
 
 
@@ -951,14 +960,7 @@ def _announce(
     # Once for all rows: who the ticket knows. Every recipient here is the requester or a
     # follower, and followers are members (the query says so), so the members a row could
     # be checked against are these; asking for all of them would be a query for nothing.
-    facts = TicketFacts(
-        id=ticket.id,
-        status=ticket.status,
-        organization=ticket.organization,
-        requester=ticket.requester,
-        participants=frozenset(participants),
-        members=frozenset(followers),
-    )
+    facts = _facts_of(conn, ticket, participants, members=frozenset(followers))
     if acknowledge:
         _queue(
             conn, config, "ticket_created", ticket, [ticket.requester], payload, now, facts=facts

@@ -216,27 +216,28 @@ class MailServer:
         return self.port
 
     async def reload(self, load: Callable[[], Config]) -> bool:
-        """Re-read the config, sync it and rebuild the router off the loop, then swap.
+        """Re-read the config and sync it off the loop, then hand it to the ingestor.
 
-        An invalid config (or a database that cannot take the sync) is refused with a log
-        line, and the config in force stays.
+        The ingestor's store thread or workers build their router from it, each for the
+        mails after the reload. An invalid config (or a database that cannot take the
+        sync) is refused with a log line, and the config in force stays.
         """
         assert self.handler is not None and self.ingestor is not None
         loop = asyncio.get_running_loop()
 
-        def prepare() -> tuple[Config, Router]:
+        def prepare() -> Config:
             config = load()
             self.store.sync(config, self.clock())
-            return config, Router(config)
+            return config
 
         try:
-            config, router = await loop.run_in_executor(None, prepare)
+            config = await loop.run_in_executor(None, prepare)
         except (ConfigError, StoreUnavailable) as exc:
             log.error("config reload refused, the previous config stays in force: %s", exc)
             return False
         if config.server != self.config.server:
             log.warning("[server] changes take effect only after a restart")
-        self.ingestor.reload(config, router)
+        self.ingestor.reload(config)
         self.handler.config = config
         self.config = config
         log.info(

@@ -48,7 +48,7 @@ _RESPAWN_PAUSE = 1.0  # seconds before a dead worker is replaced (no tight crash
 class Ingestor(Protocol):
     async def submit(self, raw: bytes, envelope: Envelope, now: datetime) -> IngestResult: ...
 
-    def reload(self, config: Config, router: Router) -> None: ...
+    def reload(self, config: Config) -> None: ...
 
     def close(self) -> None: ...
 
@@ -166,7 +166,7 @@ class InlineIngestor:
         result = await future
         return result
 
-    def reload(self, config: Config, router: Router) -> None:
+    def reload(self, config: Config) -> None:
         self._queue.put(("config", config))
 
     def _run(self) -> None:
@@ -194,14 +194,22 @@ class InlineIngestor:
 # --------------------------------------------------------------------------- processes
 
 
-def _worker_main(conn: Connection, config: Config, log_level: int) -> None:
-    """A worker process: take mail from the pipe, store it in groups, send the outcomes."""
-    # The parent stops us by closing the pipe, after the mails in flight are answered.
+def _child_setup(log_level: int) -> None:
+    """Signals and logging of a pool process.
+
+    The parent stops its children with a stop message after the mails in flight are
+    answered, so the signals a terminal sends the whole process group are not theirs.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from mailgate.cli import setup_logging
 
     setup_logging(log_level)
+
+
+def _worker_main(conn: Connection, config: Config, log_level: int) -> None:
+    """A worker process: take mail from the pipe, store it in groups, send the outcomes."""
+    _child_setup(log_level)
     store = Store(config.database.url, config.database.lock_timeout)
     router = Router(config)
     try:
@@ -232,11 +240,7 @@ def _parser_main(conn: Connection, config: Config, log_level: int) -> None:
     The result goes back to the SMTP process as the mail's key and then the pickled result,
     which that process forwards to the writer without unpickling it.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from mailgate.cli import setup_logging
-
-    setup_logging(log_level)
+    _child_setup(log_level)
     while True:
         try:
             item = conn.recv()
@@ -340,7 +344,7 @@ class WorkerPool:
         worker.outbox.put((key, raw, envelope, now))
         return await future
 
-    def reload(self, config: Config, router: Router) -> None:
+    def reload(self, config: Config) -> None:
         self.config = config
         for worker in (*self._parsers, *self._workers):
             worker.outbox.put(("config", config))
@@ -393,7 +397,8 @@ class WorkerPool:
 
     def _lost(self, worker: _Worker) -> None:
         """A process ended: answer its mails 451 and, unless we are stopping, replace it."""
-        worker.process.join(5)
+        if not self._closing:  # when stopping, close() reaps it; two reapers race (ECHILD)
+            worker.process.join(5)
         with worker.lock:
             lost, worker.pending = worker.pending, {}
         for loop, future in lost.values():
