@@ -104,6 +104,7 @@ def _take_batch(first: Any, more: Any, limit: int) -> list[Any]:
 def _store_items(store: Store, router: Router, items: Sequence[Any]) -> tuple[Router, _Reply]:
     """Store runs of mails as groups; a config item switches the router for what follows.
 
+    Items after a stop item are not stored (the caller stops after answering the rest).
     Never raises: a failure no group commit foresaw still answers every sender (451).
     """
     reply: _Reply = []
@@ -173,21 +174,18 @@ class InlineIngestor:
         router = self._first_router
         while True:
             first = self._queue.get()
-            if first is None:
-                return
             items = _take_batch(first, self._queue.get_nowait, router.config.server.batch_size)
-            stop = None in items
-            router, reply = _store_items(self.store, router, [i for i in items if i is not None])
+            router, reply = _store_items(self.store, router, items)
             for key, outcome, seconds in reply:
                 loop, future = self._futures.pop(key)
                 if isinstance(outcome, IngestResult):
                     count_result(outcome, seconds)
                 loop.call_soon_threadsafe(_settle, future, outcome)
-            if stop:
+            if _STOP in items:
                 return
 
     def close(self) -> None:
-        self._queue.put(None)
+        self._queue.put(_STOP)
         self._thread.join(60)
 
 
@@ -223,12 +221,9 @@ def _worker_main(conn: Connection, config: Config, log_level: int) -> None:
                 lambda: conn.recv() if conn.poll() else _empty(),
                 router.config.server.batch_size,
             )
-            stop = _STOP in items
-            if stop:
-                items = items[: items.index(_STOP)]
             router, reply = _store_items(store, router, items)
             conn.send(reply)
-            if stop:
+            if _STOP in items:
                 return
     finally:
         store.close()
