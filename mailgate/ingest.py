@@ -510,9 +510,9 @@ def _ingest_parsed(
             return _duplicate(message.message_id)
         conn = session.connection()
         secret = config.mail.secret or ensure_secret(session)
-        token, references, tag = _thread_facts(conn, mail, config, secret)
+        token, references, tag, rows = _thread_facts(conn, mail, config, secret)
         match = match_thread(mail.sender, router.agents, token, references, tag)
-        ticket = _load_ticket(conn, match.ticket.id) if match.ticket is not None else None
+        ticket = rows[match.ticket.id] if match.ticket is not None else None
         loop = own_mail(message, config)
         recent = _recent_tickets(conn, mail.sender, now) if ticket is None else 0
         if loop is not None:
@@ -665,13 +665,6 @@ def _facts_of(
     )
 
 
-def _facts(conn: Connection, ticket_id: int | None) -> TicketFacts | None:
-    if ticket_id is None:
-        return None
-    ticket = _load_ticket(conn, ticket_id)
-    return _facts_of(conn, ticket) if ticket is not None else None
-
-
 def _bounce(
     store: Store,
     config: Config,
@@ -753,9 +746,26 @@ _OUTBOX_BY_MESSAGE = select(_OUTBOX.c.ticket_id, _OUTBOX.c.recipients).where(
 
 def _thread_facts(
     conn: Connection, mail: _Mail, config: Config, secret: str
-) -> tuple[TicketFacts | None, list[Reference], TicketFacts | None]:
-    """The tickets behind the reply token, the referenced Message-IDs and the subject tag."""
-    token = _facts(conn, ticket_from_token(mail.recipients, secret))
+) -> tuple[TicketFacts | None, list[Reference], TicketFacts | None, dict[int, _TicketRow]]:
+    """The tickets behind the reply token, the referenced Message-IDs and the subject tag.
+
+    A reply to a notification names its ticket several times (token, References, tag);
+    each ticket is read once, and the rows read come back for the ticket the mail joins.
+    """
+    rows: dict[int, _TicketRow] = {}
+    known: dict[int, TicketFacts | None] = {}
+
+    def _facts(ticket_id: int | None) -> TicketFacts | None:
+        if ticket_id is None:
+            return None
+        if ticket_id not in known:
+            row = _load_ticket(conn, ticket_id)
+            if row is not None:
+                rows[ticket_id] = row
+            known[ticket_id] = _facts_of(conn, row) if row is not None else None
+        return known[ticket_id]
+
+    token = _facts(ticket_from_token(mail.recipients, secret))
     ids = list(dict.fromkeys((*mail.message.in_reply_to, *reversed(mail.message.references))))
     ids = ids[:_MAX_REFERENCES]
     references: list[Reference] = []
@@ -767,11 +777,11 @@ def _thread_facts(
             if ticket_id is not None:
                 found[ticket_id] = found.get(ticket_id, False) or mail.sender in recipients
         for ticket_id, sent_to_sender in found.items():
-            facts = _facts(conn, ticket_id)
+            facts = _facts(ticket_id)
             if facts is not None:
                 references.append(Reference(facts, sent_to_sender))
-    tag = _facts(conn, ticket_from_tag(mail.subject, config.tickets.tag_regex))
-    return token, references, tag
+    tag = _facts(ticket_from_tag(mail.subject, config.tickets.tag_regex))
+    return token, references, tag, rows
 
 
 def _add_comment(
