@@ -52,6 +52,7 @@ from mailgate.quotes import forwarded_original, strip_quoted
 from mailgate.routing import RouteDecision, Router, domain_of, normalize_subject
 from mailgate.secrets_scan import mask_secrets as scan_and_mask
 from mailgate.store import (
+    Prebuilt,
     Store,
     ensure_blob,
     ensure_secret,
@@ -359,21 +360,21 @@ def _new_inbound(
         "error": error,
         "dkim": dkim,
     }
-    entry: int | None = conn.execute(_insert_inbound(conn), values).scalar()
+    entry: int | None = _insert_inbound(conn).run(conn, values).scalar()
     if entry is not None and large:
         write_large(conn, "inbound_messages", "raw", entry, raw)
     return entry
 
 
 _INBOUND = InboundRow.__table__
-_INSERT_INBOUND: dict[str, Any] = {}  # by dialect: ON CONFLICT is spelt per dialect
+_INSERT_INBOUND: dict[str, Prebuilt] = {}  # by dialect: ON CONFLICT is spelt per dialect
 
 
-def _insert_inbound(conn: Connection) -> Any:
+def _insert_inbound(conn: Connection) -> Prebuilt:
     """The ledger INSERT, built once: building a statement costs more than running it."""
     stmt = _INSERT_INBOUND.get(conn.dialect.name)
     if stmt is None:
-        stmt = (
+        stmt = Prebuilt(
             insert_for(conn)(_INBOUND)
             .on_conflict_do_nothing(index_elements=["dedup_key"])
             .returning(_INBOUND.c.id)
@@ -412,10 +413,10 @@ def _ledger_entry(
 
 def _set_ledger(session: Session, entry: int, **values: Any) -> None:
     """What became of the mail, written to its ledger row (which holds the raw mail too)."""
-    session.connection().execute(_SET_LEDGER, {"entry": entry, **values})
+    _SET_LEDGER.run(session.connection(), {"entry": entry, **values})
 
 
-_SET_LEDGER = update(_INBOUND).where(_INBOUND.c.id == bindparam("entry"))
+_SET_LEDGER = Prebuilt(update(_INBOUND).where(_INBOUND.c.id == bindparam("entry")))
 
 
 def _duplicate(message_id: str) -> IngestResult:
@@ -590,7 +591,7 @@ class _TicketRow:
     tags: list[str]
 
 
-_TICKET_QUERY = (
+_TICKET_QUERY = Prebuilt(
     select(
         _TICKETS.c.id,
         _TICKETS.c.subject,
@@ -612,17 +613,17 @@ _TICKET_QUERY = (
 
 
 def _load_ticket(conn: Connection, ticket_id: int) -> _TicketRow | None:
-    row = conn.execute(_TICKET_QUERY, {"ticket": ticket_id}).first()
+    row = _TICKET_QUERY.run(conn, {"ticket": ticket_id}).first()
     return _TicketRow(*row) if row is not None else None
 
 
-_PARTICIPANT_EMAILS = (
+_PARTICIPANT_EMAILS = Prebuilt(
     select(_USERS.c.email)
     .join(_PARTICIPANTS, _PARTICIPANTS.c.user_id == _USERS.c.id)
     .where(_PARTICIPANTS.c.ticket_id == bindparam("ticket"))
     .order_by(_PARTICIPANTS.c.user_id)
 )
-_MEMBER_EMAILS = (
+_MEMBER_EMAILS = Prebuilt(
     select(_USERS.c.email)
     .join(_MEMBERS, _MEMBERS.c.user_id == _USERS.c.id)
     .where(_MEMBERS.c.organization_id == bindparam("org"))
@@ -631,13 +632,13 @@ _MEMBER_EMAILS = (
 
 def _participant_emails(conn: Connection, ticket_id: int) -> list[str]:
     """Who is copied on the ticket, oldest user first (the order notifications list them)."""
-    return list(conn.execute(_PARTICIPANT_EMAILS, {"ticket": ticket_id}).scalars())
+    return list(_PARTICIPANT_EMAILS.run(conn, {"ticket": ticket_id}).scalars())
 
 
 def _member_emails(conn: Connection, organization_id: int | None) -> frozenset[str]:
     if organization_id is None:
         return frozenset()
-    return frozenset(conn.execute(_MEMBER_EMAILS, {"org": organization_id}).scalars())
+    return frozenset(_MEMBER_EMAILS.run(conn, {"org": organization_id}).scalars())
 
 
 def _facts_of(
@@ -725,10 +726,10 @@ def own_mail(message: InboundMessage, config: Config) -> str | None:
 def _recent_tickets(conn: Connection, email: str, now: datetime) -> int:
     """New tickets this sender opened in the last hour (the rate limits count these)."""
     since = now - timedelta(hours=1)
-    return conn.execute(_RECENT_TICKETS, {"email": email, "since": since}).scalar() or 0
+    return _RECENT_TICKETS.run(conn, {"email": email, "since": since}).scalar() or 0
 
 
-_RECENT_TICKETS = (
+_RECENT_TICKETS = Prebuilt(
     select(func.count(_TICKETS.c.id))
     .join(_USERS, _USERS.c.id == _TICKETS.c.requester_id)
     .where(_USERS.c.email == bindparam("email"), _TICKETS.c.created_at > bindparam("since"))
@@ -736,11 +737,15 @@ _RECENT_TICKETS = (
 
 
 _MAX_REFERENCES = 50  # a References header can be long; the newest entries matter
-_COMMENTS_BY_MESSAGE = select(_COMMENTS.c.ticket_id).where(
-    _COMMENTS.c.message_id.in_(bindparam("ids", expanding=True))
+_COMMENTS_BY_MESSAGE = Prebuilt(
+    select(_COMMENTS.c.ticket_id).where(
+        _COMMENTS.c.message_id.in_(bindparam("ids", expanding=True))
+    )
 )
-_OUTBOX_BY_MESSAGE = select(_OUTBOX.c.ticket_id, _OUTBOX.c.recipients).where(
-    _OUTBOX.c.message_id.in_(bindparam("ids", expanding=True))
+_OUTBOX_BY_MESSAGE = Prebuilt(
+    select(_OUTBOX.c.ticket_id, _OUTBOX.c.recipients).where(
+        _OUTBOX.c.message_id.in_(bindparam("ids", expanding=True))
+    )
 )
 
 
@@ -771,9 +776,9 @@ def _thread_facts(
     references: list[Reference] = []
     if ids:
         found: dict[int, bool] = {}
-        for ticket_id in conn.execute(_COMMENTS_BY_MESSAGE, {"ids": ids}).scalars():
+        for ticket_id in _COMMENTS_BY_MESSAGE.run(conn, {"ids": ids}).scalars():
             found.setdefault(ticket_id, False)
-        for ticket_id, recipients in conn.execute(_OUTBOX_BY_MESSAGE, {"ids": ids}):
+        for ticket_id, recipients in _OUTBOX_BY_MESSAGE.run(conn, {"ids": ids}):
             if ticket_id is not None:
                 found[ticket_id] = found.get(ticket_id, False) or mail.sender in recipients
         for ticket_id, sent_to_sender in found.items():
@@ -804,7 +809,7 @@ def _add_comment(
         "inbound_message_id": inbound,
         "created_at": now,
     }
-    comment_id: int = conn.execute(_INSERT_COMMENT, values).scalar_one()
+    comment_id: int = _INSERT_COMMENT.run(conn, values).scalar_one()
     for part in message.attachments:
         attachment = {
             "comment_id": comment_id,
@@ -814,21 +819,21 @@ def _add_comment(
             "size": part.size,
             "sha256": ensure_blob(conn, part.data),
         }
-        conn.execute(_INSERT_ATTACHMENT, attachment)
+        _INSERT_ATTACHMENT.run(conn, attachment)
     return comment_id
 
 
-_INSERT_COMMENT = insert(_COMMENTS).returning(_COMMENTS.c.id)
-_INSERT_ATTACHMENT = insert(_ATTACHMENTS)
-_INSERT_PARTICIPANT = insert(_PARTICIPANTS)
-_INSERT_TICKET = insert(_TICKETS).returning(_TICKETS.c.id)
-_UPDATE_TICKET = update(_TICKETS).where(_TICKETS.c.id == bindparam("ticket"))
-_INSERT_OUTBOX = insert(_OUTBOX)
-_ORG_BY_NAME = select(_ORGS.c.id, _ORGS.c.name).where(_ORGS.c.name == bindparam("name"))
-_PARTICIPANT_IDS = select(_PARTICIPANTS.c.user_id).where(
-    _PARTICIPANTS.c.ticket_id == bindparam("ticket")
+_INSERT_COMMENT = Prebuilt(insert(_COMMENTS).returning(_COMMENTS.c.id))
+_INSERT_ATTACHMENT = Prebuilt(insert(_ATTACHMENTS))
+_INSERT_PARTICIPANT = Prebuilt(insert(_PARTICIPANTS))
+_INSERT_TICKET = Prebuilt(insert(_TICKETS).returning(_TICKETS.c.id))
+_UPDATE_TICKET = Prebuilt(update(_TICKETS).where(_TICKETS.c.id == bindparam("ticket")))
+_INSERT_OUTBOX = Prebuilt(insert(_OUTBOX))
+_ORG_BY_NAME = Prebuilt(select(_ORGS.c.id, _ORGS.c.name).where(_ORGS.c.name == bindparam("name")))
+_PARTICIPANT_IDS = Prebuilt(
+    select(_PARTICIPANTS.c.user_id).where(_PARTICIPANTS.c.ticket_id == bindparam("ticket"))
 )
-_FOLLOWER_EMAILS = (
+_FOLLOWER_EMAILS = Prebuilt(
     select(_USERS.c.email)
     .join(_FOLLOWERS, _FOLLOWERS.c.user_id == _USERS.c.id)
     .where(
@@ -839,9 +844,11 @@ _FOLLOWER_EMAILS = (
     )
     .order_by(_USERS.c.email)
 )
-_SUPPRESSED = select(_SUPPRESSIONS.c.email).where(
-    _SUPPRESSIONS.c.email.in_(bindparam("emails", expanding=True)),
-    _SUPPRESSIONS.c.until > bindparam("now"),
+_SUPPRESSED = Prebuilt(
+    select(_SUPPRESSIONS.c.email).where(
+        _SUPPRESSIONS.c.email.in_(bindparam("emails", expanding=True)),
+        _SUPPRESSIONS.c.until > bindparam("now"),
+    )
 )
 
 
@@ -859,7 +866,7 @@ def _add_participants(
     for email, name in participant_addresses(mail.message, ticket.requester, config):
         if email not in known:
             person = user_id(conn, email, name, now)
-            conn.execute(_INSERT_PARTICIPANT, {"ticket_id": ticket.id, "user_id": person})
+            _INSERT_PARTICIPANT.run(conn, {"ticket_id": ticket.id, "user_id": person})
             known.add(email)
             added.append(email)
     return added
@@ -907,7 +914,7 @@ def _new_ticket(
     requester = requester.lower()
     requester_id = user_id(conn, requester, name, now)
     organization = (
-        conn.execute(_ORG_BY_NAME, {"name": decision.organization}).first()
+        _ORG_BY_NAME.run(conn, {"name": decision.organization}).first()
         if decision.organization is not None
         else None
     )
@@ -949,7 +956,7 @@ def _new_ticket(
 
 
 def _insert_ticket(conn: Connection, values: dict[str, Any]) -> int:
-    ticket_id: int = conn.execute(_INSERT_TICKET, values).scalar_one()
+    ticket_id: int = _INSERT_TICKET.run(conn, values).scalar_one()
     return ticket_id
 
 
@@ -966,7 +973,7 @@ def _announce(
     payload = {"comment": comment}
     followers: list[str] = []
     if ticket.organization_id is not None:
-        followers = list(conn.execute(_FOLLOWER_EMAILS, {"org": ticket.organization_id}).scalars())
+        followers = list(_FOLLOWER_EMAILS.run(conn, {"org": ticket.organization_id}).scalars())
     # Once for all rows: who the ticket knows. Every recipient here is the requester or a
     # follower, and followers are members (the query says so), so the members a row could
     # be checked against are these; asking for all of them would be a query for nothing.
@@ -1014,9 +1021,9 @@ def _follow_up(
         priority=closed.priority,
         tags=list(closed.tags),
     )
-    copied = conn.execute(_PARTICIPANT_IDS, {"ticket": closed.id}).scalars()
+    copied = _PARTICIPANT_IDS.run(conn, {"ticket": closed.id}).scalars()
     for person in list(copied):
-        conn.execute(_INSERT_PARTICIPANT, {"ticket_id": ticket.id, "user_id": person})
+        _INSERT_PARTICIPANT.run(conn, {"ticket_id": ticket.id, "user_id": person})
     author = user_id(conn, mail.sender, mail.name, now)
     body, secret = mask_secrets(strip_quoted(mail.message.text))
     comment = _add_comment(conn, ticket.id, author, body, True, mail.message, inbound, now)
@@ -1052,7 +1059,7 @@ def _reply(
     if status != ticket.status:
         changes.update(status=status, solved_at=None)
         ticket.status = status
-    conn.execute(_UPDATE_TICKET, {"ticket": ticket.id, **changes})
+    _UPDATE_TICKET.run(conn, {"ticket": ticket.id, **changes})
     if by_agent or mail.sender == ticket.requester:
         known = _participant_emails(conn, ticket.id)
         _add_participants(conn, ticket, known, mail, config, now)
@@ -1187,7 +1194,7 @@ def _queue(
     facts = facts or _facts_of(conn, ticket)
     # Never to ourselves (a loop); agents may share our domain.
     suppressed = (
-        set(conn.execute(_SUPPRESSED, {"emails": recipients, "now": now}).scalars())
+        set(_SUPPRESSED.run(conn, {"emails": recipients, "now": now}).scalars())
         if recipients
         else set()
     )
@@ -1213,7 +1220,7 @@ def _queue(
         "created_at": now,
         "next_attempt_at": now,
     }
-    conn.execute(_INSERT_OUTBOX, row)
+    _INSERT_OUTBOX.run(conn, row)
 
 
 def reprocess_quarantined(

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import exc as sa_exc
 
 from mailgate.config import Config
-from mailgate.models import Base, Follower, Membership, Organization, User
-from mailgate.store import Store
+from mailgate.models import Base, Follower, Membership, Organization, Outbox, User
+from mailgate.store import Prebuilt, Store
 
 from .conftest import BASE_CONFIG, Clock
 
@@ -86,3 +87,66 @@ def test_sqlite_runs_in_wal_mode_with_full_sync(store: Store) -> None:
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_prebuilt_statements_read_and_write_what_sqlalchemy_does(
+    store: Store, clock: Clock
+) -> None:
+    """The cursor path gives the same rows, types and defaults as ``Connection.execute``.
+
+    Each write goes once through each path; the rows read back through both paths must be
+    equal (aware datetimes, JSON lists, Python-side defaults), and so must every SELECT
+    shape ingest uses: joins, literals, RETURNING, an IN list, an empty IN list.
+    """
+    now = clock()
+    outbox = Outbox.__table__
+    insert_outbox = insert(outbox).returning(outbox.c.id)
+    row = {
+        "kind": "ack",
+        "recipients": ["a@example.org", "b@example.org"],
+        "created_at": now,
+        "next_attempt_at": now,
+    }
+    read = select(
+        outbox.c.id,
+        outbox.c.kind,
+        outbox.c.recipients,
+        outbox.c.payload,
+        outbox.c.status,
+        outbox.c.attempts,
+        outbox.c.created_at,
+    ).where(outbox.c.kind == bindparam("kind"), outbox.c.status == "pending")
+    by_recipients = select(outbox.c.id).where(outbox.c.kind.in_(bindparam("kinds", expanding=True)))
+    prebuilt_read = Prebuilt(read)
+    with store.transaction() as session:
+        conn = session.connection()
+        fast_id = Prebuilt(insert_outbox).run(conn, row).scalar_one()
+        slow_id = conn.execute(insert_outbox, row).scalar_one()
+        assert fast_id != slow_id
+        fast = prebuilt_read.run(conn, {"kind": "ack"}).all()
+        slow = [tuple(r) for r in conn.execute(read, {"kind": "ack"})]
+        assert [tuple(r) for r in fast] == slow
+        assert [r.id for r in fast] == [fast_id, slow_id]  # rows are named, like SQLAlchemy's
+        first = fast[0]
+        assert first.created_at == now and first.created_at.tzinfo is not None
+        assert first.recipients == ["a@example.org", "b@example.org"]
+        assert (first.payload, first.status, first.attempts) == ({}, "pending", 0)  # defaults
+        assert Prebuilt(by_recipients).run(conn, {"kinds": ["ack", "x"]}).scalars() == [
+            fast_id,
+            slow_id,
+        ]
+        assert Prebuilt(by_recipients).run(conn, {"kinds": []}).scalars() == []
+        changed = Prebuilt(update(outbox).where(outbox.c.id == bindparam("row")))
+        assert changed.run(conn, {"row": fast_id, "status": "sent"}).rowcount == 1
+        assert prebuilt_read.run(conn, {"kind": "ack"}).scalars() == [slow_id]
+        assert Prebuilt(read).run(conn, {"kind": "none"}).first() is None
+
+
+def test_prebuilt_statement_errors_are_sqlalchemy_errors(store: Store, clock: Clock) -> None:
+    """A failing statement raises what ``Connection.execute`` would, so 451 stays 451."""
+    users = User.__table__
+    add = Prebuilt(insert(users))
+    values = {"email": "x@example.org", "name": "", "is_agent": False, "created_at": clock()}
+    with pytest.raises(sa_exc.IntegrityError), store.transaction() as session:
+        add.run(session.connection(), values)
+        add.run(session.connection(), values)
