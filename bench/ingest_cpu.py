@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.process_time()
         if profiler is not None:
             profiler.enable()
-        prepared = [prepare(config, *item) for item in items]
+        prepared = [prepare(config, *item, router=router) for item in items]
         t1 = time.process_time()
         results = [r for r, _ in ingest_batch(store, router, prepared)]
         if profiler is not None:

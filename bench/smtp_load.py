@@ -418,6 +418,8 @@ class RunResult:
     codes: Counter[int] = field(default_factory=Counter)
     errors: int = 0
     cpu: float = 0.0  # server CPU seconds during the load
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
+    roles: dict[int, str] = field(default_factory=dict)  # pid -> smtp, worker-0, parser-0
     client_cpu: float = 0.0
     rss_kb: int = 0
     ledger: str = ""
@@ -559,9 +561,10 @@ def measure(
 ) -> None:
     """CPU of each server with its worker processes; peak RSS summed over them."""
     trees = [process_tree(p.pid) for p in procs]
-    cpu0 = sum(proc_cpu(pid) for tree in trees for pid in tree)
+    before = {pid: proc_cpu(pid) for tree in trees for pid in tree}
     send_load(ports, mails, result.k, result)
-    result.cpu = sum(proc_cpu(pid) for tree in trees for pid in tree) - cpu0
+    result.cpu_by_pid = {pid: proc_cpu(pid) - cpu for pid, cpu in before.items()}
+    result.cpu = sum(result.cpu_by_pid.values())
     result.rss_kb = max(sum(proc_hwm_kb(pid) for pid in tree) for tree in trees)
 
 
@@ -681,6 +684,11 @@ def run_mailgate(
         finally:
             for proc in procs:
                 stop(proc)
+        for n, proc in enumerate(procs):
+            result.roles[proc.pid] = "smtp"
+            text = (run_dir / f"serve-{n}.log").read_text(errors="replace")
+            for role, index, pid in re.findall(r"ingest (worker|parser) (\d+) is pid (\d+)", text):
+                result.roles[int(pid)] = f"{role}-{index}"
         for n, spy in enumerate(spies):
             if spy is not None:
                 spy.wait(60)
@@ -787,6 +795,20 @@ def print_table(results: Sequence[RunResult], n: int) -> None:
         )
 
 
+def print_cpu_split(results: Sequence[RunResult], n: int) -> None:
+    """Where mailgate's CPU per mail goes, by process (summed over instances)."""
+    for r in results:
+        if not r.server.startswith("mailgate") or not r.cpu_by_pid:
+            continue
+        by_role: Counter[str] = Counter()
+        for pid, seconds in r.cpu_by_pid.items():
+            by_role[r.roles.get(pid, "other")] += seconds
+        parts = ", ".join(
+            f"{role} {seconds / max(1, n) * 1000:.2f}" for role, seconds in sorted(by_role.items())
+        )
+        print(f"{r.server} K={r.k} CPU ms/msg by process: {parts}")
+
+
 def print_targets(results: Sequence[RunResult], db: str) -> None:
     by = {(r.server, r.k): r for r in results}
     print("targets (SQLite, K=4): mailgate ≥ 0.35× discard, ≥ 0.6× fsync, p99 ≤ 50 ms")
@@ -885,6 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
     print_table(results, len(mails))
+    print_cpu_split(results, len(mails))
     print()
     for line in ledgers:
         print(line)

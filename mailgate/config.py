@@ -7,11 +7,13 @@ here, once, and the rest of mailgate trusts the dataclasses it gets.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -222,6 +224,23 @@ class Config:
         """The organization of that name (case-insensitive), or None."""
         wanted = name.casefold()
         return next((o for o in self.organizations if o.name.casefold() == wanted), None)
+
+
+def fingerprint(config: Config) -> str:
+    """A digest of the whole config that is the same in every process that holds it.
+
+    Work done ahead with one config (in a parser process) is used by another process only
+    when that one holds the same config; ``repr`` would not do (set order differs per
+    process).
+    """
+    text = json.dumps(asdict(config), sort_keys=True, default=_plain)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    return repr(value)
 
 
 # --- locating the file -------------------------------------------------------------------

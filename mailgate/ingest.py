@@ -72,6 +72,7 @@ from mailgate.threads import (
     TicketFacts,
     is_private,
     match_thread,
+    names_a_ticket,
     split_commands,
     status_after_reply,
     ticket_from_tag,
@@ -273,7 +274,12 @@ def count_result(result: IngestResult, seconds: float) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A mail after the pure part of ingest: parsed (or why not) and checked."""
+    """A mail after the pure part of ingest: parsed (or why not) and checked.
+
+    ``digests`` (dedup key, SHA-256) and ``ahead`` are work the store would otherwise do
+    under the write lock; the single SQLite writer is the one serial stage, so whatever
+    needs no database is done here, in a parser process under ``serve``.
+    """
 
     raw: bytes
     envelope: Envelope
@@ -281,6 +287,8 @@ class Prepared:
     message: InboundMessage | None
     unparseable: str | None = None
     dkim: DkimResult | None = None
+    digests: tuple[str, str] | None = None
+    ahead: Ahead | None = None
 
 
 def prepare(
@@ -289,14 +297,51 @@ def prepare(
     envelope: Envelope,
     now: datetime,
     dkim_dns: DnsLookup | None = None,
+    router: Router | None = None,
 ) -> Prepared:
-    """Parse and check one mail without the database; never raises for any input."""
+    """Parse and check one mail without the database; never raises for any input.
+
+    With ``router`` (built from ``config``) it also routes and cleans the mail ahead, for
+    whichever way the store takes it (new ticket or reply): see :class:`Ahead`.
+    """
     try:
         message = parse(raw)
     except UnparseableMessage as exc:
         return Prepared(raw, envelope, now, None, f"{UNPARSEABLE}: {exc}")
     dkim = verify_dkim(raw, dkim_dns) if config.security.verify_dkim else None
-    return Prepared(raw, envelope, now, message, dkim=dkim)
+    digests = (dedup_key(message.message_id, raw), hashlib.sha256(raw).hexdigest())
+    ahead = _ahead(router, message, envelope) if router is not None else None
+    return Prepared(raw, envelope, now, message, dkim=dkim, digests=digests, ahead=ahead)
+
+
+@dataclass(frozen=True, slots=True)
+class Ahead:
+    """The config-dependent pure work on a mail, done before the store needs it.
+
+    The store takes it only when its own config has the same ``fingerprint`` (a reload may
+    fall between parsing and storing); otherwise it does the work again itself.
+    """
+
+    fingerprint: str
+    ticket: TicketPlan | None = None  # the ticket a mail that names none would open
+    stripped: str | None = None  # a reply's text without quoted history
+    reply: tuple[str, bool] | None = None  # that text with credentials masked, and if any were
+
+
+def _ahead(router: Router, message: InboundMessage, envelope: Envelope) -> Ahead | None:
+    """Only the work the store will certainly need: CPU is the scarce resource."""
+    if is_bounce(message, envelope.mail_from):
+        return None
+    mail = _mail_of(message, envelope)
+    if mail is None:
+        return None
+    references = (*message.in_reply_to, *message.references)
+    if names_a_ticket(mail.recipients, references, mail.subject, router.config.tickets.tag_regex):
+        stripped = strip_quoted(message.text)  # most likely a reply (or a follow-up)
+        return Ahead(router.fingerprint, stripped=stripped, reply=mask_secrets(stripped))
+    if mail.auto_reply:
+        return None  # to no ticket: ignored
+    return Ahead(router.fingerprint, ticket=ticket_plan(router, mail))
 
 
 def _store(store: Store, router: Router, prepared: Prepared, reprocess: int | None) -> IngestResult:
@@ -306,8 +351,13 @@ def _store(store: Store, router: Router, prepared: Prepared, reprocess: int | No
         reason = prepared.unparseable or UNPARSEABLE
         message_id = synthesized_message_id(raw)
         return _quarantine(store, raw, envelope, now, message_id, reason, None, reprocess)
+    ahead = prepared.ahead
+    if ahead is not None and ahead.fingerprint != router.fingerprint:
+        ahead = None  # prepared with another config: the store redoes it with its own
     try:
-        return _ingest_parsed(store, router, raw, envelope, message, now, reprocess, prepared.dkim)
+        return _ingest_parsed(
+            store, router, prepared, message, reprocess, ahead=ahead, digests=prepared.digests
+        )
     except StoreUnavailable:
         raise
     except Exception as exc:
@@ -337,6 +387,7 @@ def _new_inbound(
     reason: str,
     error: str | None = None,
     dkim: str | None = None,
+    digests: tuple[str, str] | None = None,
 ) -> int | None:
     """Insert the raw mail; its ledger id, or None when it is already stored (a redelivery).
 
@@ -346,14 +397,15 @@ def _new_inbound(
     """
     conn = session.connection()
     large = is_large(conn, raw)
+    key, sha256 = digests or (dedup_key(message_id, raw), hashlib.sha256(raw).hexdigest())
     values = {
         "message_id": message_id,
-        "dedup_key": dedup_key(message_id, raw),
+        "dedup_key": key,
         "mail_from": envelope.mail_from,
         "rcpt_to": list(envelope.rcpt_to),
         "raw": b"" if large else raw,
         "size": len(raw),
-        "sha256": hashlib.sha256(raw).hexdigest(),
+        "sha256": sha256,
         "received_at": now,
         "outcome": outcome.value,
         "reason": reason,
@@ -394,6 +446,7 @@ def _ledger_entry(
     reprocess: int | None,
     error: str | None = None,
     dkim: str | None = None,
+    digests: tuple[str, str] | None = None,
 ) -> int | None:
     """The ledger row for this mail: a new one, or the quarantined one being reprocessed.
 
@@ -401,7 +454,9 @@ def _ledger_entry(
     row lock and the outcome check make a second reprocess of the same entry a no-op).
     """
     if reprocess is None:
-        return _new_inbound(session, raw, envelope, now, message_id, outcome, reason, error, dkim)
+        return _new_inbound(
+            session, raw, envelope, now, message_id, outcome, reason, error, dkim, digests
+        )
     current = session.execute(
         select(InboundRow.outcome).where(InboundRow.id == reprocess).with_for_update()
     ).scalar()
@@ -474,25 +529,38 @@ def participant_addresses(
     return tuple(seen.items())
 
 
+def _mail_of(
+    message: InboundMessage,
+    envelope: Envelope,
+    dkim: DkimResult | None = None,
+    ahead: Ahead | None = None,
+) -> _Mail | None:
+    """The facts every branch needs; None when the mail names no sender at all."""
+    sender = requester_address(message, envelope)
+    if sender is None:
+        return None
+    recipients = (*envelope.rcpt_to, *(a.email for a in (*message.to, *message.cc)))
+    reason = auto_reply_reason(message)
+    return _Mail(message, sender[0], sender[1], recipients, reason, dkim, ahead)
+
+
 def _ingest_parsed(
     store: Store,
     router: Router,
-    raw: bytes,
-    envelope: Envelope,
+    prepared: Prepared,
     message: InboundMessage,
-    now: datetime,
     reprocess: int | None = None,
-    dkim: DkimResult | None = None,
+    ahead: Ahead | None = None,
+    digests: tuple[str, str] | None = None,
 ) -> IngestResult:
     config = router.config
+    raw, envelope, now, dkim = prepared.raw, prepared.envelope, prepared.now, prepared.dkim
     if is_bounce(message, envelope.mail_from):
         return _bounce(store, config, raw, envelope, message, now, reprocess)
-    sender = requester_address(message, envelope)
-    if sender is None:
+    mail = _mail_of(message, envelope, dkim, ahead)
+    if mail is None:
         reason = "no sender address (From)"
         return _quarantine(store, raw, envelope, now, message.message_id, reason, None, reprocess)
-    recipients = (*envelope.rcpt_to, *(a.email for a in (*message.to, *message.cc)))
-    mail = _Mail(message, sender[0], sender[1], recipients, auto_reply_reason(message), dkim)
 
     with store.transaction() as session:
         dkim_text = str(dkim) if dkim is not None else None
@@ -506,6 +574,7 @@ def _ingest_parsed(
             "",
             reprocess,
             dkim=dkim_text,
+            digests=digests,
         )
         if inbound is None:
             return _duplicate(message.message_id)
@@ -555,6 +624,7 @@ class _Mail:
     recipients: tuple[str, ...]
     auto_reply: str | None
     dkim: DkimResult | None = None
+    ahead: Ahead | None = None  # work done before the store, when done with its config
 
     @property
     def subject(self) -> str:
@@ -899,29 +969,18 @@ def _new_ticket(
     quiet: bool = False,
 ) -> tuple[_TicketRow, str]:
     config = router.config
-    requester, name, subject, note = mail.sender, mail.name, mail.subject, ""
-    if mail.sender in router.agents:
-        original = forwarded_sender(mail.message)
-        if original is not None and original[0] not in router.agents:
-            # An agent forwarding a customer's mail opens the ticket for that customer.
-            requester, name = original
-            subject = normalize_subject(subject, config.tickets.tag_regex) or NO_SUBJECT
-            note = f"; forwarded by agent {mail.sender}"
-    decision: RouteDecision = router.route(requester, subject, mail.recipients)
-    reason = decision.reason + note
+    ahead = mail.ahead
+    plan = ahead.ticket if ahead is not None and ahead.ticket else ticket_plan(router, mail)
+    decision, requester, subject_text = plan.decision, plan.requester, plan.subject
+    reason = plan.reason
     if match.reason != NO_REFERENCE:
         reason += f"; {match.reason}"
-    requester = requester.lower()
-    requester_id = user_id(conn, requester, name, now)
+    requester_id = user_id(conn, requester, plan.name, now)
     organization = (
         _ORG_BY_NAME.run(conn, {"name": decision.organization}).first()
         if decision.organization is not None
         else None
     )
-    # Another ticket's tag in a new ticket's subject would only confuse: it goes.
-    untagged = " ".join(re.sub(config.tickets.tag_regex, " ", decision.subject or subject).split())
-    subject_text, subject_secret = mask_secrets(untagged or NO_SUBJECT)
-    body, body_secret = mask_secrets(mail.message.text)
     values = {
         "subject": subject_text,
         "status": Status.NEW.value,
@@ -946,13 +1005,55 @@ def _new_ticket(
         tags=values["tags"],
     )
     participants = _add_participants(conn, ticket, [], mail, config, now)
-    comment = _add_comment(conn, ticket.id, requester_id, body, True, mail.message, inbound, now)
+    comment = _add_comment(
+        conn, ticket.id, requester_id, plan.body, True, mail.message, inbound, now
+    )
     _announce(conn, config, ticket, participants, comment, now, acknowledge=not quiet)
-    if subject_secret or body_secret:
+    if plan.secret:
         _warn_secret(conn, config, ticket, mail.sender, now)
     if quiet:
         reason += f"; no acknowledgement (more than {config.limits.acks_per_hour} this hour)"
     return ticket, reason
+
+
+@dataclass(frozen=True, slots=True)
+class TicketPlan:
+    """What a new ticket from a mail would be, decided without the database."""
+
+    requester: str  # lower-case; the forwarded customer when an agent forwards
+    name: str
+    decision: RouteDecision
+    reason: str
+    subject: str  # untagged, credentials masked
+    body: str  # credentials masked
+    secret: bool  # subject or body held credentials
+
+
+def ticket_plan(router: Router, mail: _Mail) -> TicketPlan:
+    """Requester, organization, subject and body of the ticket this mail would open."""
+    config = router.config
+    requester, name, subject, note = mail.sender, mail.name, mail.subject, ""
+    if mail.sender in router.agents:
+        original = forwarded_sender(mail.message)
+        if original is not None and original[0] not in router.agents:
+            # An agent forwarding a customer's mail opens the ticket for that customer.
+            requester, name = original
+            subject = normalize_subject(subject, config.tickets.tag_regex) or NO_SUBJECT
+            note = f"; forwarded by agent {mail.sender}"
+    decision: RouteDecision = router.route(requester, subject, mail.recipients)
+    # Another ticket's tag in a new ticket's subject would only confuse: it goes.
+    untagged = " ".join(re.sub(config.tickets.tag_regex, " ", decision.subject or subject).split())
+    subject_text, subject_secret = mask_secrets(untagged or NO_SUBJECT)
+    body, body_secret = mask_secrets(mail.message.text)
+    return TicketPlan(
+        requester=requester.lower(),
+        name=name,
+        decision=decision,
+        reason=decision.reason + note,
+        subject=subject_text,
+        body=body,
+        secret=subject_secret or body_secret,
+    )
 
 
 def _insert_ticket(conn: Connection, values: dict[str, Any]) -> int:
@@ -1025,12 +1126,19 @@ def _follow_up(
     for person in list(copied):
         _INSERT_PARTICIPANT.run(conn, {"ticket_id": ticket.id, "user_id": person})
     author = user_id(conn, mail.sender, mail.name, now)
-    body, secret = mask_secrets(strip_quoted(mail.message.text))
+    body, secret = _reply_text(mail)
     comment = _add_comment(conn, ticket.id, author, body, True, mail.message, inbound, now)
     _announce(conn, router.config, ticket, _participant_emails(conn, ticket.id), comment, now)
     if secret:
         _warn_secret(conn, router.config, ticket, mail.sender, now)
     return ticket, reason
+
+
+def _reply_text(mail: _Mail) -> tuple[str, bool]:
+    """A reply's new text, credentials masked (done ahead when the mail looked like one)."""
+    if mail.ahead is not None and mail.ahead.reply is not None:
+        return mail.ahead.reply
+    return mask_secrets(strip_quoted(mail.message.text))
 
 
 def _reply(
@@ -1046,11 +1154,14 @@ def _reply(
     config = router.config
     conn = session.connection()
     by_agent = mail.sender in router.agents
-    body = strip_quoted(mail.message.text)
     commands: tuple[Command, ...] = ()
     if by_agent:  # only agents' commands count; a customer's "#status solved" is text
-        commands, body = split_commands(body)
-    body, secret = mask_secrets(body)
+        ahead = mail.ahead
+        stripped = ahead.stripped if ahead is not None else None
+        commands, body = split_commands(stripped or strip_quoted(mail.message.text))
+        body, secret = mask_secrets(body)
+    else:
+        body, secret = _reply_text(mail)
     public = not (mail.auto_reply or is_private(commands))
     author = user_id(conn, mail.sender, mail.name, now)
     comment = _add_comment(conn, ticket.id, author, body, public, mail.message, inbound, now)

@@ -16,10 +16,11 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from rapidfuzz import fuzz
 
-from mailgate.config import Config, OrganizationConfig, RoutingRule, TicketsConfig
+from mailgate.config import Config, OrganizationConfig, RoutingRule, TicketsConfig, fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +372,11 @@ class Router:
             for domain in org.domains:
                 self._domain_owner.setdefault(domain, org.name)
         self._by_casefold = {org.name.casefold(): org.name for org in config.organizations}
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Of the config (see :func:`mailgate.config.fingerprint`), computed when first asked."""
+        return fingerprint(self.config)
 
     def memberships(self, email: str) -> tuple[OrganizationConfig, ...]:
         """The organizations the address is a member of, in config order."""

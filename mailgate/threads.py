@@ -49,6 +49,20 @@ def ticket_from_token(recipients: Iterable[str], secret: str) -> int | None:
     return None
 
 
+def names_a_ticket(
+    recipients: Iterable[str], references: Iterable[str], subject: str, pattern: str
+) -> bool:
+    """Whether a mail could thread onto a ticket at all: a token-shaped recipient, a
+    Message-ID it refers to, or a subject tag. One that names none opens a new ticket,
+    whatever the database holds, so its ticket can be planned before the store sees it.
+    """
+    return (
+        any(True for _ in references)
+        or ticket_from_tag(subject, pattern) is not None
+        or any(_TOKEN.match(r.strip().lower()) for r in recipients)
+    )
+
+
 # --- subject tags: [#123] ----------------------------------------------------------------------
 
 DEFAULT_TAG = TicketsConfig().tag_regex  # "[#123]", the same pattern ingest uses

@@ -230,12 +230,13 @@ def _worker_main(conn: Connection, config: Config, log_level: int) -> None:
 
 
 def _parser_main(conn: Connection, config: Config, log_level: int) -> None:
-    """A parser process: the pure part of ingest (parse, DKIM), handed on to the writer.
+    """A parser process: the pure part of ingest (parse, DKIM, routing), handed on to the writer.
 
     The result goes back to the SMTP process as the mail's key and then the pickled result,
     which that process forwards to the writer without unpickling it.
     """
     _child_setup(log_level)
+    router = Router(config)
     while True:
         try:
             item = conn.recv()
@@ -244,11 +245,11 @@ def _parser_main(conn: Connection, config: Config, log_level: int) -> None:
         if item == _STOP:
             return
         if item[0] == "config":
-            config = item[1]
+            router = Router(item[1])
             continue
         key, raw, envelope, now = item
         try:
-            outcome: Prepared | str = prepare(config, raw, envelope, now)
+            outcome: Prepared | str = prepare(router.config, raw, envelope, now, router=router)
         except Exception as exc:  # a parser bug: 451, the sender retries later
             log.exception("preparing a mail failed")
             outcome = f"internal error: {exc}"
@@ -314,6 +315,7 @@ class WorkerPool:
         )
         process.start()
         child.close()
+        log.info("ingest %s %d is pid %s", role, index, process.pid)
         worker = _Worker(index, process, parent, role=role)
         threading.Thread(
             target=self._send, args=(worker,), name=f"mailgate-{role}-send-{index}", daemon=True

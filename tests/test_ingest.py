@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,11 +14,12 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from mailgate.config import Config
-from mailgate.ingest import Envelope, ingest
+from mailgate.ingest import Envelope, IngestResult, ingest, ingest_batch, prepare
 from mailgate.models import Attachment, Blob, InboundMessage, Outcome, Ticket
+from mailgate.routing import Router
 from mailgate.store import Store, get_ticket, ticket_detail
 
-from .conftest import CORPUS, Clock, corpus_files, mail
+from .conftest import BASE_CONFIG, CORPUS, Clock, corpus_files, mail
 
 LEDGER = {o.value for o in Outcome}
 
@@ -307,3 +310,93 @@ def test_large_mail_is_stored_byte_for_byte(store: Store, config: Config, clock:
         assert ticket_detail(s, get_ticket(s, result.ticket))["comments"][0]["body"].startswith(
             "Anbei die Logs."
         )
+
+
+def _conversation() -> list[Callable[[dict[str, int]], bytes]]:
+    """Mails of every kind the parser process plans ahead, each made once the tickets before
+    it are known (replies name them by tag)."""
+    agent = "Tech Support <tech@support.example.com>"
+    forwarded = (
+        "Bitte kümmern.\n\n---------- Forwarded message ---------\n"
+        "From: Anna Schmidt <anna@mueller-logistik.de>\nDate: Thu, 26 Nov 2026\n"
+        "Subject: Drucker\n\nDer Drucker ist kaputt.\n"
+    )
+    return [
+        lambda t: mail(subject="Müller Logistik: VPN", body="Zugang: Passwort: geheim123!\n"),
+        lambda t: mail(
+            subject=f"Re: [#{t['vpn']}] VPN",
+            body="Passwort: neu456789!\n\nAm Montag schrieb Support:\n> alt\n> älter\n",
+        ),
+        lambda t: mail(
+            sender=agent, subject=f"Re: [#{t['vpn']}] VPN", body="#status solved\n\nErledigt.\n"
+        ),
+        lambda t: mail(sender=agent, subject="Fwd: Drucker", body=forwarded),
+        lambda t: mail(sender="fremd@other.example", subject="Agentur Blau: Angebot"),
+        lambda t: mail(subject="Urlaub", extra="Auto-Submitted: auto-replied\r\n"),
+        lambda t: mail(subject=f"Re: [#{t['vpn']}] VPN", extra="Auto-Submitted: auto-replied\r\n"),
+    ]
+
+
+def _store_conversation(store: Store, router: Router, now: datetime, ahead: bool) -> list[Any]:
+    tickets: dict[str, int] = {}
+    seen = []
+    for make in _conversation():
+        raw, envelope = make(tickets), Envelope("", ("support@support.example.com",))
+        if ahead:
+            prepared = prepare(router.config, raw, envelope, now, router=router)
+            assert prepared.ahead is not None or "auto-replied" in raw.decode()
+            [(result, _)] = ingest_batch(store, router, [prepared])
+        else:
+            [(result, _)] = ingest_batch(store, router, [(raw, envelope, now)])
+        assert isinstance(result, IngestResult)
+        tickets.setdefault("vpn", result.ticket or 0)
+        seen.append((result.action, result.ticket, result.organization, result.reason))
+    with store.transaction() as s:
+        for number in sorted({t for _, t, _, _ in seen if t is not None}):
+            detail = ticket_detail(s, get_ticket(s, number))
+            seen.append(
+                (
+                    detail["subject"],
+                    detail["status"],
+                    detail["requester"],
+                    detail["organization"],
+                    [(c["body"], c["public"]) for c in detail["comments"]],
+                )
+            )
+    return seen
+
+
+def test_work_done_ahead_gives_what_the_store_would_do_itself(
+    store: Store, config: Config, clock: Clock, tmp_path: Path
+) -> None:
+    """Routing, quote stripping and masking done in the parser change no ticket."""
+    plain = Store(f"sqlite:///{tmp_path / 'plain.db'}")
+    plain.migrate()
+    plain.sync(config, clock())
+    router = Router(config)
+    try:
+        with_ahead = _store_conversation(store, router, clock(), ahead=True)
+        without = _store_conversation(plain, router, clock(), ahead=False)
+    finally:
+        plain.close()
+    assert with_ahead == without
+    text = repr(with_ahead)
+    assert "geheim123" not in text and "neu456789" not in text  # masked
+    assert "> alt" not in text  # stripped
+    assert ("solved", "anna@mueller-logistik.de") in [(d[1], d[2]) for d in with_ahead[7:]]
+
+
+def test_work_done_ahead_with_another_config_is_done_again(
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock
+) -> None:
+    """A reload between parsing and storing: the store routes with its own config."""
+    old, _ = make_config()
+    orgs = [*BASE_CONFIG["organizations"], {"name": "Neu AG", "members": ["anna@neu.example"]}]
+    new, _ = make_config({"organizations": orgs})
+    store.sync(new, clock())
+    raw = mail(sender="anna@neu.example", subject="Neu AG: Server down")
+    prepared = prepare(old, raw, Envelope(), clock(), router=Router(old))
+    assert prepared.ahead is not None and prepared.ahead.ticket is not None
+    assert prepared.ahead.ticket.decision.organization is None  # no such org in the old one
+    [(result, _)] = ingest_batch(store, Router(new), [prepared])
+    assert isinstance(result, IngestResult) and result.organization == "Neu AG"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from mailgate.threads import (
+    DEFAULT_TAG,
     NO_REFERENCE,
     Reference,
     TicketFacts,
     match_thread,
+    names_a_ticket,
     reply_address,
     split_commands,
     status_after_reply,
@@ -110,3 +112,13 @@ def test_commands_only_at_the_top() -> None:
     assert split_commands("Hallo\n#status solved") == ((), "Hallo\n#status solved")
     commands, body = split_commands("#note\nintern")
     assert [c.name for c in commands] == ["note"] and body == "intern"
+
+
+def test_a_mail_names_a_ticket_by_token_reference_or_tag_only() -> None:
+    """What decides whether the parser plans a new ticket ahead or strips a reply."""
+    support = "support@support.example.com"
+    token = reply_address(42, support, "s3cret")
+    assert names_a_ticket([support, token.upper()], [], "Hallo", DEFAULT_TAG)
+    assert names_a_ticket([support], ["<a@b>"], "Hallo", DEFAULT_TAG)
+    assert names_a_ticket([support], [], "Re: [#42] Hallo", DEFAULT_TAG)
+    assert not names_a_ticket([support, "anna@x.example"], [], "Müller: #42 Hallo", DEFAULT_TAG)
