@@ -168,6 +168,8 @@ _FALLBACK_CHARSETS = ("utf-8", "cp1252")
 
 def _clean(text: str) -> str:
     """Replace NUL and lone surrogates with U+FFFD so every string is storable."""
+    if text.isascii():  # no surrogates possible; a C search instead of the regex (hot path)
+        return text.replace("\x00", "\ufffd") if "\x00" in text else text
     return _BAD_CHARS.sub("\ufffd", text)
 
 
@@ -253,7 +255,10 @@ _NEWLINES = re.compile(r"[\r\n]+")
 # scan linear: an unbounded ".*?" rescans to the end of the header for every "=?x?q?".
 _ENCODED_WORD = re.compile(r"=\?([^?\s]{1,75})\?([qQbB])\?([^?]*(?:\?(?!=)[^?]*){0,3})\?=")
 _QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
-_B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
+# Every byte outside the base64 alphabet, deleted with bytes.translate (a regex took
+# a tenth of the parse time of a mail with a 200 kB attachment).
+_B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+_B64_JUNK = bytes(b for b in range(256) if b not in _B64_ALPHABET)
 
 
 def _decode_q(text: str) -> bytes:
@@ -264,7 +269,7 @@ def _decode_q(text: str) -> bytes:
 
 def _decode_b(text: str) -> bytes | None:
     """Lenient base64: senders drop padding or add junk; None when nothing is left."""
-    raw = _B64_JUNK.sub(b"", text.split("=", 1)[0].encode("ascii", "surrogateescape"))
+    raw = text.split("=", 1)[0].encode("ascii", "surrogateescape").translate(None, _B64_JUNK)
     if len(raw) % 4 == 1:
         raw = raw[:-1]
     raw += b"=" * (-len(raw) % 4)
