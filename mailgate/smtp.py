@@ -180,7 +180,7 @@ class MailServer:
             self.ingestor = InlineIngestor(self.store, Router(self.config))
         else:
             pool = WorkerPool(self.config, count, parser_count(self.config))
-            await loop.run_in_executor(None, pool.start)
+            await pool.start()
             self.ingestor = pool
         self.handler = Handler(self.config, self.ingestor, self.clock, lmtp=lmtp)
         protocol = MailgateLMTP if lmtp else MailgateSMTP

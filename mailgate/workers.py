@@ -14,6 +14,7 @@ resolves only after that commit. A worker that dies fails its mails with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -21,9 +22,11 @@ import os
 import pickle
 import queue
 import signal
+import socket
+import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection
@@ -257,33 +260,94 @@ def _parser_main(conn: Connection, config: Config, log_level: int) -> None:
         conn.send_bytes(pickle.dumps((key, outcome), protocol=5))
 
 
-@dataclass(frozen=True, slots=True)
-class _Pickled:
-    """A message already pickled (a parser's output on its way to the writer)."""
-
-    payload: bytes
-
-
 def _empty() -> Any:
     raise queue.Empty
+
+
+_HEADER = struct.Struct("!i")  # multiprocessing.Connection's frame: a length, then the bytes
+_LONG = struct.Struct("!Q")  # after a length of -1: frames of 2 GiB and more
+
+
+class _Channel(asyncio.Protocol):
+    """The SMTP process's end of a pool process's pipe, read and written by the event loop.
+
+    The pool processes speak :class:`multiprocessing.connection.Connection` frames. Here
+    the loop reads and writes them itself: with a thread per direction, every mail waited
+    for the interpreter lock at each hand-over between a thread and the loop.
+    """
+
+    def __init__(self, on_frame: Callable[[bytes], None], on_lost: Callable[[], None]) -> None:
+        self._on_frame = on_frame
+        self._on_lost = on_lost
+        self._buffer = bytearray()
+        self.transport: asyncio.WriteTransport | None = None
+        self.gone = threading.Event()  # the process's end is closed and all it sent was read
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buffer)
+            start = _HEADER.size
+            if size == -1:
+                if len(buffer) < start + _LONG.size:
+                    return
+                (size,) = _LONG.unpack_from(buffer, start)
+                start += _LONG.size
+            if len(buffer) < start + size:
+                return
+            frame = bytes(buffer[start : start + size])
+            del buffer[: start + size]
+            self._on_frame(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone.set()
+        self._on_lost()
+
+    def send(self, payload: bytes) -> None:
+        """Queue one frame; the loop writes it as the pipe takes it, never blocking."""
+        if self.transport is None or self.transport.is_closing():
+            raise StoreUnavailable("the ingest process is gone")
+        size = len(payload)
+        if size > 0x7FFFFFFF:
+            self.transport.write(_HEADER.pack(-1) + _LONG.pack(size))
+            self.transport.write(payload)
+        elif size > 16384:  # a big mail is not copied to join it to its header
+            self.transport.write(_HEADER.pack(size))
+            self.transport.write(payload)
+        else:
+            self.transport.write(_HEADER.pack(size) + payload)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 @dataclass
 class _Worker:
     index: int
     process: BaseProcess
-    conn: Connection
-    outbox: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
-    pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = field(
-        default_factory=dict
-    )
-    lock: threading.Lock = field(default_factory=threading.Lock)
     role: str = "worker"  # or "parser"
+    channel: _Channel | None = None
+    pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
+    alive: bool = True
+    key: int | None = None  # a parser's: the mail whose prepared payload comes next
+
+    def send(self, item: Any) -> None:
+        assert self.channel is not None
+        self.channel.send(pickle.dumps(item, protocol=5))
 
 
 class WorkerPool:
     """``workers = N`` store processes, each with its own database connection and router,
-    and ``parsers = P`` processes that parse for them (P = 0: the workers parse)."""
+    and ``parsers = P`` processes that parse for them (P = 0: the workers parse).
+
+    Everything here but :meth:`close` runs on the event loop of the SMTP listener.
+    """
 
     def __init__(self, config: Config, count: int, parsers: int = 0) -> None:
         self.config = config
@@ -295,17 +359,21 @@ class WorkerPool:
         self._parsers: list[_Worker] = []
         self._closing = False
         self._log_level = logging.getLogger().getEffectiveLevel()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._respawns: set[asyncio.Task[None]] = set()
 
-    def start(self) -> None:
-        self._workers = [self._spawn(i, "worker") for i in range(self.count)]
-        self._parsers = [self._spawn(i, "parser") for i in range(self.parser_count)]
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._workers = [await self._spawn(i, "worker") for i in range(self.count)]
+        self._parsers = [await self._spawn(i, "parser") for i in range(self.parser_count)]
         log.info(
             "%d ingest worker process(es) and %d parser process(es) started",
             self.count,
             self.parser_count,
         )
 
-    def _spawn(self, index: int, role: str) -> _Worker:
+    async def _spawn(self, index: int, role: str) -> _Worker:
+        loop = asyncio.get_running_loop()
         parent, child = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=_worker_main if role == "worker" else _parser_main,
@@ -313,122 +381,123 @@ class WorkerPool:
             name=f"mailgate-{role}-{index}",
             daemon=True,
         )
-        process.start()
+        await loop.run_in_executor(None, process.start)  # writes the config to the child
         child.close()
         log.info("ingest %s %d is pid %s", role, index, process.pid)
-        worker = _Worker(index, process, parent, role=role)
-        threading.Thread(
-            target=self._send, args=(worker,), name=f"mailgate-{role}-send-{index}", daemon=True
-        ).start()
-        threading.Thread(
-            target=self._receive if role == "worker" else self._forward,
-            args=(worker,),
-            name=f"mailgate-{role}-recv-{index}",
-            daemon=True,
-        ).start()
+        worker = _Worker(index, process, role=role)
+        sock = socket.socket(fileno=os.dup(parent.fileno()))
+        parent.close()
+        on_frame = self._replied if role == "worker" else self._forward
+        channel = _Channel(lambda frame: on_frame(worker, frame), lambda: self._lost(worker))
+        await loop.connect_accepted_socket(lambda: channel, sock)
+        worker.channel = channel
         return worker
 
     async def submit(self, raw: bytes, envelope: Envelope, now: datetime) -> IngestResult:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[IngestResult] = loop.create_future()
         key = next(self._ids)
-        first = self._parsers or self._workers
-        worker = min(first, key=lambda w: len(w.pending))  # the least busy
-        with worker.lock:
-            if not worker.process.is_alive():
-                raise StoreUnavailable(f"ingest {worker.role} {worker.index} is restarting")
-            worker.pending[key] = (loop, future)
-        worker.outbox.put((key, raw, envelope, now))
+        worker = min(self._workers, key=lambda w: len(w.pending))  # the least busy
+        if self._parsers:
+            parser = min(self._parsers, key=lambda w: len(w.pending))
+            if not parser.pending or worker.pending:
+                # Parsed in a parser process, while the writer stores other mail; but a
+                # writer with nothing to do takes it raw rather than wait for a busy parser.
+                worker = parser
+        if not worker.alive:
+            raise StoreUnavailable(f"ingest {worker.role} {worker.index} is restarting")
+        worker.send((key, raw, envelope, now))
+        worker.pending[key] = future
         return await future
 
     def reload(self, config: Config) -> None:
         self.config = config
         for worker in (*self._parsers, *self._workers):
-            worker.outbox.put(("config", config))
+            if worker.alive:  # a replacement starts with self.config
+                with contextlib.suppress(StoreUnavailable):
+                    worker.send(("config", config))
 
-    def _send(self, worker: _Worker) -> None:
-        """Writes to the pipe happen here, so a big mail never blocks the event loop."""
-        while True:
-            item = worker.outbox.get()
-            try:
-                if isinstance(item, _Pickled):
-                    worker.conn.send_bytes(item.payload)
-                else:
-                    worker.conn.send(item)
-            except (OSError, ValueError):
-                return  # the worker is gone; _receive fails its mails
-            if item == _STOP:
-                return
-
-    def _forward(self, parser: _Worker) -> None:
+    def _forward(self, parser: _Worker, frame: bytes) -> None:
         """A parser's output goes on to the least busy store worker, still pickled."""
-        while True:
-            try:
-                key = parser.conn.recv()
-                data = parser.conn.recv_bytes()
-            except (EOFError, OSError):
-                break
-            with parser.lock:
-                entry = parser.pending.pop(key, None)
-            if entry is None:
-                continue
-            worker = min(self._workers, key=lambda w: len(w.pending))
-            with worker.lock:
-                worker.pending[key] = entry
-            worker.outbox.put(_Pickled(data))
-        self._lost(parser)
+        if parser.key is None:  # the mail's key comes first, apart from its payload
+            parser.key = pickle.loads(frame)
+            return
+        key, parser.key = parser.key, None
+        future = parser.pending.pop(key, None)
+        if future is None:
+            return
+        worker = min(self._workers, key=lambda w: len(w.pending))
+        try:
+            if not worker.alive:
+                raise StoreUnavailable(f"ingest worker {worker.index} is restarting")
+            assert worker.channel is not None
+            worker.channel.send(frame)
+        except StoreUnavailable as exc:
+            _settle(future, str(exc))
+            return
+        worker.pending[key] = future
 
-    def _receive(self, worker: _Worker) -> None:
-        while True:
-            try:
-                reply: _Reply = worker.conn.recv()
-            except (EOFError, OSError):
-                break
-            for key, outcome, seconds in reply:
-                with worker.lock:
-                    loop, future = worker.pending.pop(key)
-                if isinstance(outcome, IngestResult):
-                    count_result(outcome, seconds)
-                loop.call_soon_threadsafe(_settle, future, outcome)
-        self._lost(worker)
+    def _replied(self, worker: _Worker, frame: bytes) -> None:
+        reply: _Reply = pickle.loads(frame)
+        for key, outcome, seconds in reply:
+            future = worker.pending.pop(key)
+            if isinstance(outcome, IngestResult):
+                count_result(outcome, seconds)
+            _settle(future, outcome)
 
     def _lost(self, worker: _Worker) -> None:
         """A process ended: answer its mails 451 and, unless we are stopping, replace it."""
-        if not self._closing:  # when stopping, close() reaps it; two reapers race (ECHILD)
-            worker.process.join(5)
-        with worker.lock:
-            lost, worker.pending = worker.pending, {}
-        for loop, future in lost.values():
-            loop.call_soon_threadsafe(
-                _settle, future, f"ingest {worker.role} {worker.index} exited before storing it"
-            )
-        if self._closing:
+        worker.alive = False
+        lost, worker.pending = worker.pending, {}
+        for future in lost.values():
+            _settle(future, f"ingest {worker.role} {worker.index} exited before storing it")
+        if self._closing:  # close() reaps it
             return
+        task = asyncio.get_running_loop().create_task(self._replace(worker, len(lost)))
+        self._respawns.add(task)
+        task.add_done_callback(self._respawns.discard)
+
+    async def _replace(self, worker: _Worker, lost: int) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, worker.process.join, 5)
         log.error(
             "ingest %s %d exited (code %s), %d mail(s) answered 451; starting a new one",
             worker.role,
             worker.index,
             worker.process.exitcode,
-            len(lost),
+            lost,
         )
-        time.sleep(_RESPAWN_PAUSE)
+        await asyncio.sleep(_RESPAWN_PAUSE)  # no tight crash loop
         if not self._closing:
             group = self._workers if worker.role == "worker" else self._parsers
-            group[worker.index] = self._spawn(worker.index, worker.role)
+            group[worker.index] = await self._spawn(worker.index, worker.role)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop the workers after the mails they hold (the listener stopped taking mail)."""
+        """Stop the workers after the mails they hold (the listener stopped taking mail).
+
+        Called off the event loop (it waits for the processes), while the loop still runs:
+        the loop writes the stop messages and reads the last answers.
+        """
         self._closing = True
         deadline = time.monotonic() + timeout
         for group in (self._parsers, self._workers):  # parsers first: they feed the workers
             self._stop(group, deadline)
 
     def _stop(self, group: list[_Worker], deadline: float) -> None:
+        loop = self._loop
         for worker in group:
-            worker.outbox.put(_STOP)
+            if loop is not None and worker.alive:
+                loop.call_soon_threadsafe(self._send_stop, worker)
         for worker in group:
             worker.process.join(max(0.1, deadline - time.monotonic()))
             if worker.process.is_alive():
                 log.warning("ingest %s %d did not stop; killing it", worker.role, worker.index)
                 worker.process.kill()
                 worker.process.join(5)
+            if worker.channel is not None:  # all it sent is read: on to the next group
+                worker.channel.gone.wait(max(0.1, deadline - time.monotonic()))
+
+    @staticmethod
+    def _send_stop(worker: _Worker) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            worker.send(_STOP)
