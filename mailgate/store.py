@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import threading
 import time
 from collections import namedtuple
@@ -288,6 +289,15 @@ class _WriterLock:
             fd = self._open()
         except OSError as exc:
             raise StoreUnavailable(f"cannot open the write lock {self.path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if threading.current_thread() is threading.main_thread():
+            if _flock_waiting(fd, deadline - time.monotonic()):
+                return
+            raise StoreUnavailable(f"database busy: no write lock within {timeout:g} s")
         pause = 0.0001
         while True:
             try:
@@ -305,6 +315,63 @@ class _WriterLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class _LockWait(Exception):
+    """Raised by the alarm that ends a blocking wait for the write lock."""
+
+
+def _flock_waiting(fd: int, seconds: float) -> bool:
+    """Wait in the kernel for the write lock, woken the moment it is released.
+
+    Polling woke a waiting writer up to a millisecond late at every hand-over. A blocking
+    ``flock`` has no timeout, so an interval timer's signal ends the wait; signals reach
+    only the main thread, so other threads poll. False when the time ran out.
+    """
+    if seconds <= 0:
+        return False
+
+    def alarm(signum: int, frame: Any) -> None:
+        raise _LockWait
+
+    try:
+        previous = signal.signal(signal.SIGALRM, alarm)
+    except ValueError:  # not the main thread of the main interpreter
+        return _flock_polling(fd, seconds)
+    if previous not in (signal.SIG_DFL, signal.SIG_IGN, None):  # someone else's alarm
+        signal.signal(signal.SIGALRM, previous)
+        return _flock_polling(fd, seconds)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except _LockWait:
+            pass
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _LockWait:  # the alarm came just as the wait ended
+        pass
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    try:  # held already (the same open file) or free: we have it; else the time ran out
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _flock_polling(fd: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    pause = 0.0001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.001)
 
 
 def _sqlite_immediate_transactions(engine: Engine) -> None:

@@ -218,6 +218,36 @@ def test_writer_lock_gives_up_after_lock_timeout(store: Store, config: Config) -
         other.close()
 
 
+def test_writer_lock_waits_in_the_kernel_and_wakes_at_release(store: Store, config: Config) -> None:
+    """The main thread (a worker's) waits in flock, not in sleeps: it writes as soon as the
+    holder lets go, and leaves no alarm behind."""
+    if store.dialect != "sqlite":
+        pytest.skip("the write lock file is SQLite's")
+    other = Store(config.database.url, lock_timeout=5)
+    holding = threading.Event()
+    released: list[float] = []
+
+    def hold() -> None:
+        with store.transaction():
+            holding.set()
+            time.sleep(0.3)
+            released.append(time.monotonic())
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert holding.wait(5)
+        with other.transaction():
+            got = time.monotonic()
+        thread.join(10)
+        assert released and released[0] <= got < released[0] + 0.05
+        assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    finally:
+        thread.join(10)
+        other.close()
+
+
 def test_a_failure_inside_a_group_commits_nothing_of_it(store: Store) -> None:
     """One mail's failure spoils its group: nothing is committed, the caller stores each alone."""
     from mailgate.models import Meta
