@@ -37,8 +37,12 @@ so notification delivery does not compete with ingest (acknowledgements are stil
 to the outbox table inside each transaction). ``[limits]`` are raised so nothing is
 rate-limited.
 
+This machine's speed drifts by a third from one minute to the next; ``--rounds N`` runs
+the baselines and mailgate back to back N times and judges the targets by the median of
+each round's own ratios.
+
 Run: ``python bench/smtp_load.py [--messages 5000] [--concurrency 1,4,16]
-[--db sqlite|postgresql] [--quick] [--seed 1]``
+[--db sqlite|postgresql] [--quick] [--seed 1] [--rounds 1] [--no-baselines]``
 """
 
 from __future__ import annotations

@@ -209,10 +209,18 @@ def _child_setup(log_level: int) -> None:
 
 
 def _worker_main(conn: Connection, config: Config, log_level: int) -> None:
-    """A worker process: take mail from the pipe, store it in groups, send the outcomes."""
+    """A worker process: take mail from the pipe, store it in groups, send the outcomes.
+
+    On SQLite the outcomes go out through a flusher thread, after the fsync that makes them
+    durable (:meth:`Store.flush`), while this thread stores the next group.
+    """
     _child_setup(log_level)
-    store = Store(config.database.url, config.database.lock_timeout)
+    store = Store(config.database.url, config.database.lock_timeout, flush_later=True)
     router = Router(config)
+    answer: Callable[[_Reply], None] = conn.send
+    flusher = _Flusher(store, conn) if store.flushes_later else None
+    if flusher is not None:
+        answer = flusher.put
     try:
         while True:
             try:
@@ -225,11 +233,50 @@ def _worker_main(conn: Connection, config: Config, log_level: int) -> None:
                 router.config.server.batch_size,
             )
             router, reply = _store_items(store, router, items)
-            conn.send(reply)
+            answer(reply)
             if _STOP in items:
                 return
     finally:
+        if flusher is not None:
+            flusher.close()
         store.close()
+
+
+class _Flusher:
+    """Answers committed groups once an fsync has made them durable; one fsync for all the
+    groups committed while the previous one ran (group commit across groups)."""
+
+    def __init__(self, store: Store, conn: Connection) -> None:
+        self._store = store
+        self._conn = conn
+        self._queue: queue.SimpleQueue[_Reply | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="mailgate-flush", daemon=True)
+        self._thread.start()
+
+    def put(self, reply: _Reply) -> None:
+        self._queue.put(reply)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            replies = _take_batch(self._queue.get(), self._queue.get_nowait, 1 << 30)
+            done = None in replies
+            answers = [answer for reply in replies if reply is not None for answer in reply]
+            if answers:
+                try:
+                    self._store.flush()
+                except StoreUnavailable as exc:  # committed but maybe not durable: retry
+                    log.error("could not sync the database, %d mail(s) answered 451", len(answers))
+                    answers = [(key, f"not synced to disk: {exc}", s) for key, _, s in answers]
+                try:
+                    self._conn.send(answers)
+                except (OSError, ValueError):
+                    return  # the SMTP process is gone
+            if done:
+                return
 
 
 def _parser_main(conn: Connection, config: Config, log_level: int) -> None:

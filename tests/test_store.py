@@ -11,9 +11,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 
 from mailgate.config import Config
-from mailgate.models import Base, Follower, Membership, Organization, Outbox, User
+from mailgate.models import Base, Follower, Membership, Meta, Organization, Outbox, User
 from mailgate.store import Prebuilt, Store
 
 from .conftest import BASE_CONFIG, Clock
@@ -87,6 +88,31 @@ def test_sqlite_runs_in_wal_mode_with_full_sync(store: Store) -> None:
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_an_ingest_worker_commits_unsynced_and_flushes_the_log_itself(
+    store: Store, config: Config, clock: Clock
+) -> None:
+    """synchronous=NORMAL only where Store.flush syncs SQLite's log before any 250."""
+    worker = Store(config.database.url, config.database.lock_timeout, flush_later=True)
+    try:
+        if store.dialect != "sqlite":
+            assert not worker.flushes_later  # PostgreSQL syncs its own log at commit
+            worker.flush()
+            return
+        assert worker.flushes_later and not store.flushes_later
+        with worker.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        with worker.transaction() as s:
+            s.add(Meta(key="flushed", value="yes"))
+        worker.flush()
+        wal = Path(f"{make_url(config.database.url).database}-wal")
+        assert worker._wal is not None and worker._wal.path == wal
+        assert worker._wal._inode == (wal.stat().st_dev, wal.stat().st_ino)  # the log it wrote
+        with store.transaction() as s:
+            assert s.get(Meta, "flushed") is not None
+    finally:
+        worker.close()
 
 
 def test_prebuilt_statements_read_and_write_what_sqlalchemy_does(
