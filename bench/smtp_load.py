@@ -64,7 +64,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
@@ -575,6 +575,14 @@ def measure(
 
 
 PROFILE = False
+PIN = False  # --pin: instance n runs on CPU n alone (as if each had a machine of its own)
+
+
+def _pin(n: int) -> Callable[[], None]:
+    cpu = sorted(os.sched_getaffinity(0))[n % len(os.sched_getaffinity(0))]
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 WORKERS: int | str = '"auto"'  # [server].workers of the mailgate under test (--workers)
 PARSERS: int | str = '"auto"'  # [server].parsers (--parsers)
 
@@ -680,7 +688,10 @@ def run_mailgate(
                 with log.open("wb") as out:
                     procs.append(
                         subprocess.Popen(
-                            [MAILGATE, "--config", str(config), "serve"], stdout=out, stderr=out
+                            [MAILGATE, "--config", str(config), "serve"],
+                            stdout=out,
+                            stderr=out,
+                            preexec_fn=_pin(n) if PIN else None,
                         )
                     )
                 pattern = r"mailgate listening on [\d.]+:(\d+)"
@@ -892,6 +903,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile", action="store_true", help="sample each mailgate server with py-spy"
     )
     parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run mailgate instance n on CPU n alone (scale-out as if on separate machines)",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -904,8 +920,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the discard and fsync baselines (--no-baselines: mailgate alone, for A/B)",
     )
     args = parser.parse_args(argv)
-    global PROFILE, WORKERS, PARSERS
+    global PROFILE, WORKERS, PARSERS, PIN
     PROFILE = args.profile
+    PIN = args.pin
     if args.workers is not None:
         WORKERS = args.workers
     if args.parsers is not None:

@@ -64,13 +64,13 @@ def parser_count(config: Config) -> int:
     """
     if config.server.parsers is not None:
         return config.server.parsers
-    if worker_count(config) == 1 and (os.cpu_count() or 1) > 1:
+    if worker_count(config) == 1 and usable_cpus() > 1:
         return 1
     return 0
 
 
 def worker_count(config: Config) -> int:
-    """``[server].workers``; "auto" is one per CPU on PostgreSQL and one on SQLite.
+    """``[server].workers``; "auto" is one per usable CPU on PostgreSQL and one on SQLite.
 
     SQLite takes one writer at a time. Measured with ``bench/smtp_load.py`` on two cores,
     one worker storing in groups beat two that parse in parallel and hand the write lock
@@ -81,7 +81,15 @@ def worker_count(config: Config) -> int:
         return config.server.workers
     if config.database.url.startswith("sqlite"):
         return 1
-    return os.cpu_count() or 1
+    return usable_cpus()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (``taskset``, cpusets), not all the machine has."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _settle(future: asyncio.Future[IngestResult], outcome: IngestResult | str) -> None:
