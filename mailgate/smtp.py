@@ -30,7 +30,14 @@ from mailgate.ingest import Envelope as MailEnvelope
 from mailgate.ingest import IngestResult
 from mailgate.routing import Router
 from mailgate.store import Store
-from mailgate.workers import Ingestor, InlineIngestor, WorkerPool, parser_count, worker_count
+from mailgate.workers import (
+    SWITCH_INTERVAL,
+    Ingestor,
+    InlineIngestor,
+    WorkerPool,
+    parser_count,
+    worker_count,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +57,6 @@ _REWRITE = {
     "552 Error: Too much mail data": TOO_BIG,
     "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
 }
-
-
-_SWITCH_INTERVAL = 0.0005  # seconds
 
 
 def utc_now() -> datetime:
@@ -310,10 +314,10 @@ async def serve_until_signalled(
     config: Config, store: Store, load: Callable[[], Config] | None = None
 ) -> None:
     """``mailgate serve``: run until SIGTERM/SIGINT; SIGHUP reloads the config via ``load``."""
-    # A mail passes through this process's threads on its way to the workers and back; at
-    # the default switch interval (5 ms) each hand-over could wait that long for the
-    # event loop to yield the interpreter.
-    sys.setswitchinterval(_SWITCH_INTERVAL)
+    # With workers = 0 a mail passes through the store thread and back; at the default
+    # switch interval (5 ms) each hand-over could wait that long for the event loop to
+    # yield the interpreter (the jobs' thread, too).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     server = MailServer(config, store)
     await server.start()
     scheduler = start_scheduler(server)

@@ -24,6 +24,7 @@ import queue
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 _Mail = tuple[int, bytes, Envelope, datetime]
 _Reply = list[tuple[int, IngestResult | str, float]]  # str: why it could not be stored
 _STOP = ("stop",)  # the worker answers what came before it, then exits
+SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the interpreter lock when another waits
 _RESPAWN_PAUSE = 1.0  # seconds before a dead worker is replaced (no tight crash loop)
 
 
@@ -211,6 +213,9 @@ def _child_setup(log_level: int) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A writer's flusher thread, its fsync done, must not wait the default 5 ms for the
+    # interpreter lock while the writer stores the next group: that would be every reply.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     from mailgate.cli import setup_logging
 
     setup_logging(log_level)
