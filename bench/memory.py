@@ -7,7 +7,13 @@ the ticket) in a fresh process on a fresh SQLite database; the small mail's peak
 idle process (interpreter, libraries, database connection). The peak is the child's
 ``ru_maxrss``.
 
-Run: ``python bench/memory.py [--size-mb 25]``
+``--serve`` measures the daemon as well: ``mailgate serve`` (SMTP process, parser, writer)
+takes a small mail, then the large one over SMTP; printed is each process's peak (VmHWM)
+over what it held after the small mail. The SMTP process holds the mail as aiosmtpd
+received it (its lines, then the joined message) and the copy it sends on; the parser and
+the writer each hold the mail and what was parsed from it.
+
+Run: ``python bench/memory.py [--size-mb 25] [--serve]``
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import re
 import resource
+import smtplib
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 MAILGATE = str(Path(sys.executable).with_name("mailgate"))
@@ -58,9 +67,84 @@ def peak_rss_mb(config: Path, raw: bytes) -> float:
     return after / 1024
 
 
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            todo.extend(int(c) for c in task.read_text().split())
+    return pids
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _send(port: int, raw: bytes) -> int:
+    with smtplib.SMTP("127.0.0.1", port, timeout=300) as client:
+        client.ehlo()
+        client.mail("anna@kunde.example")
+        client.rcpt("support@support.example.com")
+        code, _ = client.data(raw)
+    return code
+
+
+def serve_peaks(workdir: Path, big: bytes, small: bytes) -> None:
+    """Each ``serve`` process's peak RSS while the large mail passes, over its state before."""
+    config = workdir / "serve.toml"
+    config.write_text(
+        f"[server]\nport = 0\nmax_message_size = {len(big) * 2}\n"
+        f'[database]\nurl = "sqlite:///{workdir / "serve"}.db"\n'
+        '[mail]\ndomains = ["support.example.com"]\n'
+        'address = "support@support.example.com"\n'
+        f'[outbound]\nmaildir = "{workdir / "outbox"}"\n',
+        encoding="utf-8",
+    )
+    log = workdir / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [MAILGATE, "--config", str(config), "serve"], stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not (found := re.search(r"listening on [\d.]+:(\d+)", log.read_text())):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"serve did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        port = int(found.group(1))
+        roles = {proc.pid: "smtp"}
+        for role, index, pid in re.findall(
+            r"ingest (worker|parser) (\d+) is pid (\d+)", log.read_text()
+        ):
+            roles[int(pid)] = f"{role}-{index}"
+        assert _send(port, small) == 250
+        pids = _tree(proc.pid)
+        before = {pid: _status_kb(pid, "VmHWM") for pid in pids}
+        assert _send(port, big) == 250
+        size_mb = len(big) / 1024 / 1024
+        print(f"serve, the same {size_mb:.1f} MB mail over SMTP:")
+        total = 0.0
+        for pid in pids:
+            over = (_status_kb(pid, "VmHWM") - before[pid]) / 1024
+            total += over
+            print(
+                f"  {roles.get(pid, 'other'):<10} peak {_status_kb(pid, 'VmHWM') / 1024:5.0f} MB, "
+                f"{over:5.0f} MB over its peak before = {over / size_mb:.1f}x the message"
+            )
+        print(f"  all processes together: {total:.0f} MB = {total / size_mb:.1f}x the message")
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=25.0, help="size of the whole message")
+    parser.add_argument("--serve", action="store_true", help="also measure mailgate serve")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="mailgate-memory-"))
     big = message(int(args.size_mb * 1024 * 1024 * 3 / 4))
@@ -100,6 +184,8 @@ def main() -> int:
         f"over the idle process: {over:.0f} MB = {over / size_mb:.1f}x the message size "
         f"(target < 4x): {verdict}"
     )
+    if args.serve:
+        serve_peaks(workdir, big, small)
     return 0
 
 

@@ -324,6 +324,8 @@ def _empty() -> Any:
     raise queue.Empty
 
 
+Frame = bytes | memoryview
+_LARGE_FRAME = 1 << 20  # frames this long are collected in pieces and joined once
 _HEADER = struct.Struct("!i")  # multiprocessing.Connection's frame: a length, then the bytes
 _LONG = struct.Struct("!Q")  # after a length of -1: frames of 2 GiB and more
 
@@ -336,10 +338,12 @@ class _Channel(asyncio.Protocol):
     for the interpreter lock at each hand-over between a thread and the loop.
     """
 
-    def __init__(self, on_frame: Callable[[bytes], None], on_lost: Callable[[], None]) -> None:
+    def __init__(self, on_frame: Callable[[Frame], None], on_lost: Callable[[], None]) -> None:
         self._on_frame = on_frame
         self._on_lost = on_lost
         self._buffer = bytearray()
+        self._pieces: list[bytes] | None = None  # a large frame, as it arrives
+        self._missing = 0  # bytes of that frame still to come (negative: read beyond it)
         self.transport: asyncio.WriteTransport | None = None
         self.gone = threading.Event()  # the process's end is closed and all it sent was read
 
@@ -348,6 +352,19 @@ class _Channel(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self._pieces is not None:
+            self._pieces.append(data)
+            self._missing -= len(data)
+            if self._missing > 0:
+                return
+            # A large frame (a big mail, parsed) is joined once, not grown and sliced.
+            whole = b"".join(self._pieces)
+            self._pieces = None
+            size = len(whole) + self._missing
+            self._on_frame(memoryview(whole)[:size])
+            data = whole[size:]
+            if not data:
+                return
         buffer = self._buffer
         buffer += data
         while len(buffer) >= _HEADER.size:
@@ -359,8 +376,13 @@ class _Channel(asyncio.Protocol):
                 (size,) = _LONG.unpack_from(buffer, start)
                 start += _LONG.size
             if len(buffer) < start + size:
+                if size >= _LARGE_FRAME:
+                    self._pieces = [bytes(buffer[start:])]
+                    self._missing = size - len(self._pieces[0])
+                    buffer.clear()
                 return
-            frame = bytes(buffer[start : start + size])
+            with memoryview(buffer) as view:
+                frame = bytes(view[start : start + size])
             del buffer[: start + size]
             self._on_frame(frame)
 
@@ -368,7 +390,7 @@ class _Channel(asyncio.Protocol):
         self.gone.set()
         self._on_lost()
 
-    def send(self, payload: bytes) -> None:
+    def send(self, payload: Frame) -> None:
         """Queue one frame; the loop writes it as the pipe takes it, never blocking."""
         if self.transport is None or self.transport.is_closing():
             raise StoreUnavailable("the ingest process is gone")
@@ -477,7 +499,7 @@ class WorkerPool:
                 with contextlib.suppress(StoreUnavailable):
                     worker.send(("config", config))
 
-    def _forward(self, parser: _Worker, frame: bytes) -> None:
+    def _forward(self, parser: _Worker, frame: Frame) -> None:
         """A parser's output goes on to the least busy store worker, still pickled."""
         if parser.key is None:  # the mail's key comes first, apart from its payload
             parser.key = pickle.loads(frame)
@@ -497,7 +519,7 @@ class WorkerPool:
             return
         worker.pending[key] = future
 
-    def _replied(self, worker: _Worker, frame: bytes) -> None:
+    def _replied(self, worker: _Worker, frame: Frame) -> None:
         reply: _Reply = pickle.loads(frame)
         for key, outcome, seconds in reply:
             future = worker.pending.pop(key)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import random
 import signal
 import smtplib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +23,7 @@ from mailgate.models import Comment, InboundMessage, Ticket
 from mailgate.routing import Router
 from mailgate.smtp import ServerThread
 from mailgate.store import Store
-from mailgate.workers import WorkerPool, worker_count
+from mailgate.workers import WorkerPool, _Channel, worker_count
 
 from .conftest import Clock, mail, send
 from .test_smtp import database_write_locked
@@ -264,3 +267,29 @@ def test_a_failure_inside_a_group_commits_nothing_of_it(store: Store) -> None:
             pass
     with store.transaction() as session:
         assert session.get(Meta, "first-of-group") is None
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_loop_reads_the_frames_a_pool_process_writes(seed: int) -> None:
+    """The SMTP process's reader cuts exactly the frames multiprocessing wrote, however the
+    bytes arrive: empty, small, at the size limits, and several megabytes long."""
+    rng = random.Random(seed)
+    frames = [b"", b"x", rng.randbytes(16384), rng.randbytes(16385), rng.randbytes(70_000)]
+    frames += [rng.randbytes((1 << 20) - 1), rng.randbytes(3 << 20), b"after the big one"]
+    ours, theirs = multiprocessing.Pipe()
+    writer = threading.Thread(target=lambda: [theirs.send_bytes(f) for f in frames])
+    writer.start()
+    stream = bytearray()
+    with socket.socket(fileno=os.dup(ours.fileno())) as sock:
+        sock.settimeout(10)
+        while len(stream) < sum(len(f) + 4 for f in frames):
+            stream += sock.recv(1 << 20)
+    writer.join(10)
+    got: list[bytes] = []
+    channel = _Channel(lambda frame: got.append(bytes(frame)), lambda: None)
+    position = 0
+    while position < len(stream):
+        step = rng.choice([1, 3, 4, 5, 100, 65536, 1 << 20])
+        channel.data_received(bytes(stream[position : position + step]))
+        position += step
+    assert got == frames
