@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import multiprocessing
@@ -237,12 +238,12 @@ def _worker_main(conn: Connection, config: Config, log_level: int) -> None:
     try:
         while True:
             try:
-                first = conn.recv()
+                first = _receive(conn)
             except (EOFError, OSError):
                 return
             items = _take_batch(
                 first,
-                lambda: conn.recv() if conn.poll() else _empty(),
+                lambda: _receive(conn) if conn.poll() else _empty(),
                 router.config.server.batch_size,
             )
             router, reply = _store_items(store, router, items)
@@ -296,7 +297,9 @@ def _parser_main(conn: Connection, config: Config, log_level: int) -> None:
     """A parser process: the pure part of ingest (parse, DKIM, routing), handed on to the writer.
 
     The result goes back to the SMTP process as the mail's key and then the pickled result,
-    which that process forwards to the writer without unpickling it.
+    which that process forwards to the writer without unpickling it. The raw mail is left
+    out of it: the SMTP process still has it and sends it on as a frame of its own, so a
+    big mail does not travel back and forth.
     """
     _child_setup(log_level)
     router = Router(config)
@@ -316,8 +319,23 @@ def _parser_main(conn: Connection, config: Config, log_level: int) -> None:
         except Exception as exc:  # a parser bug: 451, the sender retries later
             log.exception("preparing a mail failed")
             outcome = f"internal error: {exc}"
-        conn.send(key)  # apart from the payload: no copy of a large mail to join them
-        conn.send_bytes(pickle.dumps((key, outcome), protocol=5))
+        detached = isinstance(outcome, Prepared)
+        if isinstance(outcome, Prepared):
+            outcome = dataclasses.replace(outcome, raw=b"")
+        conn.send((key, detached))  # apart from the payload: no copy to join them
+        conn.send_bytes(pickle.dumps((key, outcome, detached), protocol=5))
+
+
+def _receive(conn: Connection) -> Any:
+    """The next item from the SMTP process: a mail (raw, or prepared by a parser and then
+    followed by its raw bytes), a config, or the stop message."""
+    item = conn.recv()
+    if len(item) == 3:  # (key, prepared or why not, whether the raw mail follows)
+        key, prepared, detached = item
+        if detached:
+            prepared = dataclasses.replace(prepared, raw=conn.recv_bytes())
+        return (key, prepared)
+    return item
 
 
 def _empty() -> Any:
@@ -443,6 +461,7 @@ class WorkerPool:
         self._log_level = logging.getLogger().getEffectiveLevel()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._respawns: set[asyncio.Task[None]] = set()
+        self._raws: dict[int, bytes] = {}  # mails at a parser: their raw bytes, to send on
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -490,6 +509,8 @@ class WorkerPool:
             raise StoreUnavailable(f"ingest {worker.role} {worker.index} is restarting")
         worker.send((key, raw, envelope, now))
         worker.pending[key] = future
+        if worker.role == "parser":
+            self._raws[key] = raw  # sent on to the writer after the parsed mail
         return await future
 
     def reload(self, config: Config) -> None:
@@ -504,8 +525,9 @@ class WorkerPool:
         if parser.key is None:  # the mail's key comes first, apart from its payload
             parser.key = pickle.loads(frame)
             return
-        key, parser.key = parser.key, None
+        (key, detached), parser.key = parser.key, None
         future = parser.pending.pop(key, None)
+        raw = self._raws.pop(key, b"")
         if future is None:
             return
         worker = min(self._workers, key=lambda w: len(w.pending))
@@ -514,6 +536,8 @@ class WorkerPool:
                 raise StoreUnavailable(f"ingest worker {worker.index} is restarting")
             assert worker.channel is not None
             worker.channel.send(frame)
+            if detached:
+                worker.channel.send(raw)
         except StoreUnavailable as exc:
             _settle(future, str(exc))
             return
@@ -531,6 +555,8 @@ class WorkerPool:
         """A process ended: answer its mails 451 and, unless we are stopping, replace it."""
         worker.alive = False
         lost, worker.pending = worker.pending, {}
+        for key in lost:
+            self._raws.pop(key, None)
         for future in lost.values():
             _settle(future, f"ingest {worker.role} {worker.index} exited before storing it")
         if self._closing:  # close() reaps it

@@ -75,12 +75,16 @@ def test_workers_store_and_thread_mail(pool_server: ServerThread, store: Store) 
     """Parsed and stored in another process: ticket, organization and reply as inline."""
     port = pool_server.server.port
     assert port is not None and len(worker_pids(pool_server)) == 2  # two processes either way
+    first = mail(subject="Drucker kaputt", message_id="<w-1@m.de>")
     with smtplib.SMTP("127.0.0.1", port) as client:
         client.ehlo()
         client.mail("anna@mueller-logistik.de")
         client.rcpt("support@support.example.com")
-        code, reply = client.data(mail(subject="Drucker kaputt", message_id="<w-1@m.de>"))
+        code, reply = client.data(first)
     assert code == 250 and reply.startswith(b"2.0.0 Ok: created ticket #")
+    with store.transaction() as s:  # the raw mail reached the writer byte for byte
+        stored = s.scalars(select(InboundMessage.raw)).one()
+        assert stored == first if first.endswith(b"\r\n") else stored == first + b"\r\n"
     reply_mail = mail(subject="AW: Drucker kaputt", extra="In-Reply-To: <w-1@m.de>\r\n")
     send(port, reply_mail)
     with store.transaction() as s:
