@@ -30,6 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from smtp_load import proc_hwm_kb, process_tree  # noqa: E402  (shared /proc readers)
+
 MAILGATE = str(Path(sys.executable).with_name("mailgate"))
 
 
@@ -65,23 +69,6 @@ def peak_rss_mb(config: Path, raw: bytes) -> float:
     if after <= before:
         raise SystemExit("a previous child had a higher peak; run the large mail first")
     return after / 1024
-
-
-def _tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        pids.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            todo.extend(int(c) for c in task.read_text().split())
-    return pids
-
-
-def _status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def _send(port: int, raw: bytes) -> int:
@@ -122,17 +109,17 @@ def serve_peaks(workdir: Path, big: bytes, small: bytes) -> None:
         ):
             roles[int(pid)] = f"{role}-{index}"
         assert _send(port, small) == 250
-        pids = _tree(proc.pid)
-        before = {pid: _status_kb(pid, "VmHWM") for pid in pids}
+        pids = process_tree(proc.pid)
+        before = {pid: proc_hwm_kb(pid) for pid in pids}
         assert _send(port, big) == 250
         size_mb = len(big) / 1024 / 1024
         print(f"serve, the same {size_mb:.1f} MB mail over SMTP:")
         total = 0.0
         for pid in pids:
-            over = (_status_kb(pid, "VmHWM") - before[pid]) / 1024
+            over = (proc_hwm_kb(pid) - before[pid]) / 1024
             total += over
             print(
-                f"  {roles.get(pid, 'other'):<10} peak {_status_kb(pid, 'VmHWM') / 1024:5.0f} MB, "
+                f"  {roles.get(pid, 'other'):<10} peak {proc_hwm_kb(pid) / 1024:5.0f} MB, "
                 f"{over:5.0f} MB over its peak before = {over / size_mb:.1f}x the message"
             )
         print(f"  all processes together: {total:.0f} MB = {total / size_mb:.1f}x the message")
