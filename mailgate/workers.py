@@ -320,9 +320,9 @@ def _parser_main(conn: Connection, config: Config, log_level: int) -> None:
         except Exception as exc:  # a parser bug: 451, the sender retries later
             log.exception("preparing a mail failed")
             outcome = f"internal error: {exc}"
-        detached = isinstance(outcome, Prepared)
+        detached = False
         if isinstance(outcome, Prepared):
-            outcome = dataclasses.replace(outcome, raw=b"")
+            outcome, detached = dataclasses.replace(outcome, raw=b""), True
         conn.send((key, detached))  # apart from the payload: no copy to join them
         conn.send_bytes(pickle.dumps((key, outcome, detached), protocol=5))
 
@@ -436,7 +436,7 @@ class _Worker:
     channel: _Channel | None = None
     pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
     alive: bool = True
-    key: int | None = None  # a parser's: the mail whose prepared payload comes next
+    key: tuple[int, bool] | None = None  # a parser's next payload: (mail, raw follows)
 
     def send(self, item: Any) -> None:
         assert self.channel is not None
