@@ -516,8 +516,10 @@ class Rows:
         return self._rows[0][0] if self._rows else None
 
     def scalar_one(self) -> Any:
-        if len(self._rows) != 1:
-            raise sa_exc.NoResultFound(f"expected exactly one row, got {len(self._rows)}")
+        if not self._rows:
+            raise sa_exc.NoResultFound("no row where exactly one was expected")
+        if len(self._rows) > 1:
+            raise sa_exc.MultipleResultsFound(f"{len(self._rows)} rows where one was expected")
         return self._rows[0][0]
 
     def scalars(self) -> list[Any]:
@@ -575,6 +577,8 @@ class _Plan:
                 return None
             plan.defaults[column.key] = default
         for name, bind in compiled.binds.items():
+            if bind.callable is not None:  # a value computed per execution: SQLAlchemy's job
+                return None
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             literal = bind.effective_value if name not in params else None
             plan.binds[name] = (processor, literal)
