@@ -355,9 +355,7 @@ def _store(store: Store, router: Router, prepared: Prepared, reprocess: int | No
     if ahead is not None and ahead.fingerprint != router.fingerprint:
         ahead = None  # prepared with another config: the store redoes it with its own
     try:
-        return _ingest_parsed(
-            store, router, prepared, message, reprocess, ahead=ahead, digests=prepared.digests
-        )
+        return _ingest_parsed(store, router, prepared, message, reprocess, ahead)
     except StoreUnavailable:
         raise
     except Exception as exc:
@@ -551,7 +549,6 @@ def _ingest_parsed(
     message: InboundMessage,
     reprocess: int | None = None,
     ahead: Ahead | None = None,
-    digests: tuple[str, str] | None = None,
 ) -> IngestResult:
     config = router.config
     raw, envelope, now, dkim = prepared.raw, prepared.envelope, prepared.now, prepared.dkim
@@ -574,7 +571,7 @@ def _ingest_parsed(
             "",
             reprocess,
             dkim=dkim_text,
-            digests=digests,
+            digests=prepared.digests,
         )
         if inbound is None:
             return _duplicate(message.message_id)
