@@ -629,7 +629,7 @@ class _Mail:
 
 
 # Every mail runs this module's statements, in the one SQLite writer: Core statements run
-# as Prebuilt on the session's connection (a quarter of the ORM's CPU, and a tenth of
+# as Prebuilt on the session's connection (a quarter of the ORM's CPU, and a sixth of
 # Connection.execute's per call; measured with bench/ingest_cpu.py). The ORM stays for
 # the rare paths (agent commands, bounces).
 _TICKETS = Ticket.__table__
