@@ -320,22 +320,8 @@ class _WriterLock:
             return
         except BlockingIOError:
             pass
-        if threading.current_thread() is threading.main_thread():
-            if _flock_waiting(fd, deadline - time.monotonic()):
-                return
+        if not _flock_waiting(fd, deadline - time.monotonic()):  # polls off the main thread
             raise StoreUnavailable(f"database busy: no write lock within {timeout:g} s")
-        pause = 0.0001
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StoreUnavailable(
-                        f"database busy: no write lock within {timeout:g} s"
-                    ) from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.001)
 
     def close(self) -> None:
         if self._fd is not None:
