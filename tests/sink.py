@@ -52,7 +52,9 @@ class _Handler:
 class Sink:
     """An aiosmtpd server on a free port in its own thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: type[SMTP] = SMTP, data_size_limit: int = 33554432) -> None:
+        self.protocol = protocol  # mailgate's own listener class, to hold it against aiosmtpd's
+        self.data_size_limit = data_size_limit
         self.handler = _Handler()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -71,7 +73,12 @@ class Sink:
 
         async def start() -> int:
             self.server = await self.loop.create_server(
-                lambda: SMTP(self.handler, hostname="sink.test", loop=self.loop),
+                lambda: self.protocol(
+                    self.handler,
+                    hostname="sink.test",
+                    data_size_limit=self.data_size_limit,
+                    loop=self.loop,
+                ),
                 host="127.0.0.1",
                 port=0,
             )

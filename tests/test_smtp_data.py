@@ -1,0 +1,179 @@
+"""DATA as mailgate's listener reads it (a chunk at a time) against aiosmtpd's line reader.
+
+The listener cuts the DATA stream itself instead of awaiting each line. Whatever a client
+sends, it must end the mail where aiosmtpd ends it, hand on the same bytes, give the same
+reply and leave a pipelined next command alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import pytest
+from aiosmtpd.smtp import SMTP
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mailgate.smtp import MailgateSMTP, _ChunkedData, has_overlong_line, unstuff
+
+from .sink import Sink
+
+SIZE_LIMIT = 6000
+
+# Lines made of what trips a DATA reader: dots, bare CR and LF, lines at the length limit.
+_FRAGMENTS = [b".", b"..", b"", b"x", b"\r", b"\n", b"a\nb", b"a\rb", b".\n", b".\r", b" ."]
+_LINE = st.one_of(
+    st.lists(st.sampled_from(_FRAGMENTS), max_size=4).map(b"".join),
+    st.integers(997, 1001).map(lambda n: b"y" * n),
+    st.binary(max_size=40).filter(lambda b: b"\r\n" not in b),
+)
+_BODY = st.lists(_LINE, max_size=12).map(lambda lines: b"".join(line + b"\r\n" for line in lines))
+
+
+def _splits(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
+
+
+def reference(stream: bytes, size_limit: int, line_limit: int) -> tuple[int, bytes | None, int]:
+    """RFC 5321 DATA, a line at a time: the reply code, the message (None if refused) and
+    how much of the stream DATA took."""
+    lines, pos = [], 0
+    while True:
+        end = stream.index(b"\r\n", pos) + 2
+        line, pos = stream[pos:end], end
+        if line == b".\r\n":
+            break
+        lines.append(line)
+    if sum(map(len, lines)) > size_limit:
+        return 552, None, pos
+    if any(len(line) > line_limit for line in lines):
+        return 500, None, pos
+    return 250, b"".join(line[1:] if line.startswith(b".") else line for line in lines), pos
+
+
+# ----------------------------------------------------------------- the reader, any split
+
+
+class _Probe(_ChunkedData):
+    def __init__(self, reader: asyncio.StreamReader, limit: int) -> None:
+        self._reader = reader
+        self.data_size_limit = limit
+
+
+async def _read(pieces: list[bytes], limit: int) -> tuple[bytes | None, bytes]:
+    reader = asyncio.StreamReader(limit=SMTP.line_length_limit)
+    probe = _Probe(reader, limit)
+    task = asyncio.ensure_future(probe._read_data())
+    for piece in pieces:
+        await asyncio.sleep(0)
+        reader.feed_data(piece)
+    reader.feed_eof()
+    data = await task
+    rest = await reader.read()
+    return data, rest
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=_BODY, cuts=st.lists(st.integers(0, 20000), max_size=6), after=st.booleans())
+def test_reader_ends_where_the_lone_dot_is_in_any_split(
+    body: bytes, cuts: list[int], after: bool
+) -> None:
+    follow = b"NOOP\r\n" if after else b""
+    stream = body + b".\r\n" + follow
+    data, rest = asyncio.run(_read(_splits(stream, cuts), SIZE_LIMIT))
+    code, message, taken = reference(stream, SIZE_LIMIT, SMTP.line_length_limit)
+    assert rest == stream[taken:]  # nothing beyond the lone dot was taken
+    if code == 552:
+        assert data is None
+        return
+    assert data is not None
+    assert has_overlong_line(data, SMTP.line_length_limit) == (code == 500)
+    if code == 250:
+        assert unstuff(data) == message
+
+
+def test_reader_takes_a_big_mail_in_few_reads() -> None:
+    """The point of it: a 2 MB mail of short lines is not awaited line by line."""
+    body = b"".join(b"line %d\r\n" % i for i in range(200_000))
+    data, rest = asyncio.run(_read([body + b".\r\n"], 10 << 20))
+    assert data == body and rest == b""
+
+
+def test_overlong_line_with_bare_line_breaks() -> None:
+    """A bare CR or LF does not end a line; CRLF alone does."""
+    limit = SMTP.line_length_limit
+    assert has_overlong_line(b"a" * 600 + b"\n" + b"b" * 600 + b"\r\n", limit)
+    assert not has_overlong_line(b"a" * 600 + b"\r\n" + b"b" * 600 + b"\r\n", limit)
+    assert not has_overlong_line(b"a" * (limit - 2) + b"\r\n", limit)
+    assert has_overlong_line(b"a" * (limit - 1) + b"\r\n", limit)
+    assert has_overlong_line(b"a\r" * limit + b"\r\n", limit)
+
+
+# ----------------------------------------------------------------- over a socket, both servers
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[Sink, Sink]]:
+    stock = Sink(SMTP, data_size_limit=SIZE_LIMIT).start()
+    ours = Sink(MailgateSMTP, data_size_limit=SIZE_LIMIT).start()
+    yield stock, ours
+    stock.stop()
+    ours.stop()
+
+
+def _reply(sock: socket.socket, buffer: bytearray) -> int:
+    """The code of the next (possibly multi-line) reply."""
+    while True:
+        while b"\r\n" not in buffer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            buffer += chunk
+        end = buffer.index(b"\r\n")
+        line = bytes(buffer[:end])
+        del buffer[: end + 2]
+        if line[3:4] != b"-":
+            return int(line[:3])
+
+
+def _session(port: int, pieces: list[bytes]) -> tuple[int, int]:
+    """DATA's reply and the reply to the NOOP pipelined right behind the lone dot."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buffer = bytearray()
+        assert _reply(sock, buffer) == 220
+        for command, code in [
+            (b"EHLO client.test\r\n", 250),
+            (b"MAIL FROM:<a@client.test>\r\n", 250),
+            (b"RCPT TO:<b@sink.test>\r\n", 250),
+            (b"DATA\r\n", 354),
+        ]:
+            sock.sendall(command)
+            assert _reply(sock, buffer) == code
+        for piece in pieces:
+            sock.sendall(piece)
+        return _reply(sock, buffer), _reply(sock, buffer)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=_BODY, cuts=st.lists(st.integers(0, 20000), max_size=4))
+def test_same_mail_and_replies_as_aiosmtpd(
+    servers: tuple[Sink, Sink], body: bytes, cuts: list[int]
+) -> None:
+    stock, ours = servers
+    code, _, taken = reference(body + b".\r\n", SIZE_LIMIT, SMTP.line_length_limit)
+    if taken < len(body) + 3:
+        return  # a line of the body is the lone dot: the rest would be commands
+    if code == 552 and has_overlong_line(body, SMTP.line_length_limit):
+        return  # both limits broken: aiosmtpd answers for whichever came first, we say 552
+    pieces = _splits(body + b".\r\nNOOP\r\n", cuts)
+    before = len(stock.received), len(ours.received)
+    assert _session(ours.port, pieces) == _session(stock.port, pieces)
+    assert (len(stock.received) - before[0], len(ours.received) - before[1]) in {(0, 0), (1, 1)}
+    if len(ours.received) > before[1]:
+        assert ours.received[-1].data == stock.received[-1].data
