@@ -14,6 +14,7 @@ resolves only after that commit. A worker that dies fails its mails with
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 _Mail = tuple[int, bytes, Envelope, datetime]
 _Reply = list[tuple[int, IngestResult | str, float]]  # str: why it could not be stored
 _STOP = ("stop",)  # the worker answers what came before it, then exits
+_RAW = "raw"  # a mail to parse: (_RAW, key, envelope, now), then its bytes as a frame
 SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the interpreter lock when another waits
 _RESPAWN_PAUSE = 1.0  # seconds before a dead worker is replaced (no tight crash loop)
 
@@ -306,7 +308,7 @@ def _parser_main(conn: Connection, config: Config, log_level: int) -> None:
     router = Router(config)
     while True:
         try:
-            item = conn.recv()
+            item = _receive(conn)
         except (EOFError, OSError):
             return
         if item == _STOP:
@@ -328,9 +330,15 @@ def _parser_main(conn: Connection, config: Config, log_level: int) -> None:
 
 
 def _receive(conn: Connection) -> Any:
-    """The next item from the SMTP process: a mail (raw, or prepared by a parser and then
-    followed by its raw bytes), a config, or the stop message."""
+    """The next item from the SMTP process: a mail (raw, or prepared by a parser), a
+    config, or the stop message.
+
+    A mail's raw bytes come as a frame of their own after the item, never inside a pickle:
+    a pickle would be a second copy of a big mail on each side.
+    """
     item = conn.recv()
+    if item[0] == _RAW:  # (_RAW, key, envelope, now), then the raw mail
+        return (item[1], conn.recv_bytes(), item[2], item[3])
     if len(item) == 3:  # (key, prepared or why not, whether the raw mail follows)
         key, prepared, detached = item
         if detached:
@@ -347,6 +355,7 @@ Frame = bytes | memoryview
 _LARGE_FRAME = 1 << 20  # frames this long are collected in pieces and joined once
 _HEADER = struct.Struct("!i")  # multiprocessing.Connection's frame: a length, then the bytes
 _LONG = struct.Struct("!Q")  # after a length of -1: frames of 2 GiB and more
+_SLICE = 1 << 16  # bytes handed to a pipe's transport at a time, for frames longer than this
 
 
 class _Channel(asyncio.Protocol):
@@ -360,6 +369,8 @@ class _Channel(asyncio.Protocol):
     def __init__(self, on_frame: Callable[[Frame], None], on_lost: Callable[[], None]) -> None:
         self._on_frame = on_frame
         self._on_lost = on_lost
+        self._outgoing: collections.deque[memoryview] = collections.deque()  # not yet written
+        self._paused = False  # the transport holds enough unwritten bytes
         self._buffer = bytearray()
         self._pieces: list[bytes] | None = None  # a large frame, as it arrives
         self._missing = 0  # bytes of that frame still to come (negative: read beyond it)
@@ -406,22 +417,50 @@ class _Channel(asyncio.Protocol):
             self._on_frame(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._outgoing.clear()
         self.gone.set()
         self._on_lost()
 
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._pump()
+
     def send(self, payload: Frame) -> None:
-        """Queue one frame; the loop writes it as the pipe takes it, never blocking."""
+        """Queue one frame; the loop writes it as the pipe takes it, never blocking.
+
+        The transport copies whatever the pipe does not take at once. A big mail is
+        therefore handed to it a slice at a time, as the process at the other end reads,
+        and never copied whole (nor joined to its header).
+        """
         if self.transport is None or self.transport.is_closing():
             raise StoreUnavailable("the ingest process is gone")
         size = len(payload)
-        if size > 0x7FFFFFFF:
-            self.transport.write(_HEADER.pack(-1) + _LONG.pack(size))
-            self.transport.write(payload)
-        elif size > 16384:  # a big mail is not copied to join it to its header
-            self.transport.write(_HEADER.pack(size))
-            self.transport.write(payload)
-        else:
-            self.transport.write(_HEADER.pack(size) + payload)
+        long = size > 0x7FFFFFFF
+        header = _HEADER.pack(-1) + _LONG.pack(size) if long else _HEADER.pack(size)
+        if size <= _SLICE and not self._outgoing:
+            self.transport.write(header + payload)
+            return
+        self._outgoing.append(memoryview(header))
+        self._outgoing.append(memoryview(payload).cast("B"))
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand queued bytes to the transport until it has enough in hand."""
+        outgoing = self._outgoing
+        while outgoing and not self._paused and self.transport is not None:
+            if self.transport.is_closing():
+                outgoing.clear()
+                return
+            view = outgoing[0]
+            if len(view) > _SLICE:
+                outgoing[0] = view[_SLICE:]
+                view = view[:_SLICE]
+            else:
+                outgoing.popleft()
+            self.transport.write(view)  # may call pause_writing
 
     def close(self) -> None:
         if self.transport is not None:
@@ -508,7 +547,9 @@ class WorkerPool:
                 worker = parser
         if not worker.alive:
             raise StoreUnavailable(f"ingest {worker.role} {worker.index} is restarting")
-        worker.send((key, raw, envelope, now))
+        worker.send((_RAW, key, envelope, now))
+        assert worker.channel is not None
+        worker.channel.send(raw)
         worker.pending[key] = future
         if worker.role == "parser":
             self._raws[key] = raw  # sent on to the writer after the parsed mail

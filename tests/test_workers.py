@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import random
@@ -297,3 +298,44 @@ def test_the_loop_reads_the_frames_a_pool_process_writes(seed: int) -> None:
         channel.data_received(bytes(stream[position : position + step]))
         position += step
     assert got == frames
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_loop_writes_frames_a_pool_process_reads_without_copying_big_ones(seed: int) -> None:
+    """Frames the SMTP process sends reach a pool process whole and in order, small ones
+    queued behind big ones included, and a big frame is never handed to the transport
+    whole: the transport would copy what the pipe does not take at once."""
+    rng = random.Random(seed)
+    frames = [b"x", rng.randbytes(65536), rng.randbytes(65537), rng.randbytes(6 << 20), b"a"]
+    frames += [rng.randbytes(100), rng.randbytes(3 << 20), b"", b"last"]
+    ours, theirs = multiprocessing.Pipe()
+    got: list[bytes] = []
+
+    def read() -> None:  # slowly, so that the pipe fills and the loop must wait for it
+        for _ in frames:
+            got.append(theirs.recv_bytes())
+            time.sleep(0.01)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    most_held = 0
+
+    async def send() -> None:
+        nonlocal most_held
+        loop = asyncio.get_running_loop()
+        channel = _Channel(lambda frame: None, lambda: None)
+        sock = socket.socket(fileno=os.dup(ours.fileno()))
+        await loop.connect_accepted_socket(lambda: channel, sock)
+        assert channel.transport is not None
+        for frame in frames:
+            channel.send(frame)
+            most_held = max(most_held, channel.transport.get_write_buffer_size())
+        while channel._outgoing or channel.transport.get_write_buffer_size():
+            most_held = max(most_held, channel.transport.get_write_buffer_size())
+            await asyncio.sleep(0.001)
+        channel.close()
+
+    asyncio.run(send())
+    reader.join(30)
+    assert got == frames
+    assert most_held < 1 << 20  # of 9 MB sent
