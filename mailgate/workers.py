@@ -338,13 +338,42 @@ def _receive(conn: Connection) -> Any:
     """
     item = conn.recv()
     if item[0] == _RAW:  # (_RAW, key, envelope, now), then the raw mail
-        return (item[1], conn.recv_bytes(), item[2], item[3])
+        return (item[1], _recv_frame(conn), item[2], item[3])
     if len(item) == 3:  # (key, prepared or why not, whether the raw mail follows)
         key, prepared, detached = item
         if detached:
-            prepared = dataclasses.replace(prepared, raw=conn.recv_bytes())
+            prepared = dataclasses.replace(prepared, raw=_recv_frame(conn))
         return (key, prepared)
     return item
+
+
+def _recv_frame(conn: Connection) -> bytes:
+    """The next frame's bytes, read into one object of its exact size.
+
+    :meth:`Connection.recv_bytes` collects a frame in a growing buffer and copies it out:
+    two to three times a big mail at once. The pipe is a socket pair, so one receive that
+    waits for all the bytes fills the result directly.
+    """
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        (size,) = _HEADER.unpack(_recv_exactly(sock, _HEADER.size))
+        if size == -1:
+            (size,) = _LONG.unpack(_recv_exactly(sock, _LONG.size))
+        return _recv_exactly(sock, size)
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = sock.recv(size, socket.MSG_WAITALL) if size else b""
+    if len(data) == size:
+        return data
+    pieces = [data]  # a signal cut the wait short: the rest, and one copy to join it
+    missing = size - len(data)
+    while missing:
+        piece = sock.recv(missing, socket.MSG_WAITALL)
+        if not piece:
+            raise EOFError("the SMTP process closed the pipe within a frame")
+        pieces.append(piece)
+        missing -= len(piece)
+    return b"".join(pieces)
 
 
 def _empty() -> Any:

@@ -9,6 +9,7 @@ import random
 import signal
 import smtplib
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from mailgate.models import Comment, InboundMessage, Ticket
 from mailgate.routing import Router
 from mailgate.smtp import ServerThread
 from mailgate.store import Store
-from mailgate.workers import WorkerPool, _Channel, worker_count
+from mailgate.workers import WorkerPool, _Channel, _recv_frame, worker_count
 
 from .conftest import Clock, mail, send
 from .test_smtp import database_write_locked
@@ -339,3 +340,27 @@ def test_the_loop_writes_frames_a_pool_process_reads_without_copying_big_ones(se
     reader.join(30)
     assert got == frames
     assert most_held < 1 << 20  # of 9 MB sent
+
+
+def test_a_frame_cut_by_a_signal_is_still_read_whole() -> None:
+    """A pool process reads a mail's bytes in one wait; a signal arriving halfway (the
+    write lock's timer is one) must not cut the mail short."""
+    data = random.Random(7).randbytes(3 << 20)
+    ours, theirs = multiprocessing.Pipe()
+
+    def write() -> None:
+        with socket.socket(fileno=os.dup(theirs.fileno())) as sock:
+            sock.sendall(struct.pack("!i", len(data)) + data[: 1 << 20])
+            time.sleep(0.3)
+            sock.sendall(data[1 << 20 :])
+
+    writer = threading.Thread(target=write)
+    previous = signal.signal(signal.SIGALRM, lambda *_: None)
+    try:
+        writer.start()
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        assert _recv_frame(ours) == data
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        writer.join(10)
