@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import re
 import signal
 import ssl
 import sys
@@ -91,19 +89,25 @@ def unstuff(data: bytes) -> bytes:
 def has_overlong_line(data: bytes, limit: int) -> bool:
     """Whether a line of ``data`` is longer than ``limit`` bytes with its CRLF.
 
-    Lines end only at CRLF; a bare CR or LF is part of the line. When every CR and LF is
-    part of a CRLF, a line is a run free of them, which a regex finds in C.
+    Lines end only at CRLF; a bare CR or LF is part of the line. The lines are split a
+    window at a time, so a big mail is not held a second time as a list of lines.
     """
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
-        return _run_pattern(limit - 1).search(data) is not None
-    return any(len(line) + 2 > limit for line in data.split(b"\r\n"))
+    longest = limit - 2  # without the CRLF
+    size, start = len(data), 0
+    while start < size:
+        end = min(size, start + _WINDOW)
+        if end < size:
+            cut = data.rfind(b"\r\n", start, end)
+            if cut < 0:
+                return True  # no line end in a whole window
+            end = cut + 2
+        if max(map(len, data[start:end].split(b"\r\n"))) > longest:
+            return True
+        start = end
+    return False
 
 
-@functools.cache
-def _run_pattern(length: int) -> re.Pattern[bytes]:
-    # Anchored at a line break: tried only where a line starts, so linear in the data.
-    return re.compile(rb"(?:\A|[\r\n])[^\r\n]{%d}" % length)
+_WINDOW = 1 << 20  # bytes of DATA split into lines at a time (more than the line limit)
 
 
 class _ChunkedData:
