@@ -354,11 +354,14 @@ def _recv_frame(conn: Connection) -> bytes:
     two to three times a big mail at once. The pipe is a socket pair, so one receive that
     waits for all the bytes fills the result directly.
     """
-    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
-        (size,) = _HEADER.unpack(_recv_exactly(sock, _HEADER.size))
-        if size == -1:
-            (size,) = _LONG.unpack(_recv_exactly(sock, _LONG.size))
-        return _recv_exactly(sock, size)
+    sock: socket.socket | None = getattr(conn, "mailgate_socket", None)
+    if sock is None:  # made once per pipe, and gone with it
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        conn.mailgate_socket = sock  # type: ignore[attr-defined]
+    (size,) = _HEADER.unpack(_recv_exactly(sock, _HEADER.size))
+    if size == -1:
+        (size,) = _LONG.unpack(_recv_exactly(sock, _LONG.size))
+    return _recv_exactly(sock, size)
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
