@@ -177,3 +177,40 @@ def test_same_mail_and_replies_as_aiosmtpd(
     assert (len(stock.received) - before[0], len(ours.received) - before[1]) in {(0, 0), (1, 1)}
     if len(ours.received) > before[1]:
         assert ours.received[-1].data == stock.received[-1].data
+
+
+# ----------------------------------------------------------------- MAIL and RCPT addresses
+
+_ADDRESS_PIECES = ["a", "Anna.Schmidt", "x+tag", "@", ".", "..", "<", ">", " ", '"q s"', "é"]
+_ADDRESS_PIECES += ["mueller-logistik.de", "[127.0.0.1]", " SIZE=100", "\t", "(c)", ":", ","]
+
+
+class _Limits:
+    def __init__(self, local_part_limit: int) -> None:
+        self.local_part_limit = local_part_limit
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    pieces=st.lists(st.sampled_from(_ADDRESS_PIECES), max_size=8),
+    limit=st.sampled_from([0, 3, 64]),
+)
+def test_mail_and_rcpt_addresses_parse_as_aiosmtpd_parses_them(
+    pieces: list[str], limit: int
+) -> None:
+    arg = "".join(pieces)
+    ours = MailgateSMTP._getaddr(_Limits(limit), arg)  # type: ignore[arg-type]
+    try:
+        stock = SMTP._getaddr(_Limits(limit), arg)  # type: ignore[arg-type]
+    except IndexError:  # aiosmtpd's parser trips over some input ("<"): a syntax error
+        stock = (None, None)
+    assert ours == stock
+
+
+@pytest.mark.parametrize(
+    "arg",
+    ["<anna@mueller-logistik.de>", "<anna@mueller-logistik.de> SIZE=1234 BODY=8BITMIME", "<>"],
+)
+def test_plain_addresses_parse_as_aiosmtpd_parses_them(arg: str) -> None:
+    for limit in (0, 3, 64):
+        assert MailgateSMTP._getaddr(_Limits(limit), arg) == SMTP._getaddr(_Limits(limit), arg)  # type: ignore[arg-type]
