@@ -243,20 +243,16 @@ class _Addresses:
         rest = arg[plain.end() :].lstrip(" \t") if plain is not None else ""
         if plain is not None and not rest.startswith("("):  # a comment: the full parser
             addr = plain.group(1)
-            localpart = addr.rpartition("@")[0]
-            if self.local_part_limit and len(localpart) > self.local_part_limit:
+        else:
+            try:
+                if arg.lstrip().startswith("<"):
+                    address, rest = get_angle_addr(arg)
+                else:
+                    address, rest = get_addr_spec(arg)
+            except (HeaderParseError, IndexError):  # IndexError: aiosmtpd's parser on "<"
                 return None, None
-            return addr, rest
-        try:
-            if arg.lstrip().startswith("<"):
-                address, rest = get_angle_addr(arg)
-            else:
-                address, rest = get_addr_spec(arg)
-        except (HeaderParseError, IndexError):  # IndexError: aiosmtpd's parser on "<"
-            return None, None
-        addr: str = address.addr_spec
-        localpart = addr.rpartition("@")[0]
-        if self.local_part_limit and len(localpart) > self.local_part_limit:
+            addr = address.addr_spec
+        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
             return None, None
         return addr, rest
 
