@@ -245,3 +245,14 @@ def test_starttls_is_offered_and_works(tls_server: int, store: Store) -> None:
         client.ehlo()
         client.sendmail("anna@mueller-logistik.de", ["support@support.example.com"], mail())
     assert count(store, Ticket) == 1
+
+
+def test_a_malformed_sender_address_is_a_syntax_error_not_our_fault(server: int) -> None:
+    """aiosmtpd's own parser raised on a lone "<", which the sender heard as 451 and so
+    retried forever; it is the client's syntax (553 5.1.3), and the session goes on."""
+    with smtplib.SMTP("127.0.0.1", server) as client:
+        client.ehlo()
+        code, reply = client.docmd("MAIL FROM:<")
+        assert code == 553 and reply.startswith(b"5.1.3")
+        code, _ = client.docmd("MAIL FROM:<anna@mueller-logistik.de>")
+        assert code == 250
