@@ -414,7 +414,7 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
 
     from mailgate.ingest import reprocess_quarantined
     from mailgate.models import InboundMessage, Outcome
-    from mailgate.store import iso
+    from mailgate.store import iso, raw_mail
 
     store = _open_store(config)
     try:
@@ -454,8 +454,9 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
             row = session.get(InboundMessage, args.id)
             if row is None or row.outcome != Outcome.QUARANTINED.value:
                 raise CliError(f"mail {args.id} is not in quarantine")
+            raw = raw_mail(session, row)
             if args.raw:
-                sys.stdout.buffer.write(row.raw)
+                sys.stdout.buffer.write(raw)
                 return EX_OK
             print(f"mail {row.id}: {row.reason}")
             print(f"  message-id: {row.message_id}")
@@ -465,7 +466,7 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
                 print("  error:")
                 print("    " + row.error.strip().replace("\n", "\n    "))
             print()
-            print(row.raw[:4000].decode("utf-8", "replace"))
+            print(raw[:4000].decode("utf-8", "replace"))
     finally:
         store.close()
     return EX_OK

@@ -59,9 +59,9 @@ from mailgate.store import (
     insert_for,
     is_large,
     is_temporary,
+    raw_mail,
     update_ticket,
     user_id,
-    write_large,
 )
 from mailgate.threads import (
     COMMANDS,
@@ -412,7 +412,7 @@ def _new_inbound(
     }
     entry: int | None = _insert_inbound(conn).run(conn, values).scalar()
     if entry is not None and large:
-        write_large(conn, "inbound_messages", "raw", entry, raw)
+        ensure_blob(conn, raw, sha256)  # read back with store.raw_mail
     return entry
 
 
@@ -1348,6 +1348,6 @@ def reprocess_quarantined(
             row = session.get(InboundRow, entry)
             if row is None:
                 continue
-            raw, envelope = row.raw, Envelope(row.mail_from, tuple(row.rcpt_to))
+            raw, envelope = raw_mail(session, row), Envelope(row.mail_from, tuple(row.rcpt_to))
         results.append((entry, ingest(store, config, raw, envelope, now, router, reprocess=entry)))
     return results

@@ -50,6 +50,7 @@ from mailgate.models import (
     Ticket,
     User,
 )
+from mailgate.models import InboundMessage as InboundRow
 
 log = logging.getLogger(__name__)
 
@@ -719,10 +720,10 @@ def ensure_secret(session: Session) -> str:
     return row.value
 
 
-def ensure_blob(db: Session | Connection, data: bytes) -> str:
-    """Store attachment content once by its SHA-256 and return the hash."""
+def ensure_blob(db: Session | Connection, data: bytes, digest: str | None = None) -> str:
+    """Store content once by its SHA-256 (given, or computed here) and return the hash."""
     conn = db if isinstance(db, Connection) else db.connection()
-    digest = hashlib.sha256(data).hexdigest()
+    digest = digest or hashlib.sha256(data).hexdigest()
     large = is_large(conn, data)
     stmt = insert_for(conn)(Blob).values(sha256=digest, size=len(data), data=b"" if large else data)
     inserted = conn.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"])).rowcount
@@ -730,6 +731,24 @@ def ensure_blob(db: Session | Connection, data: bytes) -> str:
         rowid = conn.execute(text("SELECT rowid FROM blobs WHERE sha256 = :d"), {"d": digest})
         write_large(conn, "blobs", "data", rowid.scalar_one(), data)
     return digest
+
+
+def raw_mail(db: Session | Connection, row: InboundRow) -> bytes:
+    """A ledger entry's raw mail.
+
+    A large one (SQLite, see :func:`is_large`) lives in ``blobs`` under its SHA-256, with
+    an empty ``raw``. There the content is the last column of its row: SQLite fills such a
+    zeroblob piece by piece. In ``inbound_messages`` it is not last, and SQLite would hold
+    the whole zeroblob, twice over, to write it (2x a 25 MB mail, measured). Entries
+    written before keep their mail in ``raw``.
+    """
+    if row.raw or not row.size:
+        return row.raw
+    conn = db if isinstance(db, Connection) else db.connection()
+    data = conn.execute(select(Blob.data).where(Blob.sha256 == row.sha256)).scalar()
+    if data is None:
+        raise StoreUnavailable(f"the raw mail of ledger entry {row.id} is missing")
+    return bytes(data)
 
 
 # Values larger than this go into SQLite piece by piece (incremental BLOB I/O): binding a

@@ -17,7 +17,7 @@ from mailgate.config import Config
 from mailgate.ingest import Envelope, IngestResult, ingest, ingest_batch, prepare
 from mailgate.models import Attachment, Blob, InboundMessage, Outcome, Ticket
 from mailgate.routing import Router
-from mailgate.store import Store, get_ticket, ticket_detail
+from mailgate.store import Store, get_ticket, raw_mail, ticket_detail
 
 from .conftest import BASE_CONFIG, CORPUS, Clock, corpus_files, mail
 
@@ -303,7 +303,7 @@ def test_large_mail_is_stored_byte_for_byte(store: Store, config: Config, clock:
     result = ingest(store, config, raw, Envelope("anna@mueller-logistik.de"), clock())
     assert result.action == "created"
     with store.transaction() as s:
-        assert s.scalars(select(InboundMessage.raw)).one() == raw
+        assert raw_mail(s, s.scalars(select(InboundMessage)).one()) == raw
         attachment = s.scalars(select(Attachment)).one()
         assert (attachment.filename, attachment.size) == ("logs.gz", len(payload))
         assert s.get(Blob, attachment.sha256).data == payload
