@@ -217,7 +217,7 @@ class _ChunkedData:
                 pieces.clear()  # drained to the end, kept no longer
             else:
                 pieces.append(piece)
-            tail = (tail + piece)[-2:]
+            tail = (tail + piece[-2:])[-2:]  # not a copy of the whole piece
         if limit and size > limit:
             return None
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
