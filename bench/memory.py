@@ -9,9 +9,9 @@ idle process (interpreter, libraries, database connection). The peak is the chil
 
 ``--serve`` measures the daemon as well: ``mailgate serve`` (SMTP process, parser, writer)
 takes a small mail, then the large one over SMTP; printed is each process's peak (VmHWM)
-over what it held after the small mail. The SMTP process holds the mail as aiosmtpd
-received it (its lines, then the joined message) and the copy it sends on; the parser and
-the writer each hold the mail and what was parsed from it.
+over what it held after the small mail. The SMTP process holds the mail as it came in
+(its pieces, then the joined message) and what the parser sends back; the parser and the
+writer each hold the mail and what was parsed from it.
 
 Run: ``python bench/memory.py [--size-mb 25] [--serve]``
 """
@@ -27,12 +27,11 @@ import smtplib
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from smtp_load import proc_hwm_kb, process_tree  # noqa: E402  (shared /proc readers)
+from smtp_load import proc_hwm_kb, process_tree, stop, wait_for_port  # noqa: E402  (shared)
 
 MAILGATE = str(Path(sys.executable).with_name("mailgate"))
 
@@ -97,12 +96,7 @@ def serve_peaks(workdir: Path, big: bytes, small: bytes) -> None:
             [MAILGATE, "--config", str(config), "serve"], stdout=out, stderr=out
         )
     try:
-        deadline = time.monotonic() + 60
-        while not (found := re.search(r"listening on [\d.]+:(\d+)", log.read_text())):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"serve did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        port = int(found.group(1))
+        port = wait_for_port(proc, log, r"listening on [\d.]+:(\d+)", 60)
         roles = {proc.pid: "smtp"}
         for role, index, pid in re.findall(
             r"ingest (worker|parser) (\d+) is pid (\d+)", log.read_text()
@@ -124,8 +118,7 @@ def serve_peaks(workdir: Path, big: bytes, small: bytes) -> None:
             )
         print(f"  all processes together: {total:.0f} MB = {total / size_mb:.1f}x the message")
     finally:
-        proc.terminate()
-        proc.wait(60)
+        stop(proc)
 
 
 def main() -> int:
