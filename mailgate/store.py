@@ -401,16 +401,23 @@ class _WalFile:
         self._inode: tuple[int, int] | None = None
 
     def sync(self) -> None:
+        """fdatasync the log; a failure is :class:`StoreUnavailable` (451, the sender retries).
+
+        An OSError escaping here would end the flusher thread, and with it every answer.
+        """
         try:
-            found = os.stat(self.path)
-        except FileNotFoundError:  # nothing written yet, or checkpointed and removed
-            return
-        if self._fd is None or self._inode != (found.st_dev, found.st_ino):
-            self.close()
-            self._fd = os.open(self.path, os.O_RDONLY)
-            opened = os.fstat(self._fd)
-            self._inode = (opened.st_dev, opened.st_ino)
-        _datasync(self._fd)
+            try:
+                found = os.stat(self.path)
+            except FileNotFoundError:  # nothing written yet, or checkpointed and removed
+                return
+            if self._fd is None or self._inode != (found.st_dev, found.st_ino):
+                self.close()
+                self._fd = os.open(self.path, os.O_RDONLY)
+                opened = os.fstat(self._fd)
+                self._inode = (opened.st_dev, opened.st_ino)
+            _datasync(self._fd)
+        except OSError as exc:
+            raise StoreUnavailable(f"could not sync the database log: {exc}") from exc
 
     def close(self) -> None:
         if self._fd is not None:
