@@ -15,6 +15,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailgate.parser import Address, InboundMessage, UnparseableMessage, parse
 
@@ -640,12 +642,15 @@ def _big_mail(content_type: bytes, payload: bytes) -> bytes:
     )
 
 
+@pytest.mark.parametrize("size", [2 << 20, 40 << 10], ids=["2MB", "40kB"])
 @pytest.mark.parametrize("content_type", [b"application/pdf", b"text/plain; charset=utf-8"])
-def test_large_attachment_is_decoded_aside_with_the_same_result(content_type: bytes) -> None:
+def test_large_attachment_is_decoded_aside_with_the_same_result(
+    content_type: bytes, size: int
+) -> None:
     """A large base64 attachment bypasses the email package; the result is the same."""
     from mailgate.parser import _header_start, _parse_data, _set_aside_large_parts
 
-    payload = bytes(range(256)) * 8192  # 2 MB
+    payload = bytes(range(256)) * (size // 256)
     raw = _big_mail(content_type, payload)
     _, aside = _set_aside_large_parts(raw)
     assert len(aside) == (1 if content_type.startswith(b"application/") else 0)
@@ -655,3 +660,32 @@ def test_large_attachment_is_decoded_aside_with_the_same_result(content_type: by
     assert replace(parse(raw), defects=()) == replace(_parse_data(raw, data, notes), defects=())
     if aside:
         assert parse(raw).attachments[-1].data == payload
+
+
+_LINES = [
+    b"Content-Transfer-Encoding: base64",
+    b"content-transfer-encoding:base64  ",
+    b"CONTENT-TRANSFER-ENCODING: BASE64\r",
+    b"Content-Transfer-Encoding: Base64",
+    b"Content-Transfer-Encoding: bAsE64",  # not found: parsed the ordinary way
+    b"Content-Transfer-Encoding: base64; x",
+    b" Content-Transfer-Encoding: base64",
+    b"X-Content-Transfer-Encoding: base64",
+    b"Content-Transfer-Encoding: quoted-printable",
+    b"base64 base64",
+    b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=",
+    b"",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_LINES), max_size=12), st.sampled_from([b"\n", b"\r\n"]))
+def test_base64_declarations_are_the_plain_regex_s_matches(lines: list[bytes], eol: bytes) -> None:
+    """Found without a regex tried at every line: the same lines as the plain multiline
+    regex, except "base64" spelt in mixed case, whose part then goes the ordinary way."""
+    from mailgate.parser import _base64_declarations
+
+    data = eol.join(lines)
+    plain = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*base64[ \t]*\r?$")
+    expected = [m.span() for m in plain.finditer(data) if re.search(rb"base64|Base64|BASE64", m[0])]
+    assert [m.span() for m in _base64_declarations(data)] == expected
