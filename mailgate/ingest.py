@@ -386,12 +386,14 @@ def _new_inbound(
     error: str | None = None,
     dkim: str | None = None,
     digests: tuple[str, str] | None = None,
+    raw_later: bool = False,
 ) -> int | None:
     """Insert the raw mail; its ledger id, or None when it is already stored (a redelivery).
 
     One statement: when a concurrent instance stored the same mail first, the unique dedup
     key makes the insert do nothing, and this mail a duplicate, without failing the
-    transaction.
+    transaction. With ``raw_later`` the raw mail comes with the outcome (see
+    :func:`_raw_later`).
     """
     conn = session.connection()
     large = is_large(conn, raw)
@@ -401,7 +403,7 @@ def _new_inbound(
         "dedup_key": key,
         "mail_from": envelope.mail_from,
         "rcpt_to": list(envelope.rcpt_to),
-        "raw": b"" if large else raw,
+        "raw": b"" if large or raw_later else raw,
         "size": len(raw),
         "sha256": sha256,
         "received_at": now,
@@ -445,6 +447,7 @@ def _ledger_entry(
     error: str | None = None,
     dkim: str | None = None,
     digests: tuple[str, str] | None = None,
+    raw_later: bool = False,
 ) -> int | None:
     """The ledger row for this mail: a new one, or the quarantined one being reprocessed.
 
@@ -453,7 +456,17 @@ def _ledger_entry(
     """
     if reprocess is None:
         return _new_inbound(
-            session, raw, envelope, now, message_id, outcome, reason, error, dkim, digests
+            session,
+            raw,
+            envelope,
+            now,
+            message_id,
+            outcome,
+            reason,
+            error,
+            dkim,
+            digests,
+            raw_later,
         )
     current = session.execute(
         select(InboundRow.outcome).where(InboundRow.id == reprocess).with_for_update()
@@ -462,6 +475,20 @@ def _ledger_entry(
         return None
     _set_ledger(session, reprocess, outcome=outcome.value, reason=reason, error=error, dkim=dkim)
     return reprocess
+
+
+def _raw_later(session: Session, raw: bytes, reprocess: int | None) -> dict[str, bytes] | None:
+    """For a new ledger row whose outcome is set later in the same transaction: the raw
+    mail, to be written with the outcome (``_set_ledger(..., **later)``) and not before.
+
+    SQLite writes a row anew at every UPDATE, so a row inserted with its raw mail and then
+    given its outcome had the mail written twice: for a 200 kB mail, fifty pages more in
+    the log at each commit. None: the raw mail goes in with the row (a reprocessed entry
+    has it already; a large one goes to ``blobs``).
+    """
+    if reprocess is not None or is_large(session.connection(), raw):
+        return None
+    return {"raw": raw}
 
 
 def _set_ledger(session: Session, entry: int, **values: Any) -> None:
@@ -561,6 +588,7 @@ def _ingest_parsed(
 
     with store.transaction() as session:
         dkim_text = str(dkim) if dkim is not None else None
+        later = _raw_later(session, raw, reprocess)
         inbound = _ledger_entry(
             session,
             raw,
@@ -572,6 +600,7 @@ def _ingest_parsed(
             reprocess,
             dkim=dkim_text,
             digests=prepared.digests,
+            raw_later=later is not None,
         )
         if inbound is None:
             return _duplicate(message.message_id)
@@ -606,7 +635,14 @@ def _ingest_parsed(
             ticket, reason = _reply(session, router, ticket, mail, inbound, match, now)
             outcome = Outcome.COMMENTED
         ticket_id = ticket.id if ticket is not None else None
-        _set_ledger(session, inbound, outcome=outcome.value, reason=reason, ticket_id=ticket_id)
+        _set_ledger(
+            session,
+            inbound,
+            outcome=outcome.value,
+            reason=reason,
+            ticket_id=ticket_id,
+            **(later or {}),
+        )
         org_name = ticket.organization if ticket is not None else None
     return IngestResult(outcome.value, ticket_id, org_name, message.message_id, reason)
 
@@ -746,8 +782,17 @@ def _bounce(
     """A bounce is never a ticket: mark the notification it returns, note it, suppress."""
     report = analyse_bounce(message)
     with store.transaction() as session:
+        later = _raw_later(session, raw, reprocess)
         inbound = _ledger_entry(
-            session, raw, envelope, now, message.message_id, Outcome.IGNORED, "", reprocess
+            session,
+            raw,
+            envelope,
+            now,
+            message.message_id,
+            Outcome.IGNORED,
+            "",
+            reprocess,
+            raw_later=later is not None,
         )
         if inbound is None:
             return _duplicate(message.message_id)
@@ -777,7 +822,7 @@ def _bounce(
                     existing.until, existing.reason = until, f"bounce {status}"
         reason = f"bounce for {len(rows)} notification(s)" + (f": {failed}" if failed else "")
         session.flush()
-        _set_ledger(session, inbound, reason=reason, ticket_id=ticket_id)
+        _set_ledger(session, inbound, reason=reason, ticket_id=ticket_id, **(later or {}))
     return IngestResult(Outcome.IGNORED.value, ticket_id, None, message.message_id, reason)
 
 

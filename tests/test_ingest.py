@@ -400,3 +400,48 @@ def test_work_done_ahead_with_another_config_is_done_again(
     assert prepared.ahead.ticket.decision.organization is None  # no such org in the old one
     [(result, _)] = ingest_batch(store, Router(new), [prepared])
     assert isinstance(result, IngestResult) and result.organization == "Neu AG"
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["alone", "group-commit"])
+def test_every_outcome_keeps_the_raw_mail_byte_for_byte(
+    grouped: bool, store: Store, config: Config, clock: Clock
+) -> None:
+    """The raw mail is written with the outcome, once: whatever the mail became, its ledger
+    row holds it exactly (new ticket, reply, auto-reply, bounce, big mail, duplicate)."""
+    first = mail(subject="Drucker kaputt", body="Hallo,\n" + "der Drucker druckt nicht.\n" * 400)
+    created = ingest(store, config, first, Envelope(), clock())
+    assert created.action == "created" and created.ticket is not None
+    reply = mail(subject=f"Re: [#{created.ticket}] Drucker kaputt", body="Geht wieder.\n")
+    auto = mail(subject="Abwesend", extra="Auto-Submitted: auto-replied\r\n")
+    bounce = (
+        b"From: MAILER-DAEMON@mx.kunde.example\r\nTo: support@support.example.com\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn-raw@mx.example>\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\nI'm sorry.\r\n"
+        b"--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.kunde.example\r\n\r\n"
+        b"Final-Recipient: rfc822; weg@kunde.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        b"--B--\r\n"
+    )
+    big = mail(subject="Logs", body="x" * 80 + "\n" + "Zeile mit Inhalt\n" * 20_000)
+    raws = [reply, auto, bounce, big, first]
+    envelope = Envelope("anna@mueller-logistik.de", ("support@support.example.com",))
+    if grouped:
+        router = Router(config)
+        outcomes = [
+            r for r, _ in ingest_batch(store, router, [(r, envelope, clock()) for r in raws])
+        ]
+    else:
+        outcomes = [ingest(store, config, r, envelope, clock()) for r in raws]
+    assert [o.action for o in outcomes if isinstance(o, IngestResult)] == [
+        "commented",
+        "ignored",
+        "ignored",
+        "created",
+        "duplicate",
+    ]
+    with store.transaction() as s:
+        rows = s.scalars(select(InboundMessage).order_by(InboundMessage.id)).all()
+        assert [raw_mail(s, row) for row in rows] == [first, reply, auto, bounce, big]
+        assert [row.size for row in rows] == [len(r) for r in (first, reply, auto, bounce, big)]
