@@ -153,10 +153,15 @@ def dedup_key(message_id: str, raw: bytes) -> str:
         else:
             fields.append(line.strip())
     digest = hashlib.sha256(message_id.encode("utf-8", "replace"))
-    for field in sorted(fields):
+    # Only identity fields are hashed; dropping the others before the sort keeps the order.
+    identity = []
+    for field in fields:
         name, _, value = field.partition(b":")
-        if name.strip().lower() in _IDENTITY_FIELDS:
-            digest.update(b"\0" + name.strip().lower() + b":" + b" ".join(value.split()))
+        name = name.strip().lower()
+        if name in _IDENTITY_FIELDS:
+            identity.append((field, name, value))
+    for _, name, value in sorted(identity):
+        digest.update(b"\0" + name + b":" + b" ".join(value.split()))
     digest.update(b"\0")
     # The body without trailing whitespace: whitespace is held back until more text follows.
     held = b""
@@ -173,6 +178,9 @@ def dedup_key(message_id: str, raw: bytes) -> str:
 _PIECE = 1 << 20
 
 
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
 def _lf_pieces(raw: bytes) -> Iterator[bytes]:
     """``raw`` with CRLF and lone CR as LF, about a megabyte at a time."""
     view = memoryview(raw)
@@ -181,8 +189,20 @@ def _lf_pieces(raw: bytes) -> Iterator[bytes]:
         end = min(size, start + _PIECE)
         while end < size and raw[end - 1] == 0x0D:  # a CR's partner may be the next byte
             end += 1
-        yield bytes(view[start:end]).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        piece = raw if end - start == size else bytes(view[start:end])
+        yield _as_lf(piece)
         start = end
+
+
+def _as_lf(data: bytes) -> bytes:
+    """CRLF and lone CR as LF.
+
+    Mail from SMTP has a CR only before each LF, and deleting every CR is then the same
+    text: a third of the time of replacing CRLF, whose cost grows with the lines.
+    """
+    if _LONE_CR.search(data) is None:
+        return data.replace(b"\r", b"")
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
 
 def ingest(

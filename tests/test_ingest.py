@@ -269,7 +269,7 @@ _RAW_PIECES = st.lists(
 @settings(
     max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(raw=_RAW_PIECES, piece=st.integers(1, 7))
+@given(raw=_RAW_PIECES, piece=st.one_of(st.integers(1, 7), st.just(1 << 20)))
 def test_dedup_key_read_in_pieces_equals_the_whole_text_key(
     raw: bytes, piece: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
