@@ -689,3 +689,98 @@ def test_base64_declarations_are_the_plain_regex_s_matches(lines: list[bytes], e
     plain = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*base64[ \t]*\r?$")
     expected = [m.span() for m in plain.finditer(data) if re.search(rb"base64|Base64|BASE64", m[0])]
     assert [m.span() for m in _base64_declarations(data)] == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["\r\n", "\r", "\n", "\r\r\n", "Zeile", " "]), max_size=30))
+def test_body_line_endings_become_lf_whatever_the_sender_mixed(pieces: list[str]) -> None:
+    """CRLF, lone CR and LF in a part's bytes all end a line (base64 keeps them as sent)."""
+    import base64
+
+    content = "Text:" + "".join(pieces) + "Ende"
+    raw = mail(
+        "From: a@kunde.example",
+        "Subject: Zeilen",
+        "Content-Type: text/plain; charset=utf-8",
+        "Content-Transfer-Encoding: base64",
+        body=base64.encodebytes(content.encode()).decode().replace("\n", "\r\n"),
+    )
+    expected = content.replace("\r\n", "\n").replace("\r", "\n")
+    assert parse(raw).text.strip() == expected.strip()
+
+
+_ADDRESS_PIECES = st.sampled_from(
+    [
+        b"anna@kunde.example",
+        b"Bob.Stone+tag@Kunde.EXAMPLE",
+        b"'x'@kunde.example",
+        b'"quoted"@kunde.example',
+        b"=?utf-8?q?anna?=@kunde.example",
+        b"Anna Schmidt",
+        b'"Schmidt, Anna"',
+        b"=?utf-8?q?M=C3=BCller?=",
+        b"=?iso-8859-1?q?J=F6rg?=",
+        b"(Kommentar)",
+        b"Team:",
+        b";",
+        b", ",
+        b" ",
+        b"\r\n ",
+        b"<",
+        b">",
+        b'"',
+        b"@",
+        "Müller".encode(),
+        "Jörg".encode("latin-1"),
+    ]
+)
+_ADDRESS_VALUES = st.lists(_ADDRESS_PIECES, min_size=1, max_size=8).map(b"".join)
+
+
+def _parse_without_reuse(raw: bytes) -> InboundMessage:
+    import mailgate.parser as parser_module
+
+    original = parser_module._reusable
+    try:
+        parser_module._reusable = lambda parsed: False
+        return parse(raw)
+    finally:
+        parser_module._reusable = original
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    header=st.sampled_from([b"To", b"Cc", b"From", b"Reply-To"]),
+    values=st.lists(_ADDRESS_VALUES, min_size=1, max_size=2),
+)
+def test_addresses_from_mail_parser_equal_parsing_the_header_again(
+    header: bytes, values: list[bytes]
+) -> None:
+    """Reusing mail-parser's addresses gives what parsing the header again gives."""
+    headers = [header + b": " + value for value in values]
+    sender = [] if header == b"From" else [b"From: fallback@kunde.example"]
+    raw = mail(b"Subject: Adressen", *headers, *sender)
+    assert parse(raw) == _parse_without_reuse(raw)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"'x'@kunde.example <'x'@kunde.example>",  # mail-parser blanks the name, we would not
+        b"anna@kunde.example <anna@kunde.example>",
+        b"Anna <anna@kunde.example>, bob@kunde.example",
+    ],
+)
+def test_addresses_whose_name_is_the_address_are_parsed_as_before(value: bytes) -> None:
+    raw = mail(b"From: " + value, b"To: " + value, b"Subject: Adressen")
+    assert parse(raw) == _parse_without_reuse(raw)
+
+
+def test_every_to_header_counts_though_mail_parser_keeps_the_first() -> None:
+    raw = mail(
+        b"From: x@kunde.example",
+        b"To: anna@kunde.example",
+        b"To: bob@kunde.example",
+        b"Subject: Zwei",
+    )
+    assert [a.email for a in parse(raw).to] == ["anna@kunde.example", "bob@kunde.example"]
