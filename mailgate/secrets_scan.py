@@ -215,9 +215,13 @@ def _scan(text: str, *, prefilter: bool) -> list[Finding]:
     lowered = text.lower()
     if not text.isascii() and any(twin in text for twin in _IGNORECASE_TWINS):
         lowered = text.translate(_TWIN_TABLE).lower()
+    # Seven of the literals hold a "_", which one fast search rules out for most texts.
+    underscore = "_" in text
     for (kind, pattern, group), literals in zip(_TOKEN_PATTERNS, _TOKEN_LITERALS, strict=True):
         if prefilter and not any(
-            lit in (lowered if lit in _LOWERCASE_LITERALS else text) for lit in literals
+            lit in (lowered if lit in _LOWERCASE_LITERALS else text)
+            for lit in literals
+            if underscore or "_" not in lit
         ):
             continue
         for m in pattern.finditer(text):
