@@ -56,7 +56,7 @@ from mailgate.store import (
     Store,
     ensure_blob,
     ensure_secret,
-    insert_for,
+    insert_once,
     is_large,
     is_temporary,
     raw_mail,
@@ -432,27 +432,13 @@ def _new_inbound(
         "error": error,
         "dkim": dkim,
     }
-    entry: int | None = _insert_inbound(conn).run(conn, values).scalar()
+    entry: int | None = insert_once(conn, _INBOUND, "dedup_key", "id").run(conn, values).scalar()
     if entry is not None and large:
         ensure_blob(conn, raw, sha256)  # read back with store.raw_mail
     return entry
 
 
 _INBOUND = InboundRow.__table__
-_INSERT_INBOUND: dict[str, Prebuilt] = {}  # by dialect: ON CONFLICT is spelt per dialect
-
-
-def _insert_inbound(conn: Connection) -> Prebuilt:
-    """The ledger INSERT, built once: building a statement costs more than running it."""
-    stmt = _INSERT_INBOUND.get(conn.dialect.name)
-    if stmt is None:
-        stmt = Prebuilt(
-            insert_for(conn)(_INBOUND)
-            .on_conflict_do_nothing(index_elements=["dedup_key"])
-            .returning(_INBOUND.c.id)
-        )
-        _INSERT_INBOUND[conn.dialect.name] = stmt
-    return stmt
 
 
 def _ledger_entry(

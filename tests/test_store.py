@@ -15,8 +15,8 @@ from sqlalchemy.engine import make_url
 
 from mailgate.config import Config
 from mailgate.errors import StoreUnavailable
-from mailgate.models import Base, Follower, Membership, Meta, Organization, Outbox, User
-from mailgate.store import Prebuilt, Store, _WalFile
+from mailgate.models import Base, Blob, Follower, Membership, Meta, Organization, Outbox, User
+from mailgate.store import Prebuilt, Store, _WalFile, ensure_blob
 
 from .conftest import BASE_CONFIG, Clock
 
@@ -187,3 +187,20 @@ def test_prebuilt_statement_errors_are_sqlalchemy_errors(store: Store, clock: Cl
     with pytest.raises(sa_exc.IntegrityError), store.transaction() as session:
         add.run(session.connection(), values)
         add.run(session.connection(), values)
+
+
+@pytest.mark.parametrize("size", [10, 2 << 20], ids=["small", "large"])
+def test_a_blob_is_stored_once_and_whole_however_often_it_comes(store: Store, size: int) -> None:
+    """Content is kept by its hash: the second insert does nothing, also to a large blob."""
+    import hashlib
+    import os
+
+    data = os.urandom(size)
+    digest = hashlib.sha256(data).hexdigest()
+    with store.transaction() as session:
+        assert ensure_blob(session, data) == digest
+        assert ensure_blob(session, data) == digest
+    with store.transaction() as session:
+        assert ensure_blob(session, data, digest) == digest
+        rows = session.execute(select(Blob.size, Blob.data).where(Blob.sha256 == digest)).all()
+    assert [(row.size, bytes(row.data)) for row in rows] == [(size, data)]
