@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from mailgate.newlines import as_lf
 from mailgate.parser import InboundMessage
 
 __all__ = ["BounceReport", "analyse_bounce", "is_bounce"]
@@ -209,7 +210,7 @@ def _dsn_recipients(data: bytes) -> list[tuple[str, str, bool]]:
 
     Recipients whose Action is delivered, relayed or expanded did not fail and are skipped.
     """
-    text = data.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+    text = as_lf(data.decode("utf-8", "replace"))
     result: list[tuple[str, str, bool]] = []
     for block in re.split(r"\n[ \t]*\n", text):
         fields = _dsn_fields(block)

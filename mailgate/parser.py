@@ -50,6 +50,8 @@ import mailparser
 from mailparser.exceptions import MailParserRecursionError
 from mailparser.utils import get_addresses, mime_header_view, ported_string
 
+from mailgate.newlines import as_lf
+
 
 @dataclass(frozen=True, slots=True)
 class Address:
@@ -616,7 +618,7 @@ class _HTMLToText(HTMLParser):
         if self._skip:
             return
         if self._pre:
-            self._emit(data.replace("\r\n", "\n").replace("\r", "\n"))
+            self._emit(as_lf(data))
             return
         text = _HTML_SPACE.sub(" ", data)
         if text == " " and self._trailing_newlines:
@@ -996,13 +998,7 @@ def _content_id(part: Message) -> str | None:
 
 def _decode_text_part(part: Message) -> str:
     """Body text of a leaf part with charset fallback and normalised line endings."""
-    text = _decode_bytes(_payload_bytes(part), _part_charset(part))
-    if _LONE_CR.search(text) is None:  # CR only in CRLF: deleting CRs is the faster way
-        return text.replace("\r", "")
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-_LONE_CR = re.compile(r"\r(?!\n)")
+    return as_lf(_decode_bytes(_payload_bytes(part), _part_charset(part)))
 
 
 def _mp_key(part: Message) -> tuple[str, str, str]:

@@ -23,6 +23,8 @@ import html
 import re
 from collections.abc import Sequence
 
+from mailgate.newlines import as_lf
+
 __all__ = ["forwarded_original", "strip_quoted"]
 
 # --------------------------------------------------------------------------------------
@@ -629,7 +631,7 @@ def strip_quoted(text: str) -> str:
     kept. If nothing would be left, the original text (stripped) is returned: an empty
     comment would hide that the customer sent anything at all.
     """
-    normalised = text.replace("\r\n", "\n").replace("\r", "\n")
+    normalised = as_lf(text)
     if not normalised.strip():
         return ""
     lines = normalised.split("\n")
@@ -682,7 +684,7 @@ def forwarded_original(text: str) -> tuple[str, str] | None:
     the first block counts: deeper blocks are older messages from other people, so a first
     block without a usable address gives None rather than a wrong sender.
     """
-    normalised = text.replace("\r\n", "\n").replace("\r", "\n")
+    normalised = as_lf(text)
     # Apple Mail quotes forwarded messages ("> Begin forwarded message:"): unquote for this.
     lines = [re.sub(r"^\s*(?:>\s?)+", "", _clean(line)) for line in normalised.split("\n")]
     for index, line in enumerate(lines):

@@ -40,6 +40,7 @@ from markupsafe import Markup, escape
 
 import mailgate
 from mailgate.errors import ConfigError
+from mailgate.newlines import as_lf
 
 KINDS: tuple[str, ...] = (
     "ticket_created",
@@ -85,7 +86,7 @@ def nl2br(value: Any) -> Markup:
     ``<br>`` rather than ``white-space: pre-wrap`` because Outlook's Word-based renderer
     ignores that style and would run a customer's lines together.
     """
-    text = str(value).replace("\r\n", "\n").replace("\r", "\n")
+    text = as_lf(str(value))
     return escape(text).replace("\n", Markup("<br>\n"))
 
 
