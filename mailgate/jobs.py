@@ -33,7 +33,7 @@ from mailgate.outbound import (
 )
 from mailgate.render import Renderer
 from mailgate.store import Store, ensure_secret
-from mailgate.threads import reply_address
+from mailgate.pipeline.threads import reply_address
 
 log = logging.getLogger(__name__)
 

@@ -53,6 +53,18 @@ class RouteDecision:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class NameMatch:
+    """What a written organization name matched: one organization, none, or two too close."""
+
+    NONE = "none"
+    AMBIGUOUS = "ambiguous"
+
+    organization: str | None
+    candidates: tuple[tuple[str, float], ...]
+    problem: str | None = None  # NONE | AMBIGUOUS
+
+
 # --- subject normalisation -------------------------------------------------------------------
 
 # Reply and forward prefixes in the languages our users write: English, German, Dutch,
@@ -433,6 +445,26 @@ class Router:
                 )
         return self.by_prefix(sender, original)
 
+    def match_name(self, name: str) -> NameMatch:
+        """The organization a written name means, for a subject prefix and ``#org`` alike.
+
+        Below ``routing.threshold`` it names none; two candidates closer than
+        ``routing.ambiguity_margin`` are ambiguous, unless the first is typed exactly and
+        the second is not (a name typed exactly is meant).
+        """
+        routing = self.config.routing
+        candidates = tuple(self.index.search(name, limit=3))
+        if not candidates or candidates[0][1] < routing.threshold:
+            return NameMatch(None, candidates, NameMatch.NONE)
+        best = candidates[0]
+        if (
+            len(candidates) > 1
+            and best[1] - candidates[1][1] < routing.ambiguity_margin
+            and not (best[1] == 100.0 and candidates[1][1] < 100.0)
+        ):
+            return NameMatch(None, candidates, NameMatch.AMBIGUOUS)
+        return NameMatch(best[0], candidates)
+
     def by_prefix(self, sender: str, subject: str) -> RouteDecision:
         routing = self.config.routing
         prefix = extract_prefix(
@@ -440,9 +472,9 @@ class Router:
         )
         if prefix is None:
             return self.fallback(sender, subject)
-        candidates = tuple(self.index.search(prefix.name, limit=3))
-        best = candidates[0] if candidates else None
-        if best is None or best[1] < routing.threshold:
+        match = self.match_name(prefix.name)
+        candidates = match.candidates
+        if match.problem == NameMatch.NONE:
             fallback = self.fallback(sender, subject)
             if prefix.common_word:
                 return fallback
@@ -451,12 +483,8 @@ class Router:
                 reason=f"{fallback.reason}; prefix {prefix.name!r} names no organization",
                 candidates=candidates,
             )
-        if (
-            len(candidates) > 1
-            and best[1] - candidates[1][1] < routing.ambiguity_margin
-            # A name typed exactly is meant: it wins unless another is just as exact.
-            and not (best[1] == 100.0 and candidates[1][1] < 100.0)
-        ):
+        best = candidates[0]
+        if match.problem == NameMatch.AMBIGUOUS:
             fallback = self.fallback(sender, subject)
             return _with(
                 fallback,

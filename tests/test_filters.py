@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailgate.filters import auto_reply_reason
+from mailgate.pipeline.filters import auto_reply_reason
 from mailgate.parser import parse
 
 

@@ -274,10 +274,10 @@ def test_dedup_key_read_in_pieces_equals_the_whole_text_key(
     raw: bytes, piece: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Reading a large mail in pieces must not change any key already stored."""
-    import mailgate.ingest as ingest_module
+    import mailgate.pipeline.prepare as prepare_module
 
-    monkeypatch.setattr(ingest_module, "_PIECE", piece)
-    assert ingest_module.dedup_key("<m@x>", raw) == _dedup_key_whole("<m@x>", raw)
+    monkeypatch.setattr(prepare_module, "_PIECE", piece)
+    assert prepare_module.dedup_key("<m@x>", raw) == _dedup_key_whole("<m@x>", raw)
 
 
 def test_large_mail_is_stored_byte_for_byte(store: Store, config: Config, clock: Clock) -> None:
@@ -344,7 +344,8 @@ def _store_conversation(store: Store, router: Router, now: datetime, ahead: bool
         raw, envelope = make(tickets), Envelope("", ("support@support.example.com",))
         if ahead:
             prepared = prepare(router.config, raw, envelope, now, router=router)
-            assert prepared.ahead is not None or "auto-replied" in raw.decode()
+            assert prepared.hints is not None
+            assert prepared.hints.plan is not None or prepared.hints.reply is not None
             [(result, _)] = ingest_batch(store, router, [prepared])
         else:
             [(result, _)] = ingest_batch(store, router, [(raw, envelope, now)])
@@ -396,8 +397,8 @@ def test_work_done_ahead_with_another_config_is_done_again(
     store.sync(new, clock())
     raw = mail(sender="anna@neu.example", subject="Neu AG: Server down")
     prepared = prepare(old, raw, Envelope(), clock(), router=Router(old))
-    assert prepared.ahead is not None and prepared.ahead.ticket is not None
-    assert prepared.ahead.ticket.decision.organization is None  # no such org in the old one
+    assert prepared.hints is not None and prepared.hints.plan is not None
+    assert prepared.hints.plan.decision.organization is None  # no such org in the old one
     [(result, _)] = ingest_batch(store, Router(new), [prepared])
     assert isinstance(result, IngestResult) and result.organization == "Neu AG"
 

@@ -13,7 +13,7 @@ from mailgate.config import Config
 from mailgate.ingest import Envelope, IngestResult, ingest
 from mailgate.models import Meta, Outbox
 from mailgate.store import Store, get_ticket, ticket_detail, update_ticket
-from mailgate.threads import reply_address
+from mailgate.pipeline.threads import reply_address
 
 from .conftest import Clock, mail, send
 

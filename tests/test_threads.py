@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from mailgate.threads import (
+from mailgate.pipeline.commands import split_commands
+from mailgate.pipeline.facts import Reference, TicketFacts
+from mailgate.pipeline.threads import (
     DEFAULT_TAG,
     NO_REFERENCE,
-    Reference,
-    TicketFacts,
     match_thread,
     names_a_ticket,
     reply_address,
-    split_commands,
     status_after_reply,
     ticket_from_tag,
     ticket_from_token,
@@ -25,7 +24,7 @@ T1 = TicketFacts(
     "open",
     "Kunde A",
     "anna@a.example",
-    participants=frozenset({"cc@a.example"}),
+    participants=("cc@a.example",),
     members=frozenset({"anna@a.example", "kollege@a.example"}),
 )
 T2 = TicketFacts(2, "open", "Kunde B", "bob@b.example", members=frozenset({"bob@b.example"}))

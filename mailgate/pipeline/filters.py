@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from mailgate.config import Config
+from mailgate.outbound import LOOP_HEADER
 from mailgate.parser import InboundMessage
 
 Check = Callable[[InboundMessage], str | None]
@@ -80,4 +82,14 @@ def auto_reply_reason(message: InboundMessage) -> str | None:
         reason = check(message)
         if reason is not None:
             return reason
+    return None
+
+
+def own_mail(message: InboundMessage, config: Config) -> str | None:
+    """Our own notification coming back (a loop): the reason to ignore it, else None."""
+    domain = config.mail.address.rpartition("@")[2]
+    if (message.header(LOOP_HEADER) or "").strip().lower() == domain:
+        return f"own mail ({LOOP_HEADER}), a loop"
+    if message.from_ is not None and message.from_.email == config.mail.address:
+        return "own mail (From is our address), a loop"
     return None

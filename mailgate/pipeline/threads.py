@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from mailgate.config import TicketsConfig
 from mailgate.models import Status
+from mailgate.pipeline.facts import Reference, TicketFacts
 
 # --- reply tokens: support+<ticket>-<mac>@domain -------------------------------------------
 
@@ -83,35 +84,6 @@ def ticket_from_tag(subject: str, pattern: str = DEFAULT_TAG) -> int | None:
 
 
 @dataclass(frozen=True, slots=True)
-class TicketFacts:
-    """What the threading decision needs to know about one existing ticket."""
-
-    id: int
-    status: str
-    organization: str | None
-    requester: str
-    participants: frozenset[str] = frozenset()
-    members: frozenset[str] = frozenset()  # members of the ticket's organization
-
-    def knows(self, email: str, agents: frozenset[str]) -> bool:
-        """Requester, participant, member of its organization, or agent (user rule)."""
-        return (
-            email == self.requester
-            or email in self.participants
-            or email in self.members
-            or email in agents
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Reference:
-    """A Message-ID the mail refers to that we stored, and the ticket it belongs to."""
-
-    ticket: TicketFacts
-    sent_to_sender: bool  # one of our notifications, addressed to this very sender
-
-
-@dataclass(frozen=True, slots=True)
 class ThreadMatch:
     """The ticket a mail continues (None: a new ticket), how it was found, and why."""
 
@@ -163,47 +135,3 @@ def status_after_reply(status: str, by_agent: bool, auto_reply: bool) -> str:
     if status in (Status.PENDING, Status.SOLVED):
         return Status.OPEN.value
     return status
-
-
-# --- agent commands ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """One ``#command argument`` line from the top of an agent's mail."""
-
-    name: str
-    argument: str
-    line: str
-
-
-COMMANDS = ("status", "org", "requester", "note", "private")
-_COMMAND_LINE = re.compile(r"^#(?P<name>[a-z]+)\b[ \t]*(?P<argument>.*?)\s*$", re.IGNORECASE)
-
-
-def split_commands(body: str) -> tuple[tuple[Command, ...], str]:
-    """Commands on the lines at the top of the body, and the body without them.
-
-    Only the leading block counts (blank lines allowed between commands), so a ``#`` later
-    in the text — a hashtag, a shell comment in a quoted log — is just text.
-    """
-    lines = body.split("\n")
-    commands: list[Command] = []
-    index = 0
-    while index < len(lines):
-        line = lines[index].strip()
-        if not line:
-            index += 1
-            continue
-        match = _COMMAND_LINE.match(line)
-        if match is None:
-            break
-        commands.append(Command(match.group("name").lower(), match.group("argument"), line))
-        index += 1
-    if not commands:
-        return (), body
-    return tuple(commands), "\n".join(lines[index:]).strip()
-
-
-def is_private(commands: Iterable[Command]) -> bool:
-    return any(c.name in ("note", "private") for c in commands)

@@ -1,0 +1,139 @@
+"""Queueing a notification: the one place every outbox row is written.
+
+Ingest, agent commands and the auto-close job all come here, so the rules hold for every
+kind of mail mailgate sends: nobody outside the ticket (its requester, participants, its
+organization's members, the agents) is sent its content (user rule); never one of our own
+addresses (a loop) unless it is an agent's; never an address that hard-bounced recently;
+one mail per follower, who never see each other's addresses. The row is written in the
+transaction of the event that caused it, so no notification is lost when the relay is down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, insert, select
+
+from mailgate.config import Config
+from mailgate.models import Follower, Membership, Outbox, Suppression, User
+from mailgate.pipeline.decision import Notify
+from mailgate.pipeline.facts import TicketFacts
+from mailgate.pipeline.notify import is_ours
+from mailgate.store import Prebuilt
+
+_USERS = User.__table__
+_MEMBERS = Membership.__table__
+_FOLLOWERS = Follower.__table__
+_SUPPRESSIONS = Suppression.__table__
+_OUTBOX = Outbox.__table__
+
+
+def queue_notification(
+    conn: Connection,
+    config: Config,
+    ticket: TicketFacts,
+    organization_id: int | None,
+    note: Notify,
+    now: datetime,
+    comment: int | None = None,
+) -> int:
+    """Queue ``note`` about ``ticket`` (facts as they are after the event); rows written.
+
+    ``organization_id`` is the ticket's, for its followers; ``comment`` the comment the
+    event wrote, for notifications that carry it.
+    """
+    payload: dict[str, Any] = {}
+    if note.with_comment:
+        payload["comment"] = comment
+    if note.errors:
+        payload["errors"] = list(note.errors)
+    queued = 0
+    if note.to:
+        queued += _queue(conn, config, note.kind, ticket, note.to, note.exclude, payload, now)
+    if note.followers and organization_id is not None:
+        followers = follower_emails(conn, organization_id)
+        # Followers are members (the query says so): the visibility rule lets them see it.
+        seen = _with_members(ticket, followers)
+        for email in followers:
+            queued += _queue(conn, config, note.kind, seen, (email,), note.exclude, payload, now)
+    return queued
+
+
+def follower_emails(conn: Connection, organization_id: int) -> list[str]:
+    """Members of the organization who follow it, by address."""
+    return list(_FOLLOWER_EMAILS.run(conn, {"org": organization_id}).scalars())
+
+
+def _with_members(ticket: TicketFacts, members: Sequence[str]) -> TicketFacts:
+    if not members:
+        return ticket
+    return TicketFacts(
+        id=ticket.id,
+        status=ticket.status,
+        organization=ticket.organization,
+        requester=ticket.requester,
+        participants=ticket.participants,
+        members=ticket.members | frozenset(members),
+        subject=ticket.subject,
+        priority=ticket.priority,
+        tags=ticket.tags,
+    )
+
+
+def _queue(
+    conn: Connection,
+    config: Config,
+    kind: str,
+    ticket: TicketFacts,
+    recipients: Sequence[str],
+    exclude: Sequence[str],
+    payload: dict[str, Any],
+    now: datetime,
+) -> int:
+    agents = frozenset(config.agents.addresses)
+    suppressed = set(_SUPPRESSED.run(conn, {"emails": list(recipients), "now": now}).scalars())
+    to = [
+        r
+        for r in dict.fromkeys(recipients)
+        if r
+        and r not in exclude
+        and r not in suppressed  # hard-bounced recently: mail would only bounce again
+        and (r in agents or not is_ours(r, config))  # never to ourselves; agents may share it
+        and ticket.knows(r, agents)
+    ]
+    if not to:
+        return 0
+    row = {
+        "kind": kind,
+        "ticket_id": ticket.id,
+        "recipients": to,
+        "subject": f"{config.tickets.tag.replace('{id}', str(ticket.id))} {ticket.subject}",
+        "payload": payload,
+        "status": "pending",
+        "created_at": now,
+        "next_attempt_at": now,
+    }
+    _INSERT_OUTBOX.run(conn, row)
+    return 1
+
+
+_INSERT_OUTBOX = Prebuilt(insert(_OUTBOX))
+_FOLLOWER_EMAILS = Prebuilt(
+    select(_USERS.c.email)
+    .join(_FOLLOWERS, _FOLLOWERS.c.user_id == _USERS.c.id)
+    .where(
+        _FOLLOWERS.c.organization_id == bindparam("org"),
+        _USERS.c.id.in_(
+            select(_MEMBERS.c.user_id).where(_MEMBERS.c.organization_id == bindparam("org"))
+        ),
+    )
+    .order_by(_USERS.c.email)
+)
+_SUPPRESSED = Prebuilt(
+    select(_SUPPRESSIONS.c.email).where(
+        _SUPPRESSIONS.c.email.in_(bindparam("emails", expanding=True)),
+        _SUPPRESSIONS.c.until > bindparam("now"),
+    )
+)

@@ -1,0 +1,109 @@
+"""What an agent's mail asks for: ``#status``, ``#org``, ``#requester``, ``#note``.
+
+Agents work from their mail client, so lines at the top of their reply are commands. This
+module reads them and checks each one without the database: an unknown or refused command
+changes nothing and its line comes back with the explanation the agent is sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from mailgate.models import Status
+from mailgate.routing import NameMatch, Router
+
+COMMANDS = ("status", "org", "requester", "note", "private")
+PRIVATE = ("note", "private")  # the comment stays internal
+_COMMAND_LINE = re.compile(r"^#(?P<name>[a-z]+)\b[ \t]*(?P<argument>.*?)\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One ``#command argument`` line from the top of an agent's mail."""
+
+    name: str
+    argument: str
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A checked command: which field of the ticket it sets, to what, and the line it came from."""
+
+    field: str  # "status" | "organization" | "requester"
+    value: str
+    line: str
+
+
+def split_commands(body: str) -> tuple[tuple[Command, ...], str]:
+    """Commands on the lines at the top of the body, and the body without them.
+
+    Only the leading block counts (blank lines allowed between commands), so a ``#`` later
+    in the text — a hashtag, a shell comment in a quoted log — is just text.
+    """
+    lines = body.split("\n")
+    commands: list[Command] = []
+    index = 0
+    while index < len(lines):
+        line = lines[index].strip()
+        if not line:
+            index += 1
+            continue
+        match = _COMMAND_LINE.match(line)
+        if match is None:
+            break
+        commands.append(Command(match.group("name").lower(), match.group("argument"), line))
+        index += 1
+    if not commands:
+        return (), body
+    return tuple(commands), "\n".join(lines[index:]).strip()
+
+
+def is_private(commands: Iterable[Command]) -> bool:
+    return any(c.name in PRIVATE for c in commands)
+
+
+def check_commands(
+    commands: Iterable[Command], router: Router
+) -> tuple[tuple[Change, ...], tuple[str, ...]]:
+    """The changes the commands make, in order, and one explanation per refused line."""
+    changes: list[Change] = []
+    errors: list[str] = []
+    for command in commands:
+        if command.name in PRIVATE:
+            continue
+        change = _check(command, router)
+        if isinstance(change, Change):
+            changes.append(change)
+        else:
+            errors.append(f"{command.line}: {change}")
+    return tuple(changes), tuple(errors)
+
+
+def _check(command: Command, router: Router) -> Change | str:
+    """The change one command makes, or why it is refused."""
+    if command.name not in COMMANDS:
+        return f"unknown command; known are {', '.join('#' + c for c in COMMANDS)}"
+    if not command.argument:
+        return "needs an argument"
+    if command.name == "status":
+        status = command.argument.lower()
+        if status not in (Status.OPEN, Status.PENDING, Status.SOLVED):
+            return "status must be open, pending or solved"
+        return Change("status", status, command.line)
+    if command.name == "org":
+        # The same name matching, threshold and ambiguity rule as a subject prefix.
+        match = router.match_name(command.argument)
+        if match.problem == NameMatch.NONE:
+            return f"no organization matches {command.argument!r}"
+        if match.problem == NameMatch.AMBIGUOUS:
+            first, second = match.candidates[0][0], match.candidates[1][0]
+            return f"{command.argument!r} is ambiguous: {first} or {second}"
+        assert match.organization is not None
+        return Change("organization", match.organization, command.line)
+    email = command.argument.strip("<>").lower()  # requester
+    if "@" not in email or " " in email:
+        return f"{command.argument!r} is not an email address"
+    return Change("requester", email, command.line)

@@ -1,0 +1,119 @@
+"""What becomes of one mail: a small closed set of typed outcomes.
+
+:func:`mailgate.pipeline.decide.decide` returns one of these; :func:`mailgate.db.apply.apply`
+writes it. Each carries the reason the ledger shows and the notifications it causes, so
+"why did this mail become an internal note on ticket 42, and who was told?" is answered by
+one value that a test can compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailgate.models import Outcome
+from mailgate.pipeline.commands import Change
+from mailgate.pipeline.facts import SentNotification, TicketFacts
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """One notification the decision causes, before the store's safety rules.
+
+    :func:`mailgate.db.outbox.queue_notification` still drops recipients outside the
+    ticket, our own addresses and suppressed ones. ``followers`` adds every follower of the
+    ticket's organization, one mail each (followers never see each other's addresses).
+    ``with_comment`` puts the comment the decision writes into the mail.
+    """
+
+    kind: str
+    to: tuple[str, ...] = ()
+    followers: bool = False
+    exclude: tuple[str, ...] = ()
+    with_comment: bool = False
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    """Stored in the ledger and nothing else: a loop, a robot's mail nobody should see."""
+
+    reason: str
+    outcome = Outcome.IGNORED
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """Kept aside for an admin (``mailgate quarantine``): no mail, no sender, too many."""
+
+    reason: str
+    outcome = Outcome.QUARANTINED
+
+
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    """A bounce is never a ticket: the notifications it returns are marked and noted."""
+
+    reason: str
+    returned: tuple[SentNotification, ...]
+    failed: str  # "anna@… 5.1.1, …": who could not be reached, with the status
+    suppress: tuple[tuple[str, str], ...]  # hard-bounced (address, status): no mail for a while
+    outcome = Outcome.IGNORED
+
+
+@dataclass(frozen=True, slots=True)
+class NewTicket:
+    """A ticket opened by this mail, in the organization routing chose."""
+
+    reason: str
+    requester: str
+    requester_name: str
+    organization: str | None
+    subject: str
+    body: str
+    score: float | None
+    priority: str
+    tags: tuple[str, ...]
+    participants: tuple[tuple[str, str], ...]  # To/Cc people copied on it: (email, name)
+    notify: tuple[Notify, ...]
+    outcome = Outcome.CREATED
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """A reply to a closed ticket opens a new one: closed tickets are locked (user rule)."""
+
+    reason: str
+    closed: TicketFacts
+    author: str
+    author_name: str
+    body: str
+    notify: tuple[Notify, ...]
+    outcome = Outcome.CREATED
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    """A public comment on an open ticket, with what it changes there."""
+
+    reason: str
+    ticket: TicketFacts
+    author: str
+    author_name: str
+    body: str
+    status: str  # the ticket's status after this comment
+    participants: tuple[tuple[str, str], ...]  # To/Cc people to copy on the ticket
+    changes: tuple[Change, ...]  # an agent's commands, checked
+    notify: tuple[Notify, ...]
+    outcome = Outcome.COMMENTED
+
+    public = True
+
+
+@dataclass(frozen=True, slots=True)
+class InternalNote(Comment):
+    """A comment customers never see: an agent's ``#note``, a robot's reply to a ticket."""
+
+    public = False
+
+
+Decision = Ignore | Quarantine | Bounce | NewTicket | FollowUp | Comment | InternalNote

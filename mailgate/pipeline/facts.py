@@ -1,0 +1,66 @@
+"""What the database knows that a decision needs, as plain values.
+
+:func:`mailgate.db.gather.gather` reads these in the transaction that will write the
+decision, so :func:`mailgate.pipeline.decide.decide` can stay pure: a test builds a
+:class:`Facts` by hand instead of filling a database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class TicketFacts:
+    """One existing ticket: what threading, replies, follow-ups and visibility look at."""
+
+    id: int
+    status: str
+    organization: str | None
+    requester: str
+    participants: tuple[str, ...] = ()  # oldest first: the order notifications list them
+    members: frozenset[str] = frozenset()  # members of the ticket's organization
+    subject: str = ""
+    priority: str = "normal"
+    tags: tuple[str, ...] = ()
+    # Row ids, for the store that writes the decision; decisions never look at them.
+    organization_id: int | None = None
+    requester_id: int | None = None
+
+    def knows(self, email: str, agents: frozenset[str]) -> bool:
+        """Requester, participant, member of its organization, or agent (user rule)."""
+        return (
+            email == self.requester
+            or email in self.participants
+            or email in self.members
+            or email in agents
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A Message-ID the mail refers to that we stored, and the ticket it belongs to."""
+
+    ticket: TicketFacts
+    sent_to_sender: bool  # one of our notifications, addressed to this very sender
+
+
+@dataclass(frozen=True, slots=True)
+class SentNotification:
+    """An outbox row that a bounce says came back undelivered."""
+
+    id: int
+    kind: str
+    ticket_id: int | None
+    recipients: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """Everything :func:`~mailgate.pipeline.decide.decide` may ask of the database."""
+
+    token: TicketFacts | None = None  # the ticket behind a valid reply token
+    references: tuple[Reference, ...] = ()  # tickets behind In-Reply-To/References
+    tag: TicketFacts | None = None  # the ticket behind the subject tag
+    recent_tickets: int = 0  # new tickets the sender opened in the last hour
+    bounced: tuple[SentNotification, ...] = ()  # our notifications a bounce returns

@@ -1,0 +1,77 @@
+"""Who is told of what: the notifications each kind of decision causes.
+
+The rules of the support team in one place. The store's
+:func:`~mailgate.db.outbox.queue_notification` then applies the safety rules every
+notification obeys, whoever asked for it: nobody outside the ticket, never ourselves,
+never a suppressed address.
+"""
+
+from __future__ import annotations
+
+from mailgate.config import Config
+from mailgate.parser import InboundMessage
+from mailgate.pipeline.decision import Notify
+from mailgate.routing import domain_of
+
+
+def is_ours(email: str, config: Config) -> bool:
+    """An address on one of our own domains (the support address and its aliases)."""
+    return domain_of(email) in config.mail.domains
+
+
+def participant_addresses(
+    message: InboundMessage, requester: str, config: Config
+) -> tuple[tuple[str, str], ...]:
+    """To/Cc addresses of a mail that are neither ours, the requester nor agents."""
+    seen: dict[str, str] = {}
+    for address in (*message.to, *message.cc):
+        email = address.email
+        if (
+            not email
+            or email == requester
+            or is_ours(email, config)
+            or email in config.agents.addresses
+        ):
+            continue
+        seen.setdefault(email, address.name)
+    return tuple(seen.items())
+
+
+def secret_warning(sender: str, secret: bool) -> tuple[Notify, ...]:
+    """Credentials never travel in plain mail: ask the sender to use the secret link."""
+    return (Notify("secret_warning", (sender,)),) if secret else ()
+
+
+def on_new_ticket(
+    requester: str, sender: str, acknowledge: bool, secret: bool
+) -> tuple[Notify, ...]:
+    """A new ticket: acknowledge it to the requester and tell the organization's followers."""
+    notify = []
+    if acknowledge:
+        notify.append(Notify("ticket_created", (requester,), with_comment=True))
+    notify.append(
+        Notify("new_ticket_follower", followers=True, exclude=(requester,), with_comment=True)
+    )
+    return (*notify, *secret_warning(sender, secret))
+
+
+def on_comment(
+    sender: str,
+    by_agent: bool,
+    public: bool,
+    auto_reply: bool,
+    audience: tuple[str, ...],
+    agents: tuple[str, ...],
+    errors: tuple[str, ...],
+    secret: bool,
+) -> tuple[Notify, ...]:
+    """An agent's public answer goes to the requester and participants; a customer's
+    reply goes to the agents; robots tell nobody. Refused commands are explained."""
+    notify = []
+    if by_agent and public:
+        notify.append(Notify("agent_reply", audience, with_comment=True))
+    elif not by_agent and not auto_reply:
+        notify.append(Notify("customer_reply", agents, exclude=(sender,), with_comment=True))
+    if errors:
+        notify.append(Notify("command_error", (sender,), errors=errors))
+    return (*notify, *secret_warning(sender, secret))
