@@ -18,6 +18,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailgate.config import Config
+from mailgate.db.outbox import queue_notification
 from mailgate.health import DELIVERIES
 from mailgate.hours import SupportHours
 from mailgate.models import Comment, Outbox, Status, Ticket, User
@@ -31,9 +32,11 @@ from mailgate.outbound import (
     classify,
     make_transport,
 )
+from mailgate.pipeline import notify
+from mailgate.pipeline.facts import TicketFacts
+from mailgate.pipeline.threads import reply_address
 from mailgate.render import Renderer
 from mailgate.store import Store, ensure_secret
-from mailgate.pipeline.threads import reply_address
 
 log = logging.getLogger(__name__)
 
@@ -217,20 +220,13 @@ class Jobs:
                         )
                     ).all()
                 )
-                tag = self.config.tickets.tag
-                session.add_all(
-                    Outbox(
-                        kind="ticket_closed",
-                        ticket_id=ticket_id,
-                        recipients=[emails[requester]],
-                        subject=f"{tag.replace('{id}', str(ticket_id))} {subject}",
-                        payload={},
-                        status="pending",
-                        created_at=now,
-                        next_attempt_at=now,
+                conn = session.connection()
+                for ticket_id, subject, requester in closed:
+                    ticket = TicketFacts(
+                        ticket_id, Status.CLOSED.value, None, emails[requester], subject=subject
                     )
-                    for ticket_id, subject, requester in closed
-                )
+                    for note in notify.on_ticket_closed(ticket.requester):
+                        queue_notification(conn, self.config, ticket, None, note, now)
         ids = sorted(ticket_id for ticket_id, _, _ in closed)
         if ids:
             log.info("closed %d solved tickets: %s", len(ids), ids[:20])

@@ -6,6 +6,7 @@ import json
 import smtplib
 import subprocess
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from mailgate.ingest import Envelope, ingest, reprocess_quarantined
 from mailgate.jobs import Jobs
 from mailgate.models import InboundMessage, Outbox
 from mailgate.smtp import ServerThread
-from mailgate.store import Store, get_ticket, ticket_detail
+from mailgate.store import Store, get_ticket, ticket_detail, update_ticket
 
 from .conftest import MAILGATE, Clock, mail
 
@@ -162,6 +163,32 @@ def test_bounce_marks_the_notification_and_suppresses_the_address(
     ingest(store, config, mail(sender="weg@kunde.example", subject="später"), Envelope(), clock())
     with store.transaction() as s:
         assert len(s.scalars(select(Outbox)).all()) == 2
+
+
+def test_a_hard_bounced_requester_gets_no_closing_mail(
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock
+) -> None:
+    """Auto-close queues ``ticket_closed`` through the same rules as ingest: suppression too."""
+    config, _ = make_config()
+    jobs = Jobs(store, config)
+    created = ingest(store, config, mail(sender="weg@kunde.example"), Envelope(), clock())
+    kept = ingest(store, config, mail(sender="da@kunde.example"), Envelope(), clock())
+    jobs.deliver_outbox(clock())
+    with store.transaction() as s:
+        ack = s.scalars(select(Outbox).where(Outbox.ticket_id == created.ticket)).one()
+        original = ack.message
+    assert original is not None
+    envelope = Envelope("", ("support@support.example.com",))
+    ingest(store, config, dsn(original, "weg@kunde.example", "5.1.1"), envelope, clock())
+    with store.transaction() as s:
+        for result in (created, kept):
+            assert result.ticket is not None
+            update_ticket(s, get_ticket(s, result.ticket), clock(), status="solved")
+    closed = jobs.close_solved(clock() + timedelta(days=3, minutes=1))
+    assert closed == sorted([created.ticket, kept.ticket])
+    with store.transaction() as s:
+        told = [o.recipients for o in s.scalars(select(Outbox)) if o.kind == "ticket_closed"]
+    assert told == [["da@kunde.example"]]
 
 
 def test_credentials_are_masked_everywhere_but_the_raw_mail(

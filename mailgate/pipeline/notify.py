@@ -75,3 +75,8 @@ def on_comment(
     if errors:
         notify.append(Notify("command_error", (sender,), errors=errors))
     return (*notify, *secret_warning(sender, secret))
+
+
+def on_ticket_closed(requester: str) -> tuple[Notify, ...]:
+    """A solved ticket closed by the clock: the requester hears that it is done."""
+    return (Notify("ticket_closed", (requester,)),)
