@@ -169,7 +169,9 @@ def follow_up(case: Case) -> Decision | None:
         author=mail.sender,
         author_name=mail.name,
         body=body,
-        notify=notify.on_new_ticket(closed.requester, mail.sender, True, secret),
+        notify=notify.on_new_ticket(
+            closed.requester, closed.organization, mail.sender, True, secret
+        ),
     )
 
 
@@ -212,7 +214,9 @@ def new_ticket(case: Case) -> Decision:
         priority=route.priority or "normal",
         tags=route.tags,
         participants=notify.participant_addresses(mail.message, plan.requester, config),
-        notify=notify.on_new_ticket(plan.requester, mail.sender, not quiet, plan.secret),
+        notify=notify.on_new_ticket(
+            plan.requester, route.organization, mail.sender, not quiet, plan.secret
+        ),
     )
 
 

@@ -43,15 +43,16 @@ def secret_warning(sender: str, secret: bool) -> tuple[Notify, ...]:
 
 
 def on_new_ticket(
-    requester: str, sender: str, acknowledge: bool, secret: bool
+    requester: str, organization: str | None, sender: str, acknowledge: bool, secret: bool
 ) -> tuple[Notify, ...]:
     """A new ticket: acknowledge it to the requester and tell the organization's followers."""
     notify = []
     if acknowledge:
         notify.append(Notify("ticket_created", (requester,), with_comment=True))
-    notify.append(
-        Notify("new_ticket_follower", followers=True, exclude=(requester,), with_comment=True)
-    )
+    if organization is not None:
+        notify.append(
+            Notify("new_ticket_follower", followers=True, exclude=(requester,), with_comment=True)
+        )
     return (*notify, *secret_warning(sender, secret))
 
 

@@ -1,0 +1,837 @@
+"""The decision for a mail, as a table: parsed mail and hand-made facts in, a Decision out.
+
+No database and no socket: each row is a mail as a customer, an agent or a robot writes it,
+the facts the store would have gathered, and what mailgate must make of it — the kind of
+decision, the reason the ledger shows and who is told. Every reason the ledger can show
+for a stored mail appears in some row (``processing failed`` is the store's, when a stage
+raises; it is tested in tests/test_hygiene.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from mailgate.config import Config, parse_config
+from mailgate.dkim_check import DkimResult
+from mailgate.parser import UnparseableMessage, parse
+from mailgate.pipeline.commands import Change
+from mailgate.pipeline.decide import STAGES, decide
+from mailgate.pipeline.decision import (
+    Bounce,
+    Comment,
+    Decision,
+    FollowUp,
+    Ignore,
+    InternalNote,
+    NewTicket,
+    Quarantine,
+)
+from mailgate.pipeline.facts import Facts, Reference, SentNotification, TicketFacts
+from mailgate.pipeline.inputs import prefetch
+from mailgate.pipeline.reading import InboundEnvelope, Mail, Unreadable, read
+from mailgate.routing import Router
+
+from .conftest import mail
+from .test_hygiene import dsn
+
+ANNA = "anna@mueller-logistik.de"
+CHEF = "chef@mueller-logistik.de"
+AGENT = "tech@support.example.com"
+STRANGER = "fremd@gmail.com"
+SUPPORT = "support@support.example.com"
+MUELLER = "Müller Logistik GmbH"
+MUELLER_MEMBERS = frozenset({ANNA, CHEF, "berater@agentur.de"})
+
+BASE: dict[str, Any] = {
+    "mail": {"domains": ["support.example.com"], "address": SUPPORT},
+    "agents": {"addresses": [AGENT]},
+    "limits": {"acks_per_hour": 2, "tickets_per_hour": 4},
+    "routing": {
+        "rules": [
+            {
+                "from": "*@monitoring.example",
+                "organization": "Meier Bau",
+                "priority": "high",
+                "tags": ["monitoring"],
+            },
+            {"subject": "^NOTFALL", "priority": "urgent", "tags": ["emergency"]},
+        ]
+    },
+    "organizations": [
+        {
+            "name": MUELLER,
+            "aliases": ["Müller Logistik"],
+            "domains": ["mueller-logistik.de"],
+            "members": sorted(MUELLER_MEMBERS),
+            "followers": [CHEF],
+            "agencies": ["Agentur Blau"],
+        },
+        {"name": "Agentur Blau", "domains": ["agentur.de"], "members": ["berater@agentur.de"]},
+        {
+            "name": "Bäckerei Groß",
+            "domains": ["baeckerei-gross.de"],
+            "members": ["bernd@baeckerei-gross.de", "multi@x.example"],
+            "primary_for": ["multi@x.example"],
+        },
+        {"name": "Meier Bau", "members": ["multi@x.example", "doppel@y.example"]},
+        {"name": "Zweite Firma", "members": ["doppel@y.example"]},
+        {"name": "Nordwind Reisen", "aliases": ["Nordwind"]},
+        {"name": "Nordwind Logistik", "aliases": ["Nordwind"]},
+    ],
+}
+
+
+def _config(**overlay: Any) -> Config:
+    data = {key: dict(value) if isinstance(value, dict) else value for key, value in BASE.items()}
+    for section, values in overlay.items():
+        data[section] = {**data.get(section, {}), **values}
+    return parse_config(data)
+
+
+ROUTER = Router(_config())
+DEFAULT_ORG = Router(_config(routing={"default_organization": "Agentur Blau"}))
+DKIM_ONLY = Router(_config(security={"require_dkim_for_commands": True}))
+
+
+def ticket(
+    number: int = 5,
+    status: str = "open",
+    requester: str = ANNA,
+    organization: str | None = MUELLER,
+    participants: tuple[str, ...] = (),
+    members: frozenset[str] = MUELLER_MEMBERS,
+) -> TicketFacts:
+    return TicketFacts(
+        number,
+        status,
+        organization,
+        requester,
+        participants=participants,
+        members=members,
+        subject="Drucker kaputt",
+    )
+
+
+OPEN = ticket()
+CLOSED = ticket(7, "closed")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One mail and what must become of it."""
+
+    name: str
+    raw: bytes | None  # None: input that is no mail
+    expect: type
+    reason: str  # a regular expression the whole reason must match
+    facts: Facts = Facts()
+    envelope: InboundEnvelope = InboundEnvelope("", (SUPPORT,))
+    router: Router = ROUTER
+    dkim: DkimResult | None = None
+    told: tuple[tuple[str, tuple[str, ...]], ...] | None = None  # (kind, to); followers: "*"
+    check: Callable[[Any], bool] = field(default=lambda d: True)
+
+
+def lit(text: str) -> str:
+    return re.escape(text)
+
+
+def agent(body: str, subject: str = "Re: [#5] Drucker kaputt", **kw: Any) -> bytes:
+    return mail(sender=f"Tech <{AGENT}>", subject=subject, body=body, **kw)
+
+
+def reply(sender: str = f"Anna Schmidt <{ANNA}>", body: str = "Danke!\n", **kw: Any) -> bytes:
+    return mail(sender=sender, subject="Re: [#5] Drucker kaputt", body=body, **kw)
+
+
+TAGGED = Facts(tag=OPEN)
+ACK = ("ticket_created", (ANNA,))
+FOLLOWERS = ("new_ticket_follower", ("*",))
+CUSTOMER_REPLY = ("customer_reply", (AGENT,))
+RETURNED = SentNotification(11, "ticket_created", 5, ("weg@kunde.example",))
+ORIGINAL = mail(sender=f"Support <{SUPPORT}>", to="weg@kunde.example", message_id="<n1@s>")
+FORWARD = (
+    "Bitte kümmern.\n\n---------- Forwarded message ---------\n"
+    "From: Anna Schmidt <anna@mueller-logistik.de>\nDate: Thu, 26 Nov 2026\n"
+    "Subject: Drucker\n\nDer Drucker ist kaputt.\n"
+)
+QUOTED = "Geht wieder.\n\nAm 26.11.2026 um 10:00 schrieb Support:\n> Bitte neu starten.\n"
+SECRET = "Zugang: Passwort: geheim123!\n"
+NO_FROM = (
+    b"To: support@support.example.com\r\nSubject: ohne Absender\r\n"
+    b"Message-ID: <nofrom@x>\r\n\r\nHallo\r\n"
+)
+MEMBER = "sender is a member of Müller Logistik GmbH"
+UNKNOWN = "no organization: sender is unknown"
+
+ROWS: list[Row] = [
+    # --- input that is no mail, no sender, our own mail, bounces -------------------------
+    Row("not a mail", None, Quarantine, "unparseable: .+"),
+    Row("no sender at all", NO_FROM, Quarantine, lit("no sender address (From)")),
+    Row(
+        "no From, envelope sender asks",
+        NO_FROM,
+        NewTicket,
+        lit(MEMBER),
+        envelope=InboundEnvelope(ANNA, (SUPPORT,)),
+        told=(ACK, FOLLOWERS),
+    ),
+    Row(
+        "our loop header comes back",
+        mail(extra="X-Mailgate-Loop: support.example.com\r\n"),
+        Ignore,
+        lit("own mail (X-Mailgate-Loop), a loop"),
+    ),
+    Row(
+        "our own address writes",
+        mail(sender=f"Support <{SUPPORT}>", subject="[#5] x"),
+        Ignore,
+        lit("own mail (From is our address), a loop"),
+        facts=Facts(token=OPEN),
+    ),
+    Row(
+        "another system's loop header is no loop of ours",
+        mail(extra="X-Mailgate-Loop: other.example\r\n"),
+        NewTicket,
+        lit(MEMBER),
+    ),
+    Row(
+        "hard bounce of an acknowledgement",
+        dsn(ORIGINAL, "weg@kunde.example", "5.1.1"),
+        Bounce,
+        lit("bounce for 1 notification(s): weg@kunde.example 5.1.1"),
+        facts=Facts(bounced=(RETURNED,)),
+        told=(),
+        check=lambda d: d.suppress == (("weg@kunde.example", "5.1.1"),) and d.returned,
+    ),
+    Row(
+        "soft bounce suppresses nobody",
+        dsn(ORIGINAL, "weg@kunde.example", "4.2.2"),
+        Bounce,
+        lit("bounce for 1 notification(s): weg@kunde.example 4.2.2"),
+        facts=Facts(bounced=(RETURNED,)),
+        check=lambda d: d.suppress == (),
+    ),
+    Row(
+        "bounce of a mail we never sent",
+        dsn(ORIGINAL, "weg@kunde.example", "5.1.1"),
+        Bounce,
+        lit("bounce for 0 notification(s): weg@kunde.example 5.1.1"),
+        check=lambda d: d.returned == (),
+    ),
+    # --- robots --------------------------------------------------------------------------
+    Row(
+        "out-of-office to no ticket",
+        mail(extra="Auto-Submitted: auto-replied\r\n"),
+        Ignore,
+        lit("auto-reply (Auto-Submitted: auto-replied) to no ticket"),
+    ),
+    Row(
+        "bulk mail",
+        mail(extra="Precedence: bulk\r\n"),
+        Ignore,
+        lit("auto-reply (Precedence: bulk) to no ticket"),
+    ),
+    Row(
+        "list mail",
+        mail(extra="List-Id: <news.example>\r\n"),
+        Ignore,
+        lit("auto-reply (List-Id header (list mail)) to no ticket"),
+    ),
+    Row(
+        "out-of-office subject only",
+        mail(subject="Abwesenheitsnotiz: bis Montag"),
+        Ignore,
+        lit("auto-reply (out-of-office subject) to no ticket"),
+    ),
+    Row(
+        "vendor auto-reply header",
+        mail(extra="X-Autoreply: yes\r\n"),
+        Ignore,
+        lit("auto-reply (X-Autoreply header) to no ticket"),
+    ),
+    Row(
+        "robot answers a closed ticket",
+        reply(extra="Auto-Submitted: auto-replied\r\n"),
+        Ignore,
+        lit("auto-reply (Auto-Submitted: auto-replied) to closed ticket #7"),
+        facts=Facts(tag=CLOSED),
+    ),
+    Row(
+        "robot answers an open ticket: internal note, nobody told, status kept",
+        reply(extra="Auto-Submitted: auto-replied\r\n"),
+        InternalNote,
+        lit("subject tag [#5]; auto-reply (Auto-Submitted: auto-replied) kept as internal note"),
+        facts=Facts(tag=ticket(status="pending")),
+        told=(),
+        check=lambda d: d.status == "pending",
+    ),
+    Row(
+        "Auto-Submitted: no is a person",
+        reply(extra="Auto-Submitted: no\r\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        told=(CUSTOMER_REPLY,),
+    ),
+    # --- limits ------------------------------------------------------------------------------
+    Row(
+        "too many new tickets this hour",
+        mail(),
+        Quarantine,
+        lit(f"rate_limited: 4 new tickets from {ANNA} in the last hour"),
+        facts=Facts(recent_tickets=4),
+    ),
+    Row(
+        "past the acknowledgement cap: a silent ticket",
+        mail(),
+        NewTicket,
+        lit(f"{MEMBER}; no acknowledgement (more than 2 this hour)"),
+        facts=Facts(recent_tickets=2),
+        told=(FOLLOWERS,),
+    ),
+    Row(
+        "below the caps",
+        mail(),
+        NewTicket,
+        lit(MEMBER),
+        facts=Facts(recent_tickets=1),
+        told=(ACK, FOLLOWERS),
+    ),
+    Row(
+        "limits never hold back a reply",
+        reply(),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=Facts(tag=OPEN, recent_tickets=40),
+    ),
+    # --- threading ----------------------------------------------------------------------------
+    Row(
+        "reply token wins even for a stranger",
+        mail(sender=STRANGER, subject="Antwort"),
+        Comment,
+        lit("reply token for ticket #5"),
+        facts=Facts(token=OPEN),
+        told=(CUSTOMER_REPLY,),
+    ),
+    Row(
+        "token before references",
+        reply(),
+        Comment,
+        lit("reply token for ticket #5"),
+        facts=Facts(token=OPEN, references=(Reference(ticket(6), False),)),
+    ),
+    Row(
+        "references from the requester",
+        mail(subject="Antwort"),
+        Comment,
+        lit("In-Reply-To/References name ticket #5"),
+        facts=Facts(references=(Reference(OPEN, False),)),
+    ),
+    Row(
+        "references to a notification sent to this very sender",
+        mail(sender=STRANGER, subject="Antwort"),
+        Comment,
+        lit("In-Reply-To/References name ticket #5"),
+        facts=Facts(references=(Reference(OPEN, True),)),
+    ),
+    Row(
+        "references from a stranger open a new ticket",
+        mail(sender=STRANGER, subject="Antwort"),
+        NewTicket,
+        lit(f"{UNKNOWN}; references to ticket #5 from unauthorised sender"),
+        facts=Facts(references=(Reference(OPEN, False),)),
+    ),
+    Row(
+        "subject tag from the requester",
+        reply(),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+    ),
+    Row(
+        "subject tag from a colleague in the organization",
+        reply(sender=f"Chef <{CHEF}>"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+    ),
+    Row(
+        "a guessed tag from a stranger opens a new ticket",
+        reply(sender=STRANGER),
+        NewTicket,
+        lit(f"{UNKNOWN}; tag [#5] from unauthorised sender"),
+        facts=TAGGED,
+        check=lambda d: d.subject == "Re: Drucker kaputt",
+    ),
+    Row(
+        "reply to a closed ticket opens a follow-up",
+        reply(body="Geht wieder nicht.\n"),
+        FollowUp,
+        lit("follow-up of closed ticket #7"),
+        facts=Facts(tag=CLOSED),
+        told=(ACK, FOLLOWERS),
+        check=lambda d: d.closed.id == 7 and d.body.startswith("Geht wieder nicht."),
+    ),
+    Row(
+        "an agent's reply to a closed ticket opens a follow-up too",
+        agent("Nachtrag.\n", subject="Re: [#7] Drucker kaputt"),
+        FollowUp,
+        lit("follow-up of closed ticket #7"),
+        facts=Facts(tag=CLOSED),
+        check=lambda d: d.author == AGENT,
+    ),
+    Row(
+        "a follow-up with a password warns the sender",
+        reply(body=SECRET),
+        FollowUp,
+        lit("follow-up of closed ticket #7"),
+        facts=Facts(tag=CLOSED),
+        told=(ACK, FOLLOWERS, ("secret_warning", (ANNA,))),
+        check=lambda d: "geheim123" not in d.body,
+    ),
+    # --- customers' replies ----------------------------------------------------------------
+    Row(
+        "requester answers a pending ticket: it reopens, agents are told",
+        reply(),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=Facts(tag=ticket(status="pending")),
+        told=(CUSTOMER_REPLY,),
+        check=lambda d: d.status == "open" and d.public,
+    ),
+    Row(
+        "requester answers a solved ticket: it reopens",
+        reply(),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=Facts(tag=ticket(status="solved")),
+        check=lambda d: d.status == "open",
+    ),
+    Row(
+        "requester adds to a new ticket: it stays new",
+        reply(),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=Facts(tag=ticket(status="new")),
+        check=lambda d: d.status == "new",
+    ),
+    Row(
+        "the requester's Cc joins the ticket",
+        reply(to=f"{SUPPORT}, Kollegin <kollegin@mueller-logistik.de>"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        check=lambda d: d.participants == (("kollegin@mueller-logistik.de", "Kollegin"),),
+    ),
+    Row(
+        "a colleague's Cc does not join",
+        reply(sender=f"Chef <{CHEF}>", to=f"{SUPPORT}, x@mueller-logistik.de"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        check=lambda d: d.participants == (),
+    ),
+    Row(
+        "a customer's #status is just text",
+        reply(body="#status solved\nDanke.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        check=lambda d: d.changes == () and d.body.startswith("#status solved"),
+    ),
+    Row(
+        "a customer's password is masked and the customer warned",
+        reply(body=SECRET),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        told=(CUSTOMER_REPLY, ("secret_warning", (ANNA,))),
+        check=lambda d: "geheim123" not in d.body,
+    ),
+    Row(
+        "quoted history is cut from a reply",
+        reply(body=QUOTED),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        check=lambda d: d.body == "Geht wieder.",
+    ),
+    # --- agents' replies and commands ---------------------------------------------------------
+    Row(
+        "an agent answers: requester and participants are told",
+        agent("Bitte neu starten.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=Facts(tag=ticket(status="new", participants=("cc@kunde.example",))),
+        told=(("agent_reply", (ANNA, "cc@kunde.example")),),
+        check=lambda d: d.status == "open",
+    ),
+    Row(
+        "an agent's answer keeps a pending ticket pending",
+        agent("Wir warten.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=Facts(tag=ticket(status="pending")),
+        check=lambda d: d.status == "pending",
+    ),
+    Row(
+        "#note keeps the comment internal",
+        agent("#note\nKunde hat keinen Vertrag.\n"),
+        InternalNote,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        told=(),
+        check=lambda d: d.body == "Kunde hat keinen Vertrag.",
+    ),
+    Row(
+        "#private is #note",
+        agent("#private\nIntern.\n"),
+        InternalNote,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        told=(),
+    ),
+    Row(
+        "#status solved",
+        agent("#status solved\n\nErledigt.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        told=(("agent_reply", (ANNA,)),),
+        check=lambda d: d.changes == (Change("status", "solved", "#status solved"),),
+    ),
+    Row(
+        "#status with a word we do not know",
+        agent("#status fertig\nErledigt.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        told=(
+            ("agent_reply", (ANNA,)),
+            ("command_error", (AGENT,)),
+        ),
+        check=lambda d: (
+            d.notify[-1].errors == ("#status fertig: status must be open, pending or solved",)
+        ),
+    ),
+    Row(
+        "#status without an argument",
+        agent("#status\nErledigt.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        check=lambda d: d.notify[-1].errors == ("#status: needs an argument",),
+    ),
+    Row(
+        "#org moves the ticket, matched like a prefix",
+        agent("#org Baeckerei Gross\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        check=lambda d: (
+            d.changes == (Change("organization", "Bäckerei Groß", "#org Baeckerei Gross"),)
+        ),
+    ),
+    Row(
+        "#org naming nothing",
+        agent("#org Gibtsnicht Konzern\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        check=lambda d: (
+            d.changes == ()
+            and d.notify[-1].errors
+            == ("#org Gibtsnicht Konzern: no organization matches 'Gibtsnicht Konzern'",)
+        ),
+    ),
+    Row(
+        "#org with two exact matches is ambiguous, as in a subject",
+        agent("#org Nordwind\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        check=lambda d: (
+            d.changes == ()
+            and re.fullmatch(
+                r"#org Nordwind: 'Nordwind' is ambiguous: Nordwind \w+ or Nordwind \w+",
+                d.notify[-1].errors[0],
+            )
+            is not None
+        ),
+    ),
+    Row(
+        "#requester hands the ticket to a colleague, who is told",
+        agent("#requester <chef@mueller-logistik.de>\nÜbernommen.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        told=(("agent_reply", (CHEF,)),),
+        check=lambda d: (
+            d.changes == (Change("requester", CHEF, "#requester <chef@mueller-logistik.de>"),)
+        ),
+    ),
+    Row(
+        "#requester that is no address",
+        agent("#requester Anna\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        check=lambda d: d.notify[-1].errors == ("#requester Anna: 'Anna' is not an email address",),
+    ),
+    Row(
+        "an unknown command",
+        agent("#prio hoch\nText.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        check=lambda d: (
+            d.notify[-1].errors
+            == (
+                "#prio hoch: unknown command; known are #status, #org, #requester, #note, #private",
+            )
+        ),
+    ),
+    Row(
+        "commands without DKIM are refused where DKIM is required; #note still counts",
+        agent("#note\n#status solved\nIntern erledigt.\n"),
+        InternalNote,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        router=DKIM_ONLY,
+        told=(("command_error", (AGENT,)),),
+        check=lambda d: (
+            d.changes == ()
+            and d.notify[0].errors
+            == (
+                "#status solved: refused: commands need a valid DKIM signature of "
+                "support.example.com (this mail: not checked)",
+            )
+        ),
+    ),
+    Row(
+        "commands with a passing DKIM signature of the agent's domain count",
+        agent("#status pending\nWir warten.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        router=DKIM_ONLY,
+        dkim=DkimResult("pass", "support.example.com"),
+        check=lambda d: d.changes == (Change("status", "pending", "#status pending"),),
+    ),
+    Row(
+        "an agent's Cc joins the ticket and hears the answer",
+        agent("Siehe unten.\n", to=f"{SUPPORT}, Dienstleister <it@partner.example>"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        told=(("agent_reply", (ANNA, "it@partner.example")),),
+        check=lambda d: d.participants == (("it@partner.example", "Dienstleister"),),
+    ),
+    Row(
+        "an agent's note with a command: internal, and the change made",
+        agent("#note\n#status pending\nWarten auf Lieferant.\n"),
+        InternalNote,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        told=(),
+        check=lambda d: d.changes == (Change("status", "pending", "#status pending"),),
+    ),
+    # --- new tickets: routing -------------------------------------------------------------------
+    Row(
+        "a member writes",
+        mail(),
+        NewTicket,
+        lit(MEMBER),
+        told=(ACK, FOLLOWERS),
+        check=lambda d: d.organization == MUELLER and d.subject == "Drucker kaputt",
+    ),
+    Row(
+        "a member names the customer",
+        mail(subject="Müller Logistik: Drucker kaputt"),
+        NewTicket,
+        r"subject names Müller Logistik GmbH \(\d+\); sender is a member",
+        check=lambda d: d.subject == "Drucker kaputt",
+    ),
+    Row(
+        "an agency names its customer",
+        mail(sender="berater@agentur.de", subject="AW: Mueller Logistk: Drucker kaputt"),
+        NewTicket,
+        r"subject names Müller Logistik GmbH \(\d+\); sender is a member",
+        check=lambda d: d.organization == MUELLER,
+    ),
+    Row(
+        "an agency member of only the agency names the customer",
+        mail(sender="neu@agentur.de", subject="Müller Logistik: Drucker kaputt"),
+        NewTicket,
+        r"sender's domain agentur\.de belongs to Agentur Blau; named Müller Logistik GmbH but "
+        r"not authorised",
+    ),
+    Row(
+        "an agent opens a ticket for a customer",
+        agent("Bitte prüfen.\n", subject="Bäckerei Groß: Ofen"),
+        NewTicket,
+        r"subject names Bäckerei Groß \(\d+\); sender is an agent",
+        told=(("ticket_created", (AGENT,)), FOLLOWERS),
+    ),
+    Row(
+        "a stranger names a customer",
+        mail(sender=STRANGER, subject="Müller Logistik: Rechnung"),
+        NewTicket,
+        lit(f"{UNKNOWN}; named Müller Logistik GmbH but not authorised"),
+        check=lambda d: d.organization is None,
+    ),
+    Row(
+        "a prefix that names no organization",
+        mail(subject="Xylophon Quartett: Anfrage"),
+        NewTicket,
+        lit(f"{MEMBER}; prefix 'Xylophon Quartett' names no organization"),
+    ),
+    Row(
+        "an ambiguous prefix",
+        mail(subject="Nordwind: Anfrage"),
+        NewTicket,
+        lit(MEMBER) + r"; prefix 'Nordwind' is ambiguous between Nordwind \w+ \(100\) and "
+        r"Nordwind \w+ \(100\)",
+    ),
+    Row(
+        "a colleague at the customer's domain who is no member",
+        mail(sender="neu@mueller-logistik.de"),
+        NewTicket,
+        lit("sender's domain mueller-logistik.de belongs to Müller Logistik GmbH"),
+    ),
+    Row(
+        "a free-mail stranger",
+        mail(sender=STRANGER),
+        NewTicket,
+        lit(UNKNOWN),
+        told=(("ticket_created", (STRANGER,)),),
+    ),
+    Row(
+        "the default organization catches strangers",
+        mail(sender=STRANGER),
+        NewTicket,
+        lit("routing.default_organization"),
+        router=DEFAULT_ORG,
+        check=lambda d: d.organization == "Agentur Blau",
+    ),
+    Row(
+        "a member of two with a primary",
+        mail(sender="multi@x.example"),
+        NewTicket,
+        lit("sender's primary organization is Bäckerei Groß"),
+    ),
+    Row(
+        "a member of two without a primary",
+        mail(sender="doppel@y.example"),
+        NewTicket,
+        lit("sender is a member of 2 organizations; Meier Bau is first in the config"),
+    ),
+    Row(
+        "an admin rule with an organization",
+        mail(sender="alarm@monitoring.example", subject="Disk full"),
+        NewTicket,
+        lit("routing rule 1"),
+        check=lambda d: (
+            (d.organization, d.priority, d.tags) == ("Meier Bau", "high", ("monitoring",))
+        ),
+    ),
+    Row(
+        "an admin rule that only sets priority and tags",
+        mail(subject="NOTFALL Server down"),
+        NewTicket,
+        lit(f"{MEMBER}; rule 2 set priority/tags"),
+        check=lambda d: (d.priority, d.tags) == ("urgent", ("emergency",)),
+    ),
+    Row(
+        "an agent forwards a customer's mail",
+        agent(FORWARD, subject="Fwd: Drucker"),
+        NewTicket,
+        lit(f"{MEMBER}; forwarded by agent {AGENT}"),
+        check=lambda d: (d.requester, d.requester_name) == (ANNA, "Anna Schmidt"),
+    ),
+    Row(
+        "Cc'd people join a new ticket, but not us nor agents",
+        mail(to=f"{SUPPORT}, {AGENT}, Peter <peter@kunde.example>, help@support.example.com"),
+        NewTicket,
+        lit(MEMBER),
+        check=lambda d: d.participants == (("peter@kunde.example", "Peter"),),
+    ),
+    Row(
+        "a password in the subject is masked",
+        mail(subject="Passwort: geheim123! geht nicht"),
+        NewTicket,
+        lit(f"{MEMBER}; prefix 'Passwort' names no organization"),
+        told=(ACK, FOLLOWERS, ("secret_warning", (ANNA,))),
+        check=lambda d: "geheim123" not in d.subject,
+    ),
+    Row(
+        "no subject",
+        mail(subject=""),
+        NewTicket,
+        lit(MEMBER),
+        check=lambda d: d.subject == "(no subject)",
+    ),
+    Row(
+        "another ticket's tag leaves a new ticket's subject",
+        mail(sender=STRANGER, subject="Wie [#5] besprochen"),
+        NewTicket,
+        lit(f"{UNKNOWN}; tag [#5] from unauthorised sender"),
+        facts=TAGGED,
+        check=lambda d: d.subject == "Wie besprochen",
+    ),
+]
+
+
+def _mail(row: Row) -> Mail | Unreadable:
+    if row.raw is None:
+        try:
+            parse(b"\x00\x01 nothing like a mail")
+        except UnparseableMessage as exc:
+            return Unreadable(f"unparseable: {exc}")
+        raise AssertionError("the parser took noise for a mail")
+    return read(parse(row.raw), row.envelope, row.dkim)
+
+
+def told(decision: Decision) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    notify = getattr(decision, "notify", ())
+    return tuple((n.kind, ("*",) if n.followers else n.to) for n in notify)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+def test_decide(row: Row) -> None:
+    """The kind of decision, the ledger's reason and who is told, for one mail."""
+    decision = decide(_mail(row), row.facts, row.router)
+    assert type(decision) is row.expect, decision
+    assert re.fullmatch(row.reason, decision.reason), decision.reason
+    if row.told is not None:
+        assert told(decision) == row.told
+    assert row.check(decision), decision
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+def test_work_done_ahead_changes_no_decision(row: Row) -> None:
+    """What a parser process computes ahead is an input, never a different answer."""
+    mail_ = _mail(row)
+    hints = prefetch(row.router, mail_) if isinstance(mail_, Mail) else None
+    assert decide(mail_, row.facts, row.router, hints) == decide(mail_, row.facts, row.router)
+
+
+def test_the_table_is_large_and_every_stage_decides_somewhere() -> None:
+    """At least 60 rows, and each stage of the ladder is the one that decides in some row."""
+    assert len(ROWS) >= 60
+    deciders = set()
+    for row in ROWS:
+        mail_ = _mail(row)
+        if isinstance(mail_, Unreadable):
+            continue
+        from mailgate.pipeline.decide import Case
+
+        case = Case(mail_, row.facts, row.router, None)
+        deciders.add(next(stage.__name__ for stage in STAGES if stage(case) is not None))
+    assert deciders == {stage.__name__ for stage in STAGES}
