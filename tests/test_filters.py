@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mailgate.pipeline.filters import auto_reply_reason
 from mailgate.parser import parse
+from mailgate.pipeline.filters import auto_reply_reason
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ from sqlalchemy import select
 from mailgate.config import Config
 from mailgate.ingest import Envelope, IngestResult, ingest
 from mailgate.models import Meta, Outbox
-from mailgate.store import Store, get_ticket, ticket_detail, update_ticket
 from mailgate.pipeline.threads import reply_address
+from mailgate.store import Store, get_ticket, ticket_detail, update_ticket
 
 from .conftest import Clock, mail, send
 
