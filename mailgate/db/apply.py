@@ -28,6 +28,7 @@ from mailgate.models import (
     Status,
     Suppression,
     Ticket,
+    table_of,
 )
 from mailgate.models import Comment as CommentRow
 from mailgate.parser import InboundMessage
@@ -42,12 +43,12 @@ from mailgate.pipeline.decision import (
 from mailgate.pipeline.facts import TicketFacts
 from mailgate.store import Prebuilt, ensure_blob, update_ticket, user_id
 
-_TICKETS = Ticket.__table__
-_ORGS = Organization.__table__
-_PARTICIPANTS = Participant.__table__
-_COMMENTS = CommentRow.__table__
-_ATTACHMENTS = Attachment.__table__
-_OUTBOX = Outbox.__table__
+_TICKETS = table_of(Ticket)
+_ORGS = table_of(Organization)
+_PARTICIPANTS = table_of(Participant)
+_COMMENTS = table_of(CommentRow)
+_ATTACHMENTS = table_of(Attachment)
+_OUTBOX = table_of(Outbox)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,19 +12,19 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, bindparam, func, select
 
 from mailgate.models import Comment as CommentRow
-from mailgate.models import Membership, Organization, Outbox, Participant, Ticket, User
+from mailgate.models import Membership, Organization, Outbox, Participant, Ticket, User, table_of
 from mailgate.pipeline.facts import Facts, Reference, SentNotification, TicketFacts
 from mailgate.pipeline.reading import Mail
 from mailgate.pipeline.threads import ticket_from_tag, ticket_from_token
 from mailgate.store import Prebuilt
 
-_TICKETS = Ticket.__table__
-_USERS = User.__table__
-_ORGS = Organization.__table__
-_MEMBERS = Membership.__table__
-_PARTICIPANTS = Participant.__table__
-_COMMENTS = CommentRow.__table__
-_OUTBOX = Outbox.__table__
+_TICKETS = table_of(Ticket)
+_USERS = table_of(User)
+_ORGS = table_of(Organization)
+_MEMBERS = table_of(Membership)
+_PARTICIPANTS = table_of(Participant)
+_COMMENTS = table_of(CommentRow)
+_OUTBOX = table_of(Outbox)
 
 _MAX_REFERENCES = 50  # a References header can be long; the newest entries matter
 

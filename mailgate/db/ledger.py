@@ -15,12 +15,12 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from mailgate.models import InboundMessage as InboundRow
-from mailgate.models import Outcome
+from mailgate.models import Outcome, table_of
 from mailgate.pipeline.prepare import dedup_key
 from mailgate.pipeline.reading import InboundEnvelope
 from mailgate.store import Prebuilt, ensure_blob, insert_once, is_large
 
-_INBOUND = InboundRow.__table__
+_INBOUND = table_of(InboundRow)
 
 
 def claim(

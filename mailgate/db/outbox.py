@@ -17,17 +17,17 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select
 
 from mailgate.config import Config
-from mailgate.models import Follower, Membership, Outbox, Suppression, User
+from mailgate.models import Follower, Membership, Outbox, Suppression, User, table_of
 from mailgate.pipeline.decision import Notify
 from mailgate.pipeline.facts import TicketFacts
 from mailgate.pipeline.notify import is_ours
 from mailgate.store import Prebuilt
 
-_USERS = User.__table__
-_MEMBERS = Membership.__table__
-_FOLLOWERS = Follower.__table__
-_SUPPRESSIONS = Suppression.__table__
-_OUTBOX = Outbox.__table__
+_USERS = table_of(User)
+_MEMBERS = table_of(Membership)
+_FOLLOWERS = table_of(Follower)
+_SUPPRESSIONS = table_of(Suppression)
+_OUTBOX = table_of(Outbox)
 
 
 def queue_notification(
