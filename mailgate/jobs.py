@@ -18,6 +18,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailgate.config import Config
+from mailgate.db.records import ensure_secret
 from mailgate.health import DELIVERIES
 from mailgate.hours import SupportHours
 from mailgate.models import Comment, Outbox, Status, Ticket, User
@@ -32,7 +33,7 @@ from mailgate.outbound import (
     make_transport,
 )
 from mailgate.render import Renderer
-from mailgate.store import Store, ensure_secret
+from mailgate.store import Store
 from mailgate.threads import reply_address
 
 log = logging.getLogger(__name__)

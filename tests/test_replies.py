@@ -10,9 +10,11 @@ import pytest
 from sqlalchemy import select
 
 from mailgate.config import Config
+from mailgate.db.queries import get_ticket, ticket_detail
+from mailgate.db.records import update_ticket
 from mailgate.ingest import Envelope, IngestResult, ingest
 from mailgate.models import Meta, Outbox
-from mailgate.store import Store, get_ticket, ticket_detail, update_ticket
+from mailgate.store import Store
 from mailgate.threads import reply_address
 
 from .conftest import Clock, mail, send

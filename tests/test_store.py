@@ -14,9 +14,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from mailgate.config import Config
+from mailgate.db.fastexec import Prebuilt
+from mailgate.db.records import ensure_blob
+from mailgate.db.sqlite import WalFile
 from mailgate.errors import StoreUnavailable
 from mailgate.models import Base, Blob, Follower, Membership, Meta, Organization, Outbox, User
-from mailgate.store import Prebuilt, Store, _WalFile, ensure_blob
+from mailgate.store import Store
 
 from .conftest import BASE_CONFIG, Clock
 
@@ -119,8 +122,8 @@ def test_an_ingest_worker_commits_unsynced_and_flushes_the_log_itself(
 def test_a_log_that_cannot_be_synced_is_a_temporary_failure(tmp_path: Path) -> None:
     """fdatasync refusing the file (procfs does) means 451 for the senders, not a dead
     flusher thread that never answers them."""
-    _WalFile(tmp_path / "not-there-yet").sync()  # nothing written: nothing to sync
-    refusing = _WalFile(Path("/proc/self/stat"))
+    WalFile(tmp_path / "not-there-yet").sync()  # nothing written: nothing to sync
+    refusing = WalFile(Path("/proc/self/stat"))
     with pytest.raises(StoreUnavailable, match="could not sync the database log"):
         refusing.sync()
     refusing.close()
