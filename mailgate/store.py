@@ -11,13 +11,10 @@ and nothing else.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from mailgate.config import Config
+from mailgate.config import Config, fingerprint
 
 # Imported under their own name: still imported from here by mailgate.ingest.
 from mailgate.db.fastexec import Prebuilt as Prebuilt
@@ -43,7 +40,7 @@ from mailgate.db.records import raw_mail as raw_mail
 from mailgate.db.records import update_ticket as update_ticket
 from mailgate.db.records import user_id as user_id
 from mailgate.db.sqlite import WalFile, WriterLock, immediate_transactions
-from mailgate.db.sync import sync_config
+from mailgate.db.sync import SYNCED_PARTS, sync_config
 from mailgate.errors import StoreUnavailable
 from mailgate.models import Meta
 
@@ -265,23 +262,14 @@ class Store:
         fingerprint is kept in ``meta``), so every CLI call can afford it. Returns whether
         anything was written.
         """
-        fingerprint = config_fingerprint(config)
+        digest = fingerprint(config, SYNCED_PARTS)
         with temporary_failures(), Session(self.engine) as probe:
             current = probe.get(Meta, "config")
-            if current is not None and current.value == fingerprint:
+            if current is not None and current.value == digest:
                 return False
         with self._locked_connection() as conn, Session(bind=conn) as session:
             sync_config(session, config, now)
-            session.merge(Meta(key="config", value=fingerprint))
+            session.merge(Meta(key="config", value=digest))
             session.flush()
         log.info("organizations, members, followers and agents synced from %s", config.source)
         return True
-
-
-def config_fingerprint(config: Config) -> str:
-    """A hash of the parts of the config that are synced into the database."""
-    payload = {
-        "organizations": [asdict(o) for o in config.organizations],
-        "agents": list(config.agents.addresses),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

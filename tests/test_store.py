@@ -13,10 +13,11 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from mailgate.config import Config
+from mailgate.config import Config, fingerprint
 from mailgate.db.fastexec import Prebuilt
 from mailgate.db.records import ensure_blob
 from mailgate.db.sqlite import WalFile
+from mailgate.db.sync import SYNCED_PARTS
 from mailgate.errors import StoreUnavailable
 from mailgate.models import Base, Blob, Follower, Membership, Meta, Organization, Outbox, User
 from mailgate.store import Store
@@ -83,6 +84,17 @@ def test_sync_is_idempotent_and_follows_config_changes(
         assert blau is not None and blau.active is False  # kept for its tickets
         agent = s.scalar(select(User).where(User.email == "tech@support.example.com"))
         assert agent is not None and not agent.is_agent
+
+
+def test_sync_skips_config_changes_it_does_not_write(
+    store: Store, make_config: Callable[..., tuple[Config, Path]], clock: Clock
+) -> None:
+    """Only organizations and agents are synced: another edit does not sync again."""
+    config, _ = make_config()
+    changed, _ = make_config({"limits": {"tickets_per_hour": 3}, "outbound": {"timeout": 5.0}})
+    assert fingerprint(changed) != fingerprint(config)
+    assert fingerprint(changed, SYNCED_PARTS) == fingerprint(config, SYNCED_PARTS)
+    assert store.sync(changed, clock()) is False
 
 
 def test_sqlite_runs_in_wal_mode_with_full_sync(store: Store) -> None:

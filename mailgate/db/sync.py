@@ -17,6 +17,10 @@ from mailgate.config import Config
 from mailgate.db.records import ensure_user
 from mailgate.models import Follower, Membership, Organization, User
 
+# The sections of the config that sync_config reads: Store.sync runs it again only when
+# their fingerprint (mailgate.config.fingerprint) changed.
+SYNCED_PARTS = ("organizations", "agents")
+
 
 def sync_config(session: Session, config: Config, now: datetime) -> None:
     """Write what the config says into the session's transaction (idempotent)."""
