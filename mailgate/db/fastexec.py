@@ -10,6 +10,7 @@ paths on SQLite and PostgreSQL and compares what they read and write.
 
 from __future__ import annotations
 
+import sys
 from collections import namedtuple
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+
+# Every Prebuilt made, in the order made: tests/test_fastexec.py runs each statement that
+# mailgate makes through SQLAlchemy and through the fast path, and fails for one it has no
+# case for. Statements are made once (at import, or once per dialect by insert_once), so
+# this stays small.
+REGISTRY: list[Prebuilt] = []
 
 
 class Prebuilt:
@@ -33,11 +40,29 @@ class Prebuilt:
     empty IN list) go through ``Connection.execute`` unchanged.
     """
 
-    __slots__ = ("statement", "_plans")
+    __slots__ = ("statement", "module", "_name", "_plans")
 
-    def __init__(self, statement: Any) -> None:
+    def __init__(self, statement: Any, name: str | None = None) -> None:
+        """``name`` says which statement this is in test reports (see :attr:`name`)."""
         self.statement = statement
+        self.module: str = sys._getframe(1).f_globals.get("__name__", "")  # who built it
+        self._name = name
         self._plans: dict[tuple[str, frozenset[str]], _Plan | None] = {}
+        REGISTRY.append(self)
+
+    @property
+    def name(self) -> str:
+        """The name given, else ``module.VARIABLE`` of the module-level name bound to it."""
+        if self._name is not None:
+            return self._name
+        found = sys.modules.get(self.module)
+        for variable, value in vars(found).items() if found is not None else ():
+            if value is self:
+                return f"{self.module}.{variable}"
+        return f"{self.module}: {self.statement}"
+
+    def __repr__(self) -> str:
+        return f"<Prebuilt {self.name}>"
 
     def run(self, conn: Connection, params: dict[str, Any] | None = None) -> Rows:
         params = params or {}
@@ -251,5 +276,7 @@ def insert_once(conn: Connection, table: Any, key: str, returning: str | None = 
         built = insert_for(conn)(table).on_conflict_do_nothing(index_elements=[key])
         if returning is not None:
             built = built.returning(table.c[returning])
-        stmt = _INSERTS_ONCE[cache_key] = Prebuilt(built)
+        returns = f", returning {returning}" if returning is not None else ""
+        name = f"insert_once({table.name}, {key}{returns}) [{conn.dialect.name}]"
+        stmt = _INSERTS_ONCE[cache_key] = Prebuilt(built, name)
     return stmt

@@ -44,9 +44,12 @@ def user_id(conn: Connection, email: str, name: str, now: datetime) -> int:
 
 
 _USER_BY_EMAIL = Prebuilt(
-    select(_USERS.c.id, _USERS.c.name).where(_USERS.c.email == bindparam("address"))
+    select(_USERS.c.id, _USERS.c.name).where(_USERS.c.email == bindparam("address")),
+    "records.user_by_email",
 )
-_SET_USER_NAME = Prebuilt(_USERS.update().where(_USERS.c.id == bindparam("user")))
+_SET_USER_NAME = Prebuilt(
+    _USERS.update().where(_USERS.c.id == bindparam("user")), "records.set_user_name"
+)
 _BLOBS = Blob.__table__
 
 
