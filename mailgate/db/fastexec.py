@@ -176,7 +176,11 @@ class _Plan:
         columns = statement.selected_columns if statement.is_select else statement.exported_columns
         if len(columns):
             plan.columns = list(columns)
-            plan.row = namedtuple("Row", [c.key for c in columns], rename=True)  # type: ignore[misc]
+            # Named as SQLAlchemy names its rows' fields: an unnamed count() is "count_1".
+            names = [entry.keyname for entry in compiled._result_columns]
+            if len(names) != len(columns):
+                names = [c.key for c in columns]
+            plan.row = namedtuple("Row", names, rename=True)  # type: ignore[misc]
         return plan
 
     def _value(self, name: str, params: dict[str, Any]) -> Any:
@@ -236,7 +240,9 @@ class _Plan:
             ) from exc
         finally:
             cursor.close()
-        if rows and self.columns is not None:
+        if self.columns is None:
+            rows = []  # PostgreSQL's implicit RETURNING of a new row's id: not asked for
+        elif rows:
             rows = self._process(conn.dialect, description, rows)
         return Rows(rows, count)
 
