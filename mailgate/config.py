@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -231,19 +231,15 @@ def fingerprint(config: Config, parts: tuple[str, ...] | None = None) -> str:
 
     Work done ahead with one config (in a parser process) is used by another process only
     when that one holds the same config; ``repr`` would not do (set order differs per
-    process). ``parts`` names the top-level sections to cover (all when None): the store
-    syncs only organizations and agents into the database, and a digest of those alone
-    spares every start after an unrelated edit (a timeout, a template) a sync under the
-    database lock.
+    process). ``parts``: only those top-level sections (the store syncs two into the
+    database, and an edit elsewhere must not cost every start a sync under its lock).
     """
-    data = asdict(config) if parts is None else {name: getattr(config, name) for name in parts}
+    data = {k: v for k, v in asdict(config).items() if parts is None or k in parts}
     text = json.dumps(data, sort_keys=True, default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
     if isinstance(value, set | frozenset):
         return sorted(value, key=repr)
     return repr(value)
