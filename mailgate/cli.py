@@ -234,7 +234,8 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
-    from mailgate import store as st
+    from mailgate.db import queries as st
+    from mailgate.db.records import update_ticket
 
     store = _open_store(config)
     try:
@@ -251,7 +252,7 @@ def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
                 if args.status is None and args.org is None and args.requester is None:
                     raise CliError("nothing to change: give --status, --org or --requester", 2)
                 ticket = st.get_ticket(session, args.id)
-                st.update_ticket(session, ticket, now(), args.status, args.org, args.requester)
+                update_ticket(session, ticket, now(), args.status, args.org, args.requester)
                 session.flush()
                 summary = st.ticket_summary(ticket)
                 if args.json:
@@ -291,8 +292,8 @@ def cmd_route(args: argparse.Namespace, config: Config) -> int:
 def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy import select
 
+    from mailgate.db.queries import iso
     from mailgate.models import Outbox
-    from mailgate.store import iso
 
     store = _open_store(config)
     try:
@@ -336,8 +337,9 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
 def cmd_follow(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy import select
 
+    from mailgate.db.queries import find_organization
+    from mailgate.db.records import ensure_user
     from mailgate.models import Follower, Membership, Organization, User
-    from mailgate.store import ensure_user, find_organization
 
     store = _open_store(config)
     try:
@@ -412,9 +414,10 @@ def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
 def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy import select
 
+    from mailgate.db.queries import iso
+    from mailgate.db.records import raw_mail
     from mailgate.ingest import reprocess_quarantined
     from mailgate.models import InboundMessage, Outcome
-    from mailgate.store import iso, raw_mail
 
     store = _open_store(config)
     try:

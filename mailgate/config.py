@@ -226,14 +226,16 @@ class Config:
         return next((o for o in self.organizations if o.name.casefold() == wanted), None)
 
 
-def fingerprint(config: Config) -> str:
-    """A digest of the whole config that is the same in every process that holds it.
+def fingerprint(config: Config, parts: tuple[str, ...] | None = None) -> str:
+    """A digest of the config that is the same in every process that holds it.
 
     Work done ahead with one config (in a parser process) is used by another process only
     when that one holds the same config; ``repr`` would not do (set order differs per
-    process).
+    process). ``parts``: only those top-level sections (the store syncs two into the
+    database, and an edit elsewhere must not cost every start a sync under its lock).
     """
-    text = json.dumps(asdict(config), sort_keys=True, default=_plain)
+    data = {k: v for k, v in asdict(config).items() if parts is None or k in parts}
+    text = json.dumps(data, sort_keys=True, default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

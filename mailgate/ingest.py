@@ -28,6 +28,7 @@ from mailgate.config import Config
 from mailgate.db import ledger
 from mailgate.db.apply import apply
 from mailgate.db.gather import gather
+from mailgate.db.records import ensure_secret, raw_mail
 from mailgate.dkim_check import DnsLookup
 from mailgate.errors import StoreUnavailable
 from mailgate.health import INGEST_SECONDS, MESSAGES
@@ -39,7 +40,7 @@ from mailgate.pipeline.inputs import usable
 from mailgate.pipeline.prepare import UNPARSEABLE, Prepared, dedup_key, prepare
 from mailgate.pipeline.reading import InboundEnvelope, Mail
 from mailgate.routing import Router
-from mailgate.store import Store, ensure_secret, is_temporary, raw_mail
+from mailgate.store import Store, is_temporary
 
 log = logging.getLogger(__name__)
 

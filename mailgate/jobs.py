@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from mailgate.config import Config
 from mailgate.db.outbox import queue_notification
+from mailgate.db.records import ensure_secret
 from mailgate.health import DELIVERIES
 from mailgate.hours import SupportHours
 from mailgate.models import Comment, Outbox, Status, Ticket, User
@@ -36,7 +37,7 @@ from mailgate.pipeline import notify
 from mailgate.pipeline.facts import TicketFacts
 from mailgate.pipeline.threads import reply_address
 from mailgate.render import Renderer
-from mailgate.store import Store, ensure_secret
+from mailgate.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,10 @@ import pytest
 from sqlalchemy import select
 
 from mailgate.config import Config
+from mailgate.db.queries import get_ticket, ticket_detail
 from mailgate.ingest import Envelope, ingest
 from mailgate.models import InboundMessage, Outbox
-from mailgate.store import Store, get_ticket, ticket_detail
+from mailgate.store import Store
 
 from .conftest import Clock, mail
 

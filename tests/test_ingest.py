@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from mailgate.config import Config
+from mailgate.db.queries import get_ticket, ticket_detail
+from mailgate.db.records import raw_mail
 from mailgate.ingest import Envelope, IngestResult, ingest, ingest_batch, prepare
 from mailgate.models import Attachment, Blob, InboundMessage, Outcome, Ticket
 from mailgate.routing import Router
-from mailgate.store import Store, get_ticket, raw_mail, ticket_detail
+from mailgate.store import Store
 
 from .conftest import BASE_CONFIG, CORPUS, Clock, corpus_files, mail
 

@@ -16,12 +16,14 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from mailgate.config import Config, parse_config
+from mailgate.db.queries import get_ticket, ticket_detail
+from mailgate.db.records import update_ticket
 from mailgate.ingest import Envelope, ingest
 from mailgate.jobs import Jobs
 from mailgate.models import Outbox
 from mailgate.outbound import Envelope as OutEnvelope
 from mailgate.outbound import Verdict, build_message, classify
-from mailgate.store import Store, get_ticket, ticket_detail, update_ticket
+from mailgate.store import Store
 
 from .conftest import MAILGATE, Clock, mail
 from .sink import Sink

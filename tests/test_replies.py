@@ -10,10 +10,12 @@ import pytest
 from sqlalchemy import select
 
 from mailgate.config import Config
+from mailgate.db.queries import get_ticket, ticket_detail
+from mailgate.db.records import update_ticket
 from mailgate.ingest import Envelope, IngestResult, ingest
 from mailgate.models import Meta, Outbox
 from mailgate.pipeline.threads import reply_address
-from mailgate.store import Store, get_ticket, ticket_detail, update_ticket
+from mailgate.store import Store
 
 from .conftest import Clock, mail, send
 

@@ -13,10 +13,14 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from mailgate.config import Config
+from mailgate.config import Config, fingerprint
+from mailgate.db.fastexec import Prebuilt
+from mailgate.db.records import ensure_blob
+from mailgate.db.sqlite import WalFile
+from mailgate.db.sync import SYNCED_PARTS
 from mailgate.errors import StoreUnavailable
 from mailgate.models import Base, Blob, Follower, Membership, Meta, Organization, Outbox, User
-from mailgate.store import Prebuilt, Store, _WalFile, ensure_blob
+from mailgate.store import Store
 
 from .conftest import BASE_CONFIG, Clock
 
@@ -82,6 +86,17 @@ def test_sync_is_idempotent_and_follows_config_changes(
         assert agent is not None and not agent.is_agent
 
 
+def test_sync_skips_config_changes_it_does_not_write(
+    store: Store, make_config: Callable[..., tuple[Config, Path]], clock: Clock
+) -> None:
+    """Only organizations and agents are synced: another edit does not sync again."""
+    config, _ = make_config()
+    changed, _ = make_config({"limits": {"tickets_per_hour": 3}, "outbound": {"timeout": 5.0}})
+    assert fingerprint(changed) != fingerprint(config)
+    assert fingerprint(changed, SYNCED_PARTS) == fingerprint(config, SYNCED_PARTS)
+    assert store.sync(changed, clock()) is False
+
+
 def test_sqlite_runs_in_wal_mode_with_full_sync(store: Store) -> None:
     """Readers never block the listener, and every commit is on disk before we answer 250."""
     if store.dialect != "sqlite":
@@ -119,8 +134,8 @@ def test_an_ingest_worker_commits_unsynced_and_flushes_the_log_itself(
 def test_a_log_that_cannot_be_synced_is_a_temporary_failure(tmp_path: Path) -> None:
     """fdatasync refusing the file (procfs does) means 451 for the senders, not a dead
     flusher thread that never answers them."""
-    _WalFile(tmp_path / "not-there-yet").sync()  # nothing written: nothing to sync
-    refusing = _WalFile(Path("/proc/self/stat"))
+    WalFile(tmp_path / "not-there-yet").sync()  # nothing written: nothing to sync
+    refusing = WalFile(Path("/proc/self/stat"))
     with pytest.raises(StoreUnavailable, match="could not sync the database log"):
         refusing.sync()
     refusing.close()

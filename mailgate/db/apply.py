@@ -17,8 +17,10 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from mailgate.config import Config
+from mailgate.db.fastexec import Prebuilt
 from mailgate.db.gather import participant_emails, ticket_facts
 from mailgate.db.outbox import queue_notification
+from mailgate.db.records import ensure_blob, update_ticket, user_id
 from mailgate.errors import NotFound, Refused
 from mailgate.models import (
     Attachment,
@@ -41,7 +43,6 @@ from mailgate.pipeline.decision import (
     Notify,
 )
 from mailgate.pipeline.facts import TicketFacts
-from mailgate.store import Prebuilt, ensure_blob, update_ticket, user_id
 
 _TICKETS = table_of(Ticket)
 _ORGS = table_of(Organization)

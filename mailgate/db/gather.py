@@ -11,12 +11,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, bindparam, func, select
 
+from mailgate.db.fastexec import Prebuilt
 from mailgate.models import Comment as CommentRow
 from mailgate.models import Membership, Organization, Outbox, Participant, Ticket, User, table_of
 from mailgate.pipeline.facts import Facts, Reference, SentNotification, TicketFacts
 from mailgate.pipeline.reading import Mail
 from mailgate.pipeline.threads import ticket_from_tag, ticket_from_token
-from mailgate.store import Prebuilt
 
 _TICKETS = table_of(Ticket)
 _USERS = table_of(User)

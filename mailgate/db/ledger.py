@@ -14,11 +14,12 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
+from mailgate.db.fastexec import Prebuilt, insert_once
+from mailgate.db.records import ensure_blob, is_large
 from mailgate.models import InboundMessage as InboundRow
 from mailgate.models import Outcome, table_of
 from mailgate.pipeline.prepare import dedup_key
 from mailgate.pipeline.reading import InboundEnvelope
-from mailgate.store import Prebuilt, ensure_blob, insert_once, is_large
 
 _INBOUND = table_of(InboundRow)
 

@@ -17,11 +17,11 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select
 
 from mailgate.config import Config
+from mailgate.db.fastexec import Prebuilt
 from mailgate.models import Follower, Membership, Outbox, Suppression, User, table_of
 from mailgate.pipeline.decision import Notify
 from mailgate.pipeline.facts import TicketFacts
 from mailgate.pipeline.notify import is_ours
-from mailgate.store import Prebuilt
 
 _USERS = table_of(User)
 _MEMBERS = table_of(Membership)
