@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from mailgate import __version__
 from mailgate.config import Config, load_config
 from mailgate.errors import ConfigError, MailgateError, NotFound, Refused, StoreUnavailable
+from mailgate.logsetup import setup_logging
 from mailgate.models import Status
 
 # sysexits(3): what Postfix's pipe(8) and procmail understand.
@@ -136,20 +137,6 @@ def _parser() -> argparse.ArgumentParser:
     command(sub, "check-config", help="validate the configuration and print a summary")
     command(sub, "init-db", help="create or migrate the database schema and sync the config")
     return parser
-
-
-def setup_logging(level: int) -> None:
-    """Log lines on stderr; also called by each ingest worker process, so all lines agree."""
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    if level > logging.DEBUG:  # aiosmtpd logs every SMTP command at INFO
-        logging.getLogger("mail.log").setLevel(logging.WARNING)
-        logging.getLogger("mailparser").setLevel(logging.ERROR)  # "content not handled" noise
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per job run
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

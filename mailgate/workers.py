@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from mailgate.config import Config
 from mailgate.errors import StoreUnavailable
 from mailgate.ingest import Envelope, IngestResult, Prepared, count_result, ingest_batch, prepare
+from mailgate.logsetup import setup_logging
 from mailgate.routing import Router
 from mailgate.store import Store
 
@@ -224,8 +225,6 @@ def _child_setup(log_level: int) -> None:
     # A writer's flusher thread, its fsync done, must not wait the default 5 ms for the
     # interpreter lock while the writer stores the next group: that would be every reply.
     sys.setswitchinterval(POOL_SWITCH_INTERVAL)
-    from mailgate.cli import setup_logging
-
     setup_logging(log_level)
 
 
