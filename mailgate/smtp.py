@@ -3,8 +3,8 @@
 The rule this module exists for (RFC 5321 section 4.1.1.4, "the receiver-SMTP MUST NOT
 accept responsibility for a message unless it has been safely stored"): answer 250 only
 after :func:`mailgate.ingest.ingest` committed the mail, and 451 whenever it could not, so
-the sending MTA keeps the mail and retries. Every reply text is defined in :mod:`replies`
-style constants below, with its enhanced status code (RFC 3463).
+the sending MTA keeps the mail and retries. Every reply text is a named constant below;
+ours carry an enhanced status code (RFC 3463).
 """
 
 from __future__ import annotations
@@ -55,10 +55,21 @@ TEMPFAIL = "451 4.3.0 Cannot store the message right now, please try again later
 TOO_BIG = "552 5.3.4 Message size exceeds the fixed maximum message size"
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"  # RFC 5321 4.5.3.1.10: the client retries
 
-# aiosmtpd's own size replies carry no enhanced status code; give them ours.
+# aiosmtpd's texts, which the DATA reader below gives as aiosmtpd's own reader does.
+DATA_NEEDS_RCPT = "503 Error: need RCPT command"
+DATA_SYNTAX = "501 Syntax: DATA"
+DATA_GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
+DATA_TOO_MUCH = "552 Error: Too much mail data"  # sent as TOO_BIG, see _REWRITE
+DATA_NOT_ASCII = "500 Error: strict ASCII mode"
+DATA_OK = "250 OK"  # a handler without a DATA hook
+LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
+# aiosmtpd's own, to MAIL FROM with a SIZE over the limit.
+SIZE_TOO_BIG = "552 Error: message size exceeds fixed maximum message size"
+
+# aiosmtpd's size replies carry no enhanced status code; give them ours.
 _REWRITE = {
-    "552 Error: Too much mail data": TOO_BIG,
-    "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
+    DATA_TOO_MUCH: TOO_BIG,
+    SIZE_TOO_BIG: TOO_BIG,
 }
 
 
@@ -76,7 +87,6 @@ class _ReplyCodes:
 # A line holding only a dot ends DATA. Searched for without its CR, which may have arrived
 # (and been taken from the reader) before: the byte before the match must be a CR.
 _DATA_END = b"\n.\r\n"
-LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 
 
 def unstuff(data: bytes) -> bytes:
@@ -140,12 +150,12 @@ class _ChunkedData:
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await server.push("503 Error: need RCPT command")
+            await server.push(DATA_NEEDS_RCPT)
             return
         if arg:
-            await server.push("501 Syntax: DATA")
+            await server.push(DATA_SYNTAX)
             return
-        await server.push("354 End data with <CR><LF>.<CR><LF>")
+        await server.push(DATA_GO_AHEAD)
         try:
             data = await self._read_data()
         except asyncio.CancelledError:
@@ -158,7 +168,7 @@ class _ChunkedData:
             return
         if data is None:
             server._set_post_data_state()
-            await server.push("552 Error: Too much mail data")
+            await server.push(DATA_TOO_MUCH)
             return
         if has_overlong_line(data, self.line_length_limit):
             server._set_post_data_state()
@@ -172,7 +182,7 @@ class _ChunkedData:
                 try:
                     content = message.decode("ascii")
                 except UnicodeDecodeError:
-                    await server.push("500 Error: strict ASCII mode")
+                    await server.push(DATA_NOT_ASCII)
                     return
             else:
                 content = message.decode("utf-8", errors="surrogateescape")
@@ -180,7 +190,7 @@ class _ChunkedData:
         self.envelope.original_content = message
         status = await server._call_handler_hook("DATA")
         server._set_post_data_state()
-        await server.push("250 OK" if status is MISSING else status)
+        await server.push(DATA_OK if status is MISSING else status)
 
     async def _read_data(self) -> bytes | None:
         """The DATA stream up to its lone dot, still dot-stuffed; None if over the size limit.
