@@ -1,7 +1,8 @@
-"""The composition root: ``mailgate`` and its subcommands.
+"""The command line: ``mailgate`` and its subcommands.
 
-Builds the config, the store and the server, and turns every failure into one clear line
-and an exit status (sysexits(3) where an MTA reads it), never a traceback.
+Each command loads the config, opens the store it needs and does one thing; ``serve``
+hands over to :mod:`mailgate.app`, where the daemon is put together. Every failure becomes
+one clear line and an exit status (sysexits(3) where an MTA reads it), never a traceback.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def _open_store(config: Config) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
-    from mailgate.smtp import serve_until_signalled
+    from mailgate.app import serve_until_signalled
 
     store = _open_store(config)
     try:

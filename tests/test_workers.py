@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from mailgate.app import ServerThread
 from mailgate.config import Config
 from mailgate.errors import StoreUnavailable
 from mailgate.ingest import Envelope, IngestResult, ingest_batch
 from mailgate.models import Comment, InboundMessage, Ticket
 from mailgate.routing import Router
-from mailgate.smtp import ServerThread
 from mailgate.store import Store
 from mailgate.workers import WorkerPool, _Channel, _recv_frame, worker_count
 
