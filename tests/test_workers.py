@@ -23,9 +23,10 @@ from mailgate.config import Config
 from mailgate.errors import StoreUnavailable
 from mailgate.ingest import Envelope, IngestResult, ingest_batch
 from mailgate.models import Comment, InboundMessage, Ticket
+from mailgate.pipes import Channel, recv_frame
 from mailgate.routing import Router
 from mailgate.store import Store
-from mailgate.workers import WorkerPool, _Channel, _recv_frame, worker_count
+from mailgate.workers import WorkerPool, worker_count
 
 from .conftest import Clock, mail, send
 from .test_smtp import database_write_locked
@@ -292,7 +293,7 @@ def test_the_loop_reads_the_frames_a_pool_process_writes(seed: int) -> None:
             stream += sock.recv(1 << 20)
     writer.join(10)
     got: list[bytes] = []
-    channel = _Channel(lambda frame: got.append(bytes(frame)), lambda: None)
+    channel = Channel(lambda frame: got.append(bytes(frame)), lambda: None)
     position = 0
     while position < len(stream):
         step = rng.choice([1, 3, 4, 5, 100, 65536, 1 << 20])
@@ -324,7 +325,7 @@ def test_the_loop_writes_frames_a_pool_process_reads_without_copying_big_ones(se
     async def send() -> None:
         nonlocal most_held
         loop = asyncio.get_running_loop()
-        channel = _Channel(lambda frame: None, lambda: None)
+        channel = Channel(lambda frame: None, lambda: None)
         sock = socket.socket(fileno=os.dup(ours.fileno()))
         await loop.connect_accepted_socket(lambda: channel, sock)
         assert channel.transport is not None
@@ -359,7 +360,7 @@ def test_a_frame_cut_by_a_signal_is_still_read_whole() -> None:
     try:
         writer.start()
         signal.setitimer(signal.ITIMER_REAL, 0.1)
-        assert _recv_frame(ours) == data
+        assert recv_frame(ours) == data
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
