@@ -21,7 +21,7 @@ from mailgate import __version__
 from mailgate.config import Config, load_config
 from mailgate.errors import ConfigError, MailgateError, NotFound, Refused, StoreUnavailable
 from mailgate.logsetup import setup_logging
-from mailgate.models import Status
+from mailgate.models import OutboxStatus, Status
 
 # sysexits(3): what Postfix's pipe(8) and procmail understand.
 EX_OK = 0
@@ -96,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     outbox = command(sub, "outbox", help="notifications waiting, sent and failed")
     osub = outbox.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
     p = command(osub, "list", help="list outbox rows")
-    p.add_argument("--status", choices=["pending", "sending", "retry", "sent", "failed"])
+    # Every status but bounced, as the command has always offered.
+    listed = [s.value for s in OutboxStatus if s is not OutboxStatus.BOUNCED]
+    p.add_argument("--status", choices=listed)
     p.add_argument("--json", action="store_true", help="print JSON")
 
     follow = command(sub, "follow", help="who is told of every new ticket in an organization")
