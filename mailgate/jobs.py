@@ -23,7 +23,7 @@ from mailgate.hours import SupportHours
 from mailgate.models import Comment, Outbox, OutboxStatus, Status, Ticket, User
 from mailgate.outbound import (
     DeliveryError,
-    Envelope,
+    OutboundEnvelope,
     Transport,
     Verdict,
     backoff,
@@ -191,7 +191,7 @@ class Jobs:
         rendered = self.renderer.render(row.kind, language, context)
         thread = [c.message_id for c in ticket.comments if c.message_id]
         secret = config.mail.secret or ensure_secret(session)
-        envelope = Envelope(
+        envelope = OutboundEnvelope(
             to=tuple(row.recipients),
             subject=row.subject,
             reply_to=reply_address(ticket.id, config.mail.address, secret),
