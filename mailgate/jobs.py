@@ -169,7 +169,7 @@ class Jobs:
                 "requester": ticket.requester.email,
                 "requester_name": ticket.requester.name,
             },
-            "tag": config.tickets.tag.replace("{id}", str(ticket.id)),
+            "tag": config.tickets.tag_for(ticket.id),
             "recipient": row.recipients[0] if row.recipients else "",
             "support": {
                 "address": config.mail.address,
