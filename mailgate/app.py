@@ -37,7 +37,9 @@ from mailgate.workers import (
     worker_count,
 )
 
-log = logging.getLogger(__name__)
+# The daemon's lines keep the logger name they have always had ("mailgate.smtp"), so that
+# log filters and alerts on it keep matching.
+log = logging.getLogger("mailgate.smtp")
 
 
 class MailServer:
