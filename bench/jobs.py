@@ -29,7 +29,7 @@ from sqlalchemy import func, insert, select
 
 from mailgate.config import parse_config
 from mailgate.jobs import Jobs
-from mailgate.models import Outbox, Ticket, User
+from mailgate.models import Outbox, OutboxStatus, Ticket, User
 from mailgate.store import Store
 
 BENCH = Path(__file__).resolve().parent
@@ -116,7 +116,7 @@ def run(store: Store, config: object, now: datetime, tickets: int, outbox: int) 
                     "recipients": ["kunde@kunde.example"],
                     "subject": f"[#{tid}] Anfrage",
                     "payload": {},
-                    "status": "pending",
+                    "status": OutboxStatus.PENDING.value,
                     "attempts": 0,
                     "created_at": now,
                     "next_attempt_at": now,
@@ -129,7 +129,7 @@ def run(store: Store, config: object, now: datetime, tickets: int, outbox: int) 
     seconds = time.perf_counter() - started
     with store.transaction() as session:
         sent = session.scalar(
-            select(func.count()).select_from(Outbox).where(Outbox.status == "sent")
+            select(func.count()).select_from(Outbox).where(Outbox.status == OutboxStatus.SENT)
         )
     print(
         f"outbox: {stats.sent:,} notifications rendered and relayed in {seconds:.2f} s = "

@@ -1,7 +1,8 @@
-"""The composition root: ``mailgate`` and its subcommands.
+"""The command line: ``mailgate`` and its subcommands.
 
-Builds the config, the store and the server, and turns every failure into one clear line
-and an exit status (sysexits(3) where an MTA reads it), never a traceback.
+Each command loads the config, opens the store it needs and does one thing; ``serve``
+hands over to :mod:`mailgate.app`, where the daemon is put together. Every failure becomes
+one clear line and an exit status (sysexits(3) where an MTA reads it), never a traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any, NoReturn
 from mailgate import __version__
 from mailgate.config import Config, load_config
 from mailgate.errors import ConfigError, MailgateError, NotFound, Refused, StoreUnavailable
-from mailgate.models import Status
+from mailgate.logsetup import setup_logging
+from mailgate.models import OutboxStatus, Status
 
 # sysexits(3): what Postfix's pipe(8) and procmail understand.
 EX_OK = 0
@@ -94,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     outbox = command(sub, "outbox", help="notifications waiting, sent and failed")
     osub = outbox.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
     p = command(osub, "list", help="list outbox rows")
-    p.add_argument("--status", choices=["pending", "sending", "retry", "sent", "failed"])
+    # Every status but bounced, as the command has always offered.
+    listed = [s.value for s in OutboxStatus if s is not OutboxStatus.BOUNCED]
+    p.add_argument("--status", choices=listed)
     p.add_argument("--json", action="store_true", help="print JSON")
 
     follow = command(sub, "follow", help="who is told of every new ticket in an organization")
@@ -136,20 +140,6 @@ def _parser() -> argparse.ArgumentParser:
     command(sub, "check-config", help="validate the configuration and print a summary")
     command(sub, "init-db", help="create or migrate the database schema and sync the config")
     return parser
-
-
-def setup_logging(level: int) -> None:
-    """Log lines on stderr; also called by each ingest worker process, so all lines agree."""
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    if level > logging.DEBUG:  # aiosmtpd logs every SMTP command at INFO
-        logging.getLogger("mail.log").setLevel(logging.WARNING)
-        logging.getLogger("mailparser").setLevel(logging.ERROR)  # "content not handled" noise
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # a line per job run
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -201,7 +191,7 @@ def _open_store(config: Config) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
-    from mailgate.smtp import serve_until_signalled
+    from mailgate.app import serve_until_signalled
 
     store = _open_store(config)
     try:

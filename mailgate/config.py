@@ -178,6 +178,10 @@ class TicketsConfig:
     # Tell the requester when a solved ticket is closed.
     notify_closed: bool = True
 
+    def tag_for(self, ticket_id: int) -> str:
+        """Ticket ``ticket_id``'s tag as it goes into subjects, e.g. "[#42]"."""
+        return self.tag.replace("{id}", str(ticket_id))
+
     @property
     def tag_regex(self) -> str:
         """The tag as a regular expression with the number as group 1."""

@@ -22,10 +22,10 @@ from mailgate.db.outbox import queue_notification
 from mailgate.db.records import ensure_secret
 from mailgate.health import DELIVERIES
 from mailgate.hours import SupportHours
-from mailgate.models import Comment, Outbox, Status, Ticket, User
+from mailgate.models import Comment, Outbox, OutboxStatus, Status, Ticket, User
 from mailgate.outbound import (
     DeliveryError,
-    Envelope,
+    OutboundEnvelope,
     Transport,
     Verdict,
     backoff,
@@ -92,8 +92,14 @@ class Jobs:
 
     def _claim(self, now: datetime) -> list[_Claim]:
         due = or_(
-            and_(Outbox.status.in_(("pending", "retry")), Outbox.next_attempt_at <= now),
-            and_(Outbox.status == "sending", Outbox.claimed_at <= now - STALE_CLAIM),
+            and_(
+                Outbox.status.in_((OutboxStatus.PENDING.value, OutboxStatus.RETRY.value)),
+                Outbox.next_attempt_at <= now,
+            ),
+            and_(
+                Outbox.status == OutboxStatus.SENDING.value,
+                Outbox.claimed_at <= now - STALE_CLAIM,
+            ),
         )
         claims: list[_Claim] = []
         with self.store.transaction() as session:
@@ -110,10 +116,10 @@ class Jobs:
                         self._render(session, row)
                     except Exception as exc:  # a template bug must not block the queue
                         log.exception("outbox %s: cannot render %s", row.id, row.kind)
-                        row.status, row.last_error = Verdict.FAILED.value, f"render: {exc}"
+                        row.status, row.last_error = OutboxStatus.FAILED.value, f"render: {exc}"
                         continue
                 assert row.message is not None
-                row.status = "sending"
+                row.status = OutboxStatus.SENDING.value
                 row.claimed_at = now
                 row.attempts += 1
                 claims.append(
@@ -132,9 +138,10 @@ class Jobs:
         with self.store.transaction() as session:
             row = session.get(Outbox, claim.id, with_for_update=True)
             # Only if the claim is still ours (a stale-claim takeover would have bumped it).
-            if row is None or row.status != "sending" or row.attempts != claim.attempts:
+            if row is None or row.status != OutboxStatus.SENDING or row.attempts != claim.attempts:
                 return
-            row.status, row.last_error, row.claimed_at = verdict.value, error, None
+            status = OutboxStatus(verdict.value)  # a verdict names the status the row is left in
+            row.status, row.last_error, row.claimed_at = status.value, error, None
             if verdict is Verdict.SENT:
                 row.sent_at = now
             elif verdict is Verdict.RETRY:
@@ -166,7 +173,7 @@ class Jobs:
                 "requester": ticket.requester.email,
                 "requester_name": ticket.requester.name,
             },
-            "tag": config.tickets.tag.replace("{id}", str(ticket.id)),
+            "tag": config.tickets.tag_for(ticket.id),
             "recipient": row.recipients[0] if row.recipients else "",
             "support": {
                 "address": config.mail.address,
@@ -188,7 +195,7 @@ class Jobs:
         rendered = self.renderer.render(row.kind, language, context)
         thread = [c.message_id for c in ticket.comments if c.message_id]
         secret = config.mail.secret or ensure_secret(session)
-        envelope = Envelope(
+        envelope = OutboundEnvelope(
             to=tuple(row.recipients),
             subject=row.subject,
             reply_to=reply_address(ticket.id, config.mail.address, secret),

@@ -66,6 +66,17 @@ class Outcome(enum.StrEnum):
     QUARANTINED = "quarantined"
 
 
+class OutboxStatus(enum.StrEnum):
+    """Where a notification in the outbox stands (the column ``outbox.status``)."""
+
+    PENDING = "pending"  # written with its cause, not tried yet
+    SENDING = "sending"  # claimed by a delivery run; a stale claim is taken again
+    RETRY = "retry"  # a transient failure: tried again at ``next_attempt_at``
+    SENT = "sent"
+    FAILED = "failed"  # given up: a permanent failure, too old, or it could not be rendered
+    BOUNCED = "bounced"  # sent, and a bounce for it came back
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -239,7 +250,7 @@ class Outbox(Base):
     message: Mapped[bytes | None] = mapped_column(LargeBinary)
     # What the renderer needs beyond the ticket: the comment to send, an error to explain.
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -67,7 +67,7 @@ def one_line(text: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Envelope:
+class OutboundEnvelope:
     """Who a built message goes to and how it threads."""
 
     to: tuple[str, ...]
@@ -79,7 +79,11 @@ class Envelope:
 
 
 def build_message(
-    config: Config, envelope: Envelope, text: str, html: str, message_id: str | None = None
+    config: Config,
+    envelope: OutboundEnvelope,
+    text: str,
+    html: str,
+    message_id: str | None = None,
 ) -> EmailMessage:
     """A UTF-8 notification with our headers; pure, so it can be tested and stored."""
     domain = config.mail.address.rpartition("@")[2]

@@ -1,24 +1,20 @@
-"""The SMTP/LMTP listener: aiosmtpd protocol, our handler, and the server's lifecycle.
+"""The SMTP/LMTP protocol: aiosmtpd's classes with our DATA reader, our handler, our replies.
 
 The rule this module exists for (RFC 5321 section 4.1.1.4, "the receiver-SMTP MUST NOT
 accept responsibility for a message unless it has been safely stored"): answer 250 only
-after :func:`mailgate.ingest.ingest` committed the mail, and 451 whenever it could not, so
-the sending MTA keeps the mail and retries. Every reply text is defined in :mod:`replies`
-style constants below, with its enhanced status code (RFC 3463).
+after the ingestor committed the mail, and 451 whenever it could not, so the sending MTA
+keeps the mail and retries. Every reply text is a named constant below; ours carry an
+enhanced status code (RFC 3463). What runs the listener (the ingestor it hands mail to,
+the jobs, metrics and signals beside it) is assembled in :mod:`mailgate.app`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
-import signal
 import ssl
-import sys
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
@@ -27,20 +23,11 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
-from mailgate.config import Config
-from mailgate.errors import ConfigError, StoreUnavailable
+from mailgate.config import Config, ServerConfig
+from mailgate.errors import StoreUnavailable
 from mailgate.ingest import Envelope as MailEnvelope
 from mailgate.ingest import IngestResult
-from mailgate.routing import Router
-from mailgate.store import Store
-from mailgate.workers import (
-    SWITCH_INTERVAL,
-    Ingestor,
-    InlineIngestor,
-    WorkerPool,
-    parser_count,
-    worker_count,
-)
+from mailgate.workers import Ingestor
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +42,21 @@ TEMPFAIL = "451 4.3.0 Cannot store the message right now, please try again later
 TOO_BIG = "552 5.3.4 Message size exceeds the fixed maximum message size"
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"  # RFC 5321 4.5.3.1.10: the client retries
 
-# aiosmtpd's own size replies carry no enhanced status code; give them ours.
+# aiosmtpd's texts, which the DATA reader below gives as aiosmtpd's own reader does.
+DATA_NEEDS_RCPT = "503 Error: need RCPT command"
+DATA_SYNTAX = "501 Syntax: DATA"
+DATA_GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
+DATA_TOO_MUCH = "552 Error: Too much mail data"  # sent as TOO_BIG, see _REWRITE
+DATA_NOT_ASCII = "500 Error: strict ASCII mode"
+DATA_OK = "250 OK"  # a handler without a DATA hook
+LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
+# aiosmtpd's own, to MAIL FROM with a SIZE over the limit.
+SIZE_TOO_BIG = "552 Error: message size exceeds fixed maximum message size"
+
+# aiosmtpd's size replies carry no enhanced status code; give them ours.
 _REWRITE = {
-    "552 Error: Too much mail data": TOO_BIG,
-    "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
+    DATA_TOO_MUCH: TOO_BIG,
+    SIZE_TOO_BIG: TOO_BIG,
 }
 
 
@@ -76,7 +74,6 @@ class _ReplyCodes:
 # A line holding only a dot ends DATA. Searched for without its CR, which may have arrived
 # (and been taken from the reader) before: the byte before the match must be a CR.
 _DATA_END = b"\n.\r\n"
-LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 
 
 def unstuff(data: bytes) -> bytes:
@@ -140,12 +137,12 @@ class _ChunkedData:
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await server.push("503 Error: need RCPT command")
+            await server.push(DATA_NEEDS_RCPT)
             return
         if arg:
-            await server.push("501 Syntax: DATA")
+            await server.push(DATA_SYNTAX)
             return
-        await server.push("354 End data with <CR><LF>.<CR><LF>")
+        await server.push(DATA_GO_AHEAD)
         try:
             data = await self._read_data()
         except asyncio.CancelledError:
@@ -158,7 +155,7 @@ class _ChunkedData:
             return
         if data is None:
             server._set_post_data_state()
-            await server.push("552 Error: Too much mail data")
+            await server.push(DATA_TOO_MUCH)
             return
         if has_overlong_line(data, self.line_length_limit):
             server._set_post_data_state()
@@ -172,7 +169,7 @@ class _ChunkedData:
                 try:
                     content = message.decode("ascii")
                 except UnicodeDecodeError:
-                    await server.push("500 Error: strict ASCII mode")
+                    await server.push(DATA_NOT_ASCII)
                     return
             else:
                 content = message.decode("utf-8", errors="surrogateescape")
@@ -180,7 +177,7 @@ class _ChunkedData:
         self.envelope.original_content = message
         status = await server._call_handler_hook("DATA")
         server._set_post_data_state()
-        await server.push("250 OK" if status is MISSING else status)
+        await server.push(DATA_OK if status is MISSING else status)
 
     async def _read_data(self) -> bytes | None:
         """The DATA stream up to its lone dot, still dot-stuffed; None if over the size limit.
@@ -350,222 +347,28 @@ class Handler:
         return True
 
 
-class MailServer:
-    """The listener's lifecycle on an event loop: start, report the bound port, stop."""
+async def listen(handler: Handler, cfg: ServerConfig) -> asyncio.Server:
+    """The SMTP or LMTP listener on ``cfg``'s address, its sessions answered by ``handler``.
 
-    def __init__(self, config: Config, store: Store, clock: Clock = utc_now) -> None:
-        self.config = config
-        self.store = store
-        self.clock = clock
-        # Jobs relay mail over the network: they must never hold up storing inbound mail.
-        self.jobs_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-jobs")
-        self.ingestor: Ingestor | None = None
-        self.handler: Handler | None = None
-        self.server: asyncio.base_events.Server | None = None
-        self.port: int | None = None
-
-    async def start(self) -> int:
-        loop = asyncio.get_running_loop()
-        lmtp = self.config.server.protocol == "lmtp"
-        count = worker_count(self.config)
-        if count == 0:
-            self.ingestor = InlineIngestor(self.store, Router(self.config))
-        else:
-            pool = WorkerPool(self.config, count, parser_count(self.config))
-            await pool.start()
-            self.ingestor = pool
-        self.handler = Handler(self.config, self.ingestor, self.clock, lmtp=lmtp)
-        protocol = MailgateLMTP if lmtp else MailgateSMTP
-        handler = self.handler
-        cfg = self.config.server
-
-        tls = None
-        if cfg.tls_cert and cfg.tls_key:
-            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-
-        def factory() -> SMTP:
-            return protocol(
-                handler,
-                tls_context=tls,
-                data_size_limit=cfg.max_message_size,
-                enable_SMTPUTF8=True,
-                hostname=cfg.hostname,
-                ident="mailgate",
-                timeout=cfg.timeout,
-                loop=loop,
-            )
-
-        self.server = await loop.create_server(factory, host=cfg.host, port=cfg.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-        log.info(
-            "mailgate listening on %s:%s (%s), storing in %s",
-            cfg.host,
-            self.port,
-            cfg.protocol,
-            self.store.engine.url.render_as_string(hide_password=True),
-        )
-        return self.port
-
-    async def reload(self, load: Callable[[], Config]) -> bool:
-        """Re-read the config and sync it off the loop, then hand it to the ingestor.
-
-        The ingestor's store thread or workers build their router from it, each for the
-        mails after the reload. An invalid config (or a database that cannot take the
-        sync) is refused with a log line, and the config in force stays.
-        """
-        assert self.handler is not None and self.ingestor is not None
-        loop = asyncio.get_running_loop()
-
-        def prepare() -> Config:
-            config = load()
-            self.store.sync(config, self.clock())
-            return config
-
-        try:
-            config = await loop.run_in_executor(None, prepare)
-        except (ConfigError, StoreUnavailable) as exc:
-            log.error("config reload refused, the previous config stays in force: %s", exc)
-            return False
-        if config.server != self.config.server:
-            log.warning("[server] changes take effect only after a restart")
-        self.ingestor.reload(config)
-        self.handler.config = config
-        self.config = config
-        log.info(
-            "config reloaded from %s: %d organizations", config.source, len(config.organizations)
-        )
-        return True
-
-    async def stop(self, grace: float = 30.0) -> None:
-        """Stop accepting, let messages being stored finish their transaction, then close."""
-        if self.server is not None:
-            self.server.close()
-        if self.handler is not None and not await self.handler.wait_idle(grace):
-            log.warning("shutdown: gave up waiting for messages still being stored")
-        if self.server is not None:
-            close_clients = getattr(self.server, "close_clients", None)  # Python 3.13+
-            if close_clients is not None:
-                close_clients()
-            # From Python 3.12 on this waits for idle clients too; do not let one hold us.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.server.wait_closed(), 5)
-        loop = asyncio.get_running_loop()
-        if self.ingestor is not None:
-            await loop.run_in_executor(None, self.ingestor.close)
-        await loop.run_in_executor(None, self.jobs_executor.shutdown, True)
-
-
-def start_scheduler(server: MailServer) -> Any:
-    """The outbox and auto-close jobs on apscheduler, off the event loop, one run at a time."""
-    from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-    from mailgate.jobs import Jobs
-
+    STARTTLS is offered when a certificate and key are configured.
+    """
     loop = asyncio.get_running_loop()
+    protocol = MailgateLMTP if cfg.protocol == "lmtp" else MailgateSMTP
+    tls = None
+    if cfg.tls_cert and cfg.tls_key:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
 
-    built: dict[str, Jobs] = {}  # one Jobs (renderer, hours, relay) per config in force
-
-    async def run(name: str) -> None:
-        jobs = built.get("jobs")
-        if jobs is None or jobs.config is not server.config:  # new, or reloaded by SIGHUP
-            jobs = built["jobs"] = Jobs(server.store, server.config)
-        job = jobs.deliver_outbox if name == "deliver" else jobs.close_solved
-        try:
-            await loop.run_in_executor(server.jobs_executor, job, server.clock())
-        except StoreUnavailable as exc:
-            log.warning("job %s skipped, database unavailable: %s", name, exc)
-        except Exception:
-            log.exception("job %s failed", name)
-
-    scheduler = AsyncIOScheduler(event_loop=loop, timezone="UTC")
-    intervals = {
-        "deliver": server.config.jobs.outbox_interval,
-        "close": server.config.jobs.close_interval,
-    }
-    for name, interval in intervals.items():
-        scheduler.add_job(
-            run,
-            "interval",
-            args=[name],
-            seconds=interval.total_seconds(),
-            max_instances=1,
-            coalesce=True,
-            next_run_time=server.clock(),
-            id=name,
+    def factory() -> SMTP:
+        return protocol(
+            handler,
+            tls_context=tls,
+            data_size_limit=cfg.max_message_size,
+            enable_SMTPUTF8=True,
+            hostname=cfg.hostname,
+            ident="mailgate",
+            timeout=cfg.timeout,
+            loop=loop,
         )
-    scheduler.start()
-    return scheduler
 
-
-async def serve_until_signalled(
-    config: Config, store: Store, load: Callable[[], Config] | None = None
-) -> None:
-    """``mailgate serve``: run until SIGTERM/SIGINT; SIGHUP reloads the config via ``load``."""
-    # With workers = 0 a mail passes through the store thread and back; at the default
-    # switch interval (5 ms) each hand-over could wait that long for the event loop to
-    # yield the interpreter (the jobs' thread, too).
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    server = MailServer(config, store)
-    await server.start()
-    scheduler = start_scheduler(server)
-    http = None
-    if config.metrics.port is not None:
-        from mailgate.health import start_http
-
-        async def healthy() -> str | None:
-            try:
-                await asyncio.get_running_loop().run_in_executor(
-                    server.jobs_executor, store.schema_is_current
-                )
-            except StoreUnavailable as exc:
-                return str(exc)
-            return None
-
-        http = await start_http(config.metrics.host, config.metrics.port, healthy)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[bool]] = set()
-    if load is not None:
-
-        def on_hup() -> None:
-            task = loop.create_task(server.reload(load))
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
-
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
-    await stop.wait()
-    log.info("shutting down: finishing messages in flight")
-    scheduler.shutdown(wait=False)
-    if http is not None:
-        http.close()
-    await server.stop()
-    log.info("stopped")
-
-
-class ServerThread:
-    """Run a :class:`MailServer` on its own loop in a thread (tests, embedding)."""
-
-    def __init__(self, config: Config, store: Store, clock: Clock = utc_now) -> None:
-        self.server = MailServer(config, store, clock)
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def start(self) -> int:
-        self._thread.start()
-        return asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
-
-    def __enter__(self) -> ServerThread:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+    return await loop.create_server(factory, host=cfg.host, port=cfg.port)

@@ -14,7 +14,6 @@ resolves only after that commit. A worker that dies fails its mails with
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import itertools
@@ -25,7 +24,6 @@ import pickle
 import queue
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
@@ -39,22 +37,120 @@ from typing import Any, Protocol
 from mailgate.config import Config
 from mailgate.errors import StoreUnavailable
 from mailgate.ingest import Envelope, IngestResult, Prepared, count_result, ingest_batch, prepare
+from mailgate.logsetup import setup_logging
+from mailgate.pipes import Channel, Frame, recv_frame
 from mailgate.routing import Router
 from mailgate.store import Store
 
 log = logging.getLogger(__name__)
 
-# What travels to a worker: a mail, or a new config (after SIGHUP) for the mails after it.
-_Mail = tuple[int, bytes, Envelope, datetime]
-_Reply = list[tuple[int, IngestResult | str, float]]  # str: why it could not be stored
-_STOP = ("stop",)  # the worker answers what came before it, then exits
-_RAW = "raw"  # a mail to parse: (_RAW, key, envelope, now), then its bytes as a frame
 SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the interpreter lock when another waits
 # In a pool process: a writer's flusher thread, its fsync done, waits this long at most for
 # the storing thread to let it answer. 0.1 ms against 0.5 ms: 3.6% more mail per second and a
 # lower p99 in 9 alternating pairs of bench/smtp_load.py at K=4.
 POOL_SWITCH_INTERVAL = 0.0001
 _RESPAWN_PAUSE = 1.0  # seconds before a dead worker is replaced (no tight crash loop)
+
+
+# --------------------------------------------------------------------------- messages
+# What the SMTP process and a pool process (or the store thread) say to each other. On a
+# pipe each message is one pickled frame; a mail's raw bytes never travel inside one but
+# as a frame of their own after it: a pickle would be a second copy of a big mail on each
+# side. ``key`` is the SMTP process's number for the mail, which the answer carries back.
+# The messages sent for every mail pickle as their class and field values (``__reduce__``):
+# a frozen dataclass with slots otherwise looks its fields up on every pickling and
+# unpickling, which took two to three times as long.
+
+
+@dataclass(frozen=True, slots=True)
+class MailHead:
+    """A mail to parse or store; on a pipe its raw bytes follow as the next frame."""
+
+    key: int
+    envelope: Envelope
+    now: datetime
+
+    def __reduce__(self) -> tuple[type[MailHead], tuple[int, Envelope, datetime]]:
+        return MailHead, (self.key, self.envelope, self.now)
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """A mail with its raw bytes, as a pool process or the store thread takes it.
+
+    Never sent whole over a pipe: there it is a :class:`MailHead` and a frame.
+    """
+
+    key: int
+    raw: bytes
+    envelope: Envelope
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedHead:
+    """From a parser to the SMTP process, before the :class:`Parsed` or :class:`NotParsed`
+    frame that the SMTP process forwards to a writer without unpickling it: which mail that
+    frame is, and whether the SMTP process sends the raw mail on after it."""
+
+    key: int
+    raw_follows: bool
+
+    def __reduce__(self) -> tuple[type[ParsedHead], tuple[int, bool]]:
+        return ParsedHead, (self.key, self.raw_follows)
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A mail a parser prepared, for a writer to store.
+
+    With ``raw_follows`` the raw bytes were left out of ``prepared`` and come as the next
+    frame: the SMTP process still has them, so a big mail does not travel back and forth.
+    """
+
+    key: int
+    prepared: Prepared
+    raw_follows: bool
+
+    def __reduce__(self) -> tuple[type[Parsed], tuple[int, Prepared, bool]]:
+        return Parsed, (self.key, self.prepared, self.raw_follows)
+
+
+@dataclass(frozen=True, slots=True)
+class NotParsed:
+    """A mail a parser could not prepare (a parser bug): the writer answers it 451."""
+
+    key: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewConfig:
+    """The config after a reload (SIGHUP), for the mails after this message."""
+
+    config: Config
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Answer the mails that came before, then exit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What became of one mail, from a writer to the SMTP process (a list per frame)."""
+
+    key: int
+    outcome: IngestResult | str  # str: why it could not be stored, answered 451
+    seconds: float
+
+    def __reduce__(self) -> tuple[type[Answer], tuple[int, IngestResult | str, float]]:
+        return Answer, (self.key, self.outcome, self.seconds)
+
+
+# What a writer or parser reads from its pipe, and what it takes once raw bytes are joined.
+Incoming = MailHead | Parsed | NotParsed | NewConfig | Stop
+Item = Mail | Parsed | NotParsed | NewConfig | Stop
 
 
 class Ingestor(Protocol):
@@ -122,14 +218,17 @@ def _take_batch(first: Any, more: Any, limit: int) -> list[Any]:
     return items
 
 
-def _store_items(store: Store, router: Router, items: Sequence[Any]) -> tuple[Router, _Reply]:
+def _store_items(
+    store: Store, router: Router, items: Sequence[Item]
+) -> tuple[Router, list[Answer], bool]:
     """Store runs of mails as groups; a config item switches the router for what follows.
 
-    Items after a stop item are not stored (the caller stops after answering the rest).
-    Never raises: a failure no group commit foresaw still answers every sender (451).
+    Items after a stop item are not stored; the last value says whether one came (the
+    caller stops after sending the answers). Never raises: a failure no group commit
+    foresaw still answers every sender (451).
     """
-    reply: _Reply = []
-    run: list[tuple[int, Any]] = []
+    reply: list[Answer] = []
+    run: list[tuple[int, Prepared | tuple[bytes, Envelope, datetime]]] = []
 
     def flush() -> None:
         try:
@@ -139,25 +238,28 @@ def _store_items(store: Store, router: Router, items: Sequence[Any]) -> tuple[Ro
             stored = [(StoreUnavailable(f"internal error: {exc}"), 0.0)] * len(run)
         for (key, _), (outcome, seconds) in zip(run, stored, strict=True):
             answer = outcome if isinstance(outcome, IngestResult) else str(outcome)
-            reply.append((key, answer, seconds))
+            reply.append(Answer(key, answer, seconds))
         run.clear()
 
+    stopped = False
     for item in items:
-        if item == _STOP:
-            break
-        if item[0] == "config":
-            if run:
-                flush()
-            router = Router(item[1])
-        elif len(item) == 2 and isinstance(item[1], str):  # a parser could not prepare it
-            reply.append((item[0], item[1], 0.0))
-        elif len(item) == 2:  # (key, Prepared) from a parser
-            run.append((item[0], item[1]))
-        else:  # (key, raw, envelope, now)
-            run.append((item[0], item[1:]))
+        match item:
+            case Mail(key, raw, envelope, now):
+                run.append((key, (raw, envelope, now)))
+            case Parsed(key, prepared):
+                run.append((key, prepared))
+            case NotParsed(key, reason):
+                reply.append(Answer(key, reason, 0.0))
+            case NewConfig(config):
+                if run:
+                    flush()
+                router = Router(config)
+            case Stop():
+                stopped = True
+                break
     if run:
         flush()
-    return router, reply
+    return router, reply, stopped
 
 
 # --------------------------------------------------------------------------- inline
@@ -173,7 +275,7 @@ class InlineIngestor:
     def __init__(self, store: Store, router: Router) -> None:
         self.store = store
         self._first_router = router
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self._futures: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
         self._ids = itertools.count(1)
         self._thread = threading.Thread(target=self._run, name="mailgate-store", daemon=True)
@@ -184,29 +286,29 @@ class InlineIngestor:
         future: asyncio.Future[IngestResult] = loop.create_future()
         key = next(self._ids)
         self._futures[key] = (loop, future)
-        self._queue.put((key, raw, envelope, now))
+        self._queue.put(Mail(key, raw, envelope, now))
         result = await future
         return result
 
     def reload(self, config: Config) -> None:
-        self._queue.put(("config", config))
+        self._queue.put(NewConfig(config))
 
     def _run(self) -> None:
         router = self._first_router
         while True:
             first = self._queue.get()
             items = _take_batch(first, self._queue.get_nowait, router.config.server.batch_size)
-            router, reply = _store_items(self.store, router, items)
-            for key, outcome, seconds in reply:
-                loop, future = self._futures.pop(key)
-                if isinstance(outcome, IngestResult):
-                    count_result(outcome, seconds)
-                loop.call_soon_threadsafe(_settle, future, outcome)
-            if _STOP in items:
+            router, reply, stopped = _store_items(self.store, router, items)
+            for answer in reply:
+                loop, future = self._futures.pop(answer.key)
+                if isinstance(answer.outcome, IngestResult):
+                    count_result(answer.outcome, answer.seconds)
+                loop.call_soon_threadsafe(_settle, future, answer.outcome)
+            if stopped:
                 return
 
     def close(self) -> None:
-        self._queue.put(_STOP)
+        self._queue.put(Stop())
         self._thread.join(60)
 
 
@@ -224,8 +326,6 @@ def _child_setup(log_level: int) -> None:
     # A writer's flusher thread, its fsync done, must not wait the default 5 ms for the
     # interpreter lock while the writer stores the next group: that would be every reply.
     sys.setswitchinterval(POOL_SWITCH_INTERVAL)
-    from mailgate.cli import setup_logging
-
     setup_logging(log_level)
 
 
@@ -238,7 +338,7 @@ def _worker_main(conn: Connection, config: Config, log_level: int) -> None:
     _child_setup(log_level)
     store = Store(config.database.url, config.database.lock_timeout, flush_later=True)
     router = Router(config)
-    answer: Callable[[_Reply], None] = conn.send
+    answer: Callable[[list[Answer]], None] = conn.send
     flusher = _Flusher(store, conn) if store.flushes_later else None
     if flusher is not None:
         answer = flusher.put
@@ -253,9 +353,9 @@ def _worker_main(conn: Connection, config: Config, log_level: int) -> None:
                 lambda: _receive(conn) if conn.poll() else _empty(),
                 router.config.server.batch_size,
             )
-            router, reply = _store_items(store, router, items)
+            router, reply, stopped = _store_items(store, router, items)
             answer(reply)
-            if _STOP in items:
+            if stopped:
                 return
     finally:
         if flusher is not None:
@@ -270,11 +370,11 @@ class _Flusher:
     def __init__(self, store: Store, conn: Connection) -> None:
         self._store = store
         self._conn = conn
-        self._queue: queue.SimpleQueue[_Reply | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Answer] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="mailgate-flush", daemon=True)
         self._thread.start()
 
-    def put(self, reply: _Reply) -> None:
+    def put(self, reply: list[Answer]) -> None:
         self._queue.put(reply)
 
     def close(self) -> None:
@@ -291,7 +391,9 @@ class _Flusher:
                     self._store.flush()
                 except StoreUnavailable as exc:  # committed but maybe not durable: retry
                     log.error("could not sync the database, %d mail(s) answered 451", len(answers))
-                    answers = [(key, f"not synced to disk: {exc}", s) for key, _, s in answers]
+                    answers = [
+                        Answer(a.key, f"not synced to disk: {exc}", a.seconds) for a in answers
+                    ]
                 try:
                     self._conn.send(answers)
                 except (OSError, ValueError):
@@ -303,10 +405,10 @@ class _Flusher:
 def _parser_main(conn: Connection, config: Config, log_level: int) -> None:
     """A parser process: the pure part of ingest (parse, DKIM, routing), handed on to the writer.
 
-    The result goes back to the SMTP process as the mail's key and then the pickled result,
-    which that process forwards to the writer without unpickling it. The raw mail is left
-    out of it: the SMTP process still has it and sends it on as a frame of its own, so a
-    big mail does not travel back and forth.
+    The result goes back to the SMTP process as a :class:`ParsedHead` and then the pickled
+    :class:`Parsed`, which that process forwards to the writer without unpickling it. The
+    raw mail is left out of it: the SMTP process still has it and sends it on as a frame of
+    its own, so a big mail does not travel back and forth.
     """
     _child_setup(log_level)
     router = Router(config)
@@ -315,192 +417,48 @@ def _parser_main(conn: Connection, config: Config, log_level: int) -> None:
             item = _receive(conn)
         except (EOFError, OSError):
             return
-        if item == _STOP:
-            return
-        if item[0] == "config":
-            router = Router(item[1])
-            continue
-        key, raw, envelope, now = item
-        try:
-            outcome: Prepared | str = prepare(router.config, raw, envelope, now, router=router)
-        except Exception as exc:  # a parser bug: 451, the sender retries later
-            log.exception("preparing a mail failed")
-            outcome = f"internal error: {exc}"
-        detached = False
-        if isinstance(outcome, Prepared):
-            outcome, detached = dataclasses.replace(outcome, raw=b""), True
-        conn.send((key, detached))  # apart from the payload: no copy to join them
-        conn.send_bytes(pickle.dumps((key, outcome, detached), protocol=5))
+        match item:
+            case Mail():
+                _parse(conn, router, item)
+            case NewConfig(new):
+                router = Router(new)
+            case Stop():
+                return
 
 
-def _receive(conn: Connection) -> Any:
+def _parse(conn: Connection, router: Router, mail: Mail) -> None:
+    """Prepare one mail in a parser process and send the result, raw bytes left out."""
+    message: Parsed | NotParsed
+    try:
+        prepared = prepare(router.config, mail.raw, mail.envelope, mail.now, router=router)
+    except Exception as exc:  # a parser bug: 451, the sender retries later
+        log.exception("preparing a mail failed")
+        message = NotParsed(mail.key, f"internal error: {exc}")
+    else:
+        message = Parsed(mail.key, dataclasses.replace(prepared, raw=b""), raw_follows=True)
+    # The head apart from the payload: no copy to join them.
+    conn.send(ParsedHead(mail.key, isinstance(message, Parsed)))
+    conn.send_bytes(pickle.dumps(message, protocol=5))
+
+
+def _receive(conn: Connection) -> Item:
     """The next item from the SMTP process: a mail (raw, or prepared by a parser), a
     config, or the stop message.
 
-    A mail's raw bytes come as a frame of their own after the item, never inside a pickle:
-    a pickle would be a second copy of a big mail on each side.
+    A mail's raw bytes come as a frame of their own after its message, never inside a
+    pickle; here they are joined to it.
     """
-    item = conn.recv()
-    if item[0] == _RAW:  # (_RAW, key, envelope, now), then the raw mail
-        return (item[1], _recv_frame(conn), item[2], item[3])
-    if len(item) == 3:  # (key, prepared or why not, whether the raw mail follows)
-        key, prepared, detached = item
-        if detached:
-            prepared = dataclasses.replace(prepared, raw=_recv_frame(conn))
-        return (key, prepared)
-    return item
-
-
-def _recv_frame(conn: Connection) -> bytes:
-    """The next frame's bytes, read into one object of its exact size.
-
-    :meth:`Connection.recv_bytes` collects a frame in a growing buffer and copies it out:
-    two to three times a big mail at once. The pipe is a socket pair, so one receive that
-    waits for all the bytes fills the result directly.
-    """
-    sock: socket.socket | None = getattr(conn, "mailgate_socket", None)
-    if sock is None:  # made once per pipe, and gone with it
-        sock = socket.socket(fileno=os.dup(conn.fileno()))
-        conn.mailgate_socket = sock  # type: ignore[attr-defined]
-    (size,) = _HEADER.unpack(_recv_exactly(sock, _HEADER.size))
-    if size == -1:
-        (size,) = _LONG.unpack(_recv_exactly(sock, _LONG.size))
-    return _recv_exactly(sock, size)
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = sock.recv(size, socket.MSG_WAITALL) if size else b""
-    if len(data) == size:
-        return data
-    pieces = [data]  # a signal cut the wait short: the rest, and one copy to join it
-    missing = size - len(data)
-    while missing:
-        piece = sock.recv(missing, socket.MSG_WAITALL)
-        if not piece:
-            raise EOFError("the SMTP process closed the pipe within a frame")
-        pieces.append(piece)
-        missing -= len(piece)
-    return b"".join(pieces)
+    message: Incoming = conn.recv()
+    match message:
+        case MailHead(key, envelope, now):
+            return Mail(key, recv_frame(conn), envelope, now)
+        case Parsed(key, prepared, True):
+            return Parsed(key, dataclasses.replace(prepared, raw=recv_frame(conn)), False)
+    return message
 
 
 def _empty() -> Any:
     raise queue.Empty
-
-
-Frame = bytes | memoryview
-_LARGE_FRAME = 1 << 20  # frames this long are collected in pieces and joined once
-_HEADER = struct.Struct("!i")  # multiprocessing.Connection's frame: a length, then the bytes
-_LONG = struct.Struct("!Q")  # after a length of -1: frames of 2 GiB and more
-_SLICE = 1 << 16  # bytes handed to a pipe's transport at a time, for frames longer than this
-
-
-class _Channel(asyncio.Protocol):
-    """The SMTP process's end of a pool process's pipe, read and written by the event loop.
-
-    The pool processes speak :class:`multiprocessing.connection.Connection` frames. Here
-    the loop reads and writes them itself: with a thread per direction, every mail waited
-    for the interpreter lock at each hand-over between a thread and the loop.
-    """
-
-    def __init__(self, on_frame: Callable[[Frame], None], on_lost: Callable[[], None]) -> None:
-        self._on_frame = on_frame
-        self._on_lost = on_lost
-        self._outgoing: collections.deque[memoryview] = collections.deque()  # not yet written
-        self._paused = False  # the transport holds enough unwritten bytes
-        self._buffer = bytearray()
-        self._pieces: list[bytes] | None = None  # a large frame, as it arrives
-        self._missing = 0  # bytes of that frame still to come (negative: read beyond it)
-        self.transport: asyncio.WriteTransport | None = None
-        self.gone = threading.Event()  # the process's end is closed and all it sent was read
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        if self._pieces is not None:
-            self._pieces.append(data)
-            self._missing -= len(data)
-            if self._missing > 0:
-                return
-            # A large frame (a big mail, parsed) is joined once, not grown and sliced.
-            whole = b"".join(self._pieces)
-            self._pieces = None
-            size = len(whole) + self._missing
-            self._on_frame(memoryview(whole)[:size])
-            data = whole[size:]
-            if not data:
-                return
-        buffer = self._buffer
-        buffer += data
-        while len(buffer) >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(buffer)
-            start = _HEADER.size
-            if size == -1:
-                if len(buffer) < start + _LONG.size:
-                    return
-                (size,) = _LONG.unpack_from(buffer, start)
-                start += _LONG.size
-            if len(buffer) < start + size:
-                if size >= _LARGE_FRAME:
-                    self._pieces = [bytes(buffer[start:])]
-                    self._missing = size - len(self._pieces[0])
-                    buffer.clear()
-                return
-            with memoryview(buffer) as view:
-                frame = bytes(view[start : start + size])
-            del buffer[: start + size]
-            self._on_frame(frame)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._outgoing.clear()
-        self.gone.set()
-        self._on_lost()
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        self._pump()
-
-    def send(self, payload: Frame) -> None:
-        """Queue one frame; the loop writes it as the pipe takes it, never blocking.
-
-        The transport copies whatever the pipe does not take at once. A big mail is
-        therefore handed to it a slice at a time, as the process at the other end reads,
-        and never copied whole (nor joined to its header).
-        """
-        if self.transport is None or self.transport.is_closing():
-            raise StoreUnavailable("the ingest process is gone")
-        size = len(payload)
-        long = size > 0x7FFFFFFF
-        header = _HEADER.pack(-1) + _LONG.pack(size) if long else _HEADER.pack(size)
-        if size <= _SLICE and not self._outgoing:
-            self.transport.write(header + payload)
-            return
-        self._outgoing.append(memoryview(header))
-        self._outgoing.append(memoryview(payload).cast("B"))
-        self._pump()
-
-    def _pump(self) -> None:
-        """Hand queued bytes to the transport until it has enough in hand."""
-        outgoing = self._outgoing
-        while outgoing and not self._paused and self.transport is not None:
-            if self.transport.is_closing():
-                outgoing.clear()
-                return
-            view = outgoing[0]
-            if len(view) > _SLICE:
-                outgoing[0] = view[_SLICE:]
-                view = view[:_SLICE]
-            else:
-                outgoing.popleft()
-            self.transport.write(view)  # may call pause_writing
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 @dataclass
@@ -508,12 +466,12 @@ class _Worker:
     index: int
     process: BaseProcess
     role: str = "worker"  # or "parser"
-    channel: _Channel | None = None
+    channel: Channel | None = None
     pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
     alive: bool = True
-    key: tuple[int, bool] | None = None  # a parser's next payload: (mail, raw follows)
+    head: ParsedHead | None = None  # a parser's next payload: which mail, raw follows
 
-    def send(self, item: Any) -> None:
+    def send(self, item: Incoming) -> None:
         assert self.channel is not None
         self.channel.send(pickle.dumps(item, protocol=5))
 
@@ -565,7 +523,7 @@ class WorkerPool:
         sock = socket.socket(fileno=os.dup(parent.fileno()))
         parent.close()
         on_frame = self._replied if role == "worker" else self._forward
-        channel = _Channel(lambda frame: on_frame(worker, frame), lambda: self._lost(worker))
+        channel = Channel(lambda frame: on_frame(worker, frame), lambda: self._lost(worker))
         await loop.connect_accepted_socket(lambda: channel, sock)
         worker.channel = channel
         return worker
@@ -583,7 +541,7 @@ class WorkerPool:
                 worker = parser
         if not worker.alive:
             raise StoreUnavailable(f"ingest {worker.role} {worker.index} is restarting")
-        worker.send((_RAW, key, envelope, now))
+        worker.send(MailHead(key, envelope, now))
         assert worker.channel is not None
         worker.channel.send(raw)
         worker.pending[key] = future
@@ -596,14 +554,15 @@ class WorkerPool:
         for worker in (*self._parsers, *self._workers):
             if worker.alive:  # a replacement starts with self.config
                 with contextlib.suppress(StoreUnavailable):
-                    worker.send(("config", config))
+                    worker.send(NewConfig(config))
 
     def _forward(self, parser: _Worker, frame: Frame) -> None:
         """A parser's output goes on to the least busy store worker, still pickled."""
-        if parser.key is None:  # the mail's key comes first, apart from its payload
-            parser.key = pickle.loads(frame)
+        if parser.head is None:  # the mail's key comes first, apart from its payload
+            parser.head = pickle.loads(frame)
             return
-        (key, detached), parser.key = parser.key, None
+        head, parser.head = parser.head, None
+        key = head.key
         future = parser.pending.pop(key, None)
         raw = self._raws.pop(key, b"")
         if future is None:
@@ -614,7 +573,7 @@ class WorkerPool:
                 raise StoreUnavailable(f"ingest worker {worker.index} is restarting")
             assert worker.channel is not None
             worker.channel.send(frame)
-            if detached:
+            if head.raw_follows:
                 worker.channel.send(raw)
         except StoreUnavailable as exc:
             _settle(future, str(exc))
@@ -622,12 +581,12 @@ class WorkerPool:
         worker.pending[key] = future
 
     def _replied(self, worker: _Worker, frame: Frame) -> None:
-        reply: _Reply = pickle.loads(frame)
-        for key, outcome, seconds in reply:
-            future = worker.pending.pop(key)
-            if isinstance(outcome, IngestResult):
-                count_result(outcome, seconds)
-            _settle(future, outcome)
+        reply: list[Answer] = pickle.loads(frame)
+        for answer in reply:
+            future = worker.pending.pop(answer.key)
+            if isinstance(answer.outcome, IngestResult):
+                count_result(answer.outcome, answer.seconds)
+            _settle(future, answer.outcome)
 
     def _lost(self, worker: _Worker) -> None:
         """A process ended: answer its mails 451 and, unless we are stopping, replace it."""
@@ -686,4 +645,4 @@ class WorkerPool:
     @staticmethod
     def _send_stop(worker: _Worker) -> None:
         with contextlib.suppress(StoreUnavailable):
-            worker.send(_STOP)
+            worker.send(Stop())

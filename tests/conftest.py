@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from mailgate.app import ServerThread
 from mailgate.config import Config, parse_config
-from mailgate.smtp import ServerThread
 from mailgate.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from mailgate.app import ServerThread
 from mailgate.config import Config
 from mailgate.db.queries import get_ticket, ticket_detail
 from mailgate.db.records import update_ticket
 from mailgate.ingest import Envelope, ingest, reprocess_quarantined
 from mailgate.jobs import Jobs
 from mailgate.models import InboundMessage, Outbox
-from mailgate.smtp import ServerThread
 from mailgate.store import Store
 
 from .conftest import MAILGATE, Clock, mail

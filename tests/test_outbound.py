@@ -21,8 +21,7 @@ from mailgate.db.records import update_ticket
 from mailgate.ingest import Envelope, ingest
 from mailgate.jobs import Jobs
 from mailgate.models import Outbox
-from mailgate.outbound import Envelope as OutEnvelope
-from mailgate.outbound import Verdict, build_message, classify
+from mailgate.outbound import OutboundEnvelope, Verdict, build_message, classify
 from mailgate.store import Store
 
 from .conftest import MAILGATE, Clock, mail
@@ -147,7 +146,7 @@ def test_classify(code: int | None, verdict: str) -> None:
 
 
 def test_no_header_injection(config: Config) -> None:
-    envelope = OutEnvelope(
+    envelope = OutboundEnvelope(
         to=("a@x.example",),
         subject="[#1] Hallo\r\nBcc: victim@evil.example",
         reply_to="support@support.example.com",

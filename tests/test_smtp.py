@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
+from mailgate.app import ServerThread
 from mailgate.config import Config
 from mailgate.models import InboundMessage, Ticket
-from mailgate.smtp import ServerThread
 from mailgate.store import Store
 
 from .conftest import Clock, mail, send

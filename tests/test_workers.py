@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import multiprocessing
 import os
+import pickle
 import random
 import signal
 import smtplib
@@ -18,14 +20,25 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from mailgate.app import ServerThread
 from mailgate.config import Config
 from mailgate.errors import StoreUnavailable
-from mailgate.ingest import Envelope, IngestResult, ingest_batch
+from mailgate.ingest import Envelope, IngestResult, ingest_batch, prepare
 from mailgate.models import Comment, InboundMessage, Ticket
+from mailgate.pipes import Channel, recv_frame
 from mailgate.routing import Router
-from mailgate.smtp import ServerThread
 from mailgate.store import Store
-from mailgate.workers import WorkerPool, _Channel, _recv_frame, worker_count
+from mailgate.workers import (
+    Answer,
+    MailHead,
+    NewConfig,
+    NotParsed,
+    Parsed,
+    ParsedHead,
+    Stop,
+    WorkerPool,
+    worker_count,
+)
 
 from .conftest import Clock, mail, send
 from .test_smtp import database_write_locked
@@ -292,7 +305,7 @@ def test_the_loop_reads_the_frames_a_pool_process_writes(seed: int) -> None:
             stream += sock.recv(1 << 20)
     writer.join(10)
     got: list[bytes] = []
-    channel = _Channel(lambda frame: got.append(bytes(frame)), lambda: None)
+    channel = Channel(lambda frame: got.append(bytes(frame)), lambda: None)
     position = 0
     while position < len(stream):
         step = rng.choice([1, 3, 4, 5, 100, 65536, 1 << 20])
@@ -324,7 +337,7 @@ def test_the_loop_writes_frames_a_pool_process_reads_without_copying_big_ones(se
     async def send() -> None:
         nonlocal most_held
         loop = asyncio.get_running_loop()
-        channel = _Channel(lambda frame: None, lambda: None)
+        channel = Channel(lambda frame: None, lambda: None)
         sock = socket.socket(fileno=os.dup(ours.fileno()))
         await loop.connect_accepted_socket(lambda: channel, sock)
         assert channel.transport is not None
@@ -359,8 +372,28 @@ def test_a_frame_cut_by_a_signal_is_still_read_whole() -> None:
     try:
         writer.start()
         signal.setitimer(signal.ITIMER_REAL, 0.1)
-        assert _recv_frame(ours) == data
+        assert recv_frame(ours) == data
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         writer.join(10)
+
+
+def test_pipe_messages_arrive_with_every_field(config: Config, clock: Clock) -> None:
+    """What the SMTP process and a pool process send each other unpickles to an equal
+    message; the messages sent for every mail spell out how they pickle, and a field left
+    out of that would be lost on the pipe."""
+    prepared = prepare(config, mail(), ENVELOPE, clock(), router=Router(config))
+    result = IngestResult("created", 7, None, "x@m.de", "member")
+    messages = [
+        MailHead(1, ENVELOPE, clock()),
+        ParsedHead(2, True),
+        Parsed(3, dataclasses.replace(prepared, raw=b""), True),
+        NotParsed(4, "internal error: boom"),
+        NewConfig(config),
+        Stop(),
+        Answer(5, result, 0.25),
+        Answer(6, "not synced to disk: full", 0.5),
+    ]
+    for message in messages:
+        assert pickle.loads(pickle.dumps(message, protocol=5)) == message

@@ -26,6 +26,7 @@ from mailgate.models import (
     Attachment,
     Organization,
     Outbox,
+    OutboxStatus,
     Participant,
     Status,
     Suppression,
@@ -232,7 +233,9 @@ def _bounce(
     ticket_id: int | None = None
     for sent in decision.returned:
         error = f"bounced: {decision.failed or 'no details'}"
-        _MARK_BOUNCED.run(conn, {"row": sent.id, "new_status": "bounced", "error": error})
+        _MARK_BOUNCED.run(
+            conn, {"row": sent.id, "new_status": OutboxStatus.BOUNCED.value, "error": error}
+        )
         if sent.ticket_id is not None:
             note = (
                 f"Notification {sent.kind} to {', '.join(sent.recipients)} bounced: "

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, bindparam, insert, select
 
 from mailgate.config import Config
 from mailgate.db.fastexec import Prebuilt
-from mailgate.models import Follower, Membership, Outbox, Suppression, User, table_of
+from mailgate.models import Follower, Membership, Outbox, OutboxStatus, Suppression, User, table_of
 from mailgate.pipeline.decision import Notify
 from mailgate.pipeline.facts import TicketFacts
 from mailgate.pipeline.notify import is_ours
@@ -109,9 +109,9 @@ def _queue(
         "kind": kind,
         "ticket_id": ticket.id,
         "recipients": to,
-        "subject": f"{config.tickets.tag.replace('{id}', str(ticket.id))} {ticket.subject}",
+        "subject": f"{config.tickets.tag_for(ticket.id)} {ticket.subject}",
         "payload": payload,
-        "status": "pending",
+        "status": OutboxStatus.PENDING.value,
         "created_at": now,
         "next_attempt_at": now,
     }
