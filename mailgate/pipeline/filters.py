@@ -2,7 +2,8 @@
 
 Each check is a pure function of the parsed message returning a reason or None; the first
 reason wins. Robots' mail (RFC 3834 auto-replies, out-of-office notes, list traffic) must
-never reopen a ticket, never be acknowledged and never start a ticket of its own.
+never reopen a ticket, never be acknowledged and never start a ticket of its own;
+:func:`own_mail` recognises our own notifications coming back, which would start a loop.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Which ticket a mail continues, and what an agent's mail asks for.
+"""Which ticket a mail continues, and the reply tokens and tags that name one.
 
 "My reply became a new ticket" and "a stranger's mail landed on my ticket" are the two
 complaints this module exists to prevent. The decision is pure: ingest gathers the facts
