@@ -139,9 +139,9 @@ def extract_prefix(subject: str, separators: Iterable[str] = (":",)) -> Prefix |
                 positions.append((start, match.end()))
                 break
         else:
-            match = re.search(rf"\s{re.escape(sep)}\s", subject)
-            if match:
-                positions.append((match.start(), match.end()))
+            spaced = re.search(rf"\s{re.escape(sep)}\s", subject)
+            if spaced:
+                positions.append((spaced.start(), spaced.end()))
     if not positions:
         return None
     start, end = min(positions)

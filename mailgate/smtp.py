@@ -67,8 +67,10 @@ def utc_now() -> datetime:
 class _ReplyCodes:
     """Mixin that maps aiosmtpd's built-in replies onto ours before they are sent."""
 
-    async def push(self, status: str) -> None:
-        await super().push(_REWRITE.get(status, status))  # type: ignore[misc]
+    async def push(self, status: str | bytes) -> None:
+        # aiosmtpd pushes str; bytes, which it also accepts, are passed on untouched.
+        rewritten = _REWRITE.get(status, status) if isinstance(status, str) else status
+        await super().push(rewritten)  # type: ignore[misc]
 
 
 # A line holding only a dot ends DATA. Searched for without its CR, which may have arrived
@@ -244,12 +246,13 @@ class _Addresses:
         else:
             try:
                 if arg.lstrip().startswith("<"):
-                    address, rest = get_angle_addr(arg)
+                    angle, rest = get_angle_addr(arg)
+                    addr = angle.addr_spec
                 else:
-                    address, rest = get_addr_spec(arg)
+                    spec, rest = get_addr_spec(arg)
+                    addr = spec.addr_spec
             except (HeaderParseError, IndexError):  # IndexError: aiosmtpd's parser on "<"
                 return None, None
-            addr = address.addr_spec
         if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
             return None, None
         return addr, rest

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections import namedtuple
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -84,7 +84,7 @@ class Rows:
 
     __slots__ = ("_rows", "rowcount")
 
-    def __init__(self, rows: list[Any], rowcount: int = -1) -> None:
+    def __init__(self, rows: Sequence[Any], rowcount: int = -1) -> None:
         self._rows = rows
         self.rowcount = rowcount
 
@@ -246,7 +246,7 @@ class _Plan:
             rows = self._process(conn.dialect, description, rows)
         return Rows(rows, count)
 
-    def _process(self, dialect: Any, description: Any, rows: list[Any]) -> list[Any]:
+    def _process(self, dialect: Any, description: Any, rows: Sequence[Any]) -> list[Any]:
         processors = self.processors
         if processors is None:
             processors = self.processors = [

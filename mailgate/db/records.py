@@ -12,16 +12,16 @@ import hashlib
 import secrets
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy import Connection, bindparam, select, text, update
 from sqlalchemy.orm import Session
 
 from mailgate.db.fastexec import Prebuilt, insert_for, insert_once
 from mailgate.db.queries import find_organization
 from mailgate.errors import Refused, StoreUnavailable, TicketLocked
-from mailgate.models import Blob, Meta, Status, Ticket, User
+from mailgate.models import Blob, Meta, Status, Ticket, User, table_of
 from mailgate.models import InboundMessage as InboundRow
 
-_USERS = User.__table__
+_USERS = table_of(User)
 
 
 def user_id(conn: Connection, email: str, name: str, now: datetime) -> int:
@@ -48,9 +48,9 @@ _USER_BY_EMAIL = Prebuilt(
     "records.user_by_email",
 )
 _SET_USER_NAME = Prebuilt(
-    _USERS.update().where(_USERS.c.id == bindparam("user")), "records.set_user_name"
+    update(_USERS).where(_USERS.c.id == bindparam("user")), "records.set_user_name"
 )
-_BLOBS = Blob.__table__
+_BLOBS = table_of(Blob)
 
 
 def ensure_user(session: Session, email: str, name: str, now: datetime) -> User:
@@ -122,7 +122,7 @@ def write_large(conn: Connection, table: str, column: str, rowid: int, data: byt
     view = memoryview(data)
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
-    with dbapi.blobopen(table, column, rowid) as blob:  # type: ignore[attr-defined]
+    with dbapi.blobopen(table, column, rowid) as blob:
         for start in range(0, len(data), _LARGE_VALUE):
             blob.write(view[start : start + _LARGE_VALUE])
 

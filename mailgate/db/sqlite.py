@@ -204,6 +204,7 @@ def immediate_transactions(engine: Engine, sync_each_commit: bool = True) -> Non
         # On the driver's connection: through SQLAlchemy's execution it cost more than the
         # BEGIN itself. Its errors ("database is locked") are SQLAlchemy's, as elsewhere.
         driver = conn.connection.driver_connection
+        assert driver is not None  # a pooled connection that is checked out has one
         try:
             driver.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:

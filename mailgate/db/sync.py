@@ -8,7 +8,9 @@ memberships and followers added by hand (``source`` other than ``config``) are l
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -53,15 +55,20 @@ def sync_config(session: Session, config: Config, now: datetime) -> None:
     for email in agents:
         users[email].is_agent = True
 
-    for model, attr in ((Membership, "members"), (Follower, "followers")):
+    links: tuple[tuple[type[Membership] | type[Follower], str], ...] = (
+        (Membership, "members"),
+        (Follower, "followers"),
+    )
+    for model, attr in links:
         wanted = {
             (users[email].id, org_ids[org_cfg.name])
             for org_cfg in config.organizations
             for email in getattr(org_cfg, attr)
         }
+        rows = session.scalars(select(model).where(model.source == "config"))
         existing = {
             (row.user_id, row.organization_id): row
-            for row in session.scalars(select(model).where(model.source == "config"))
+            for row in cast("Iterable[Membership | Follower]", rows)
         }
         for key, row in existing.items():
             if key not in wanted:
