@@ -1,6 +1,7 @@
 """The steps of reading a mail that :mod:`mailgate.parser` delegates, one module each.
 
-* ``charsets``: bytes to storable text.
+* ``charsets``: bytes to storable text;
+* ``headers``: header values: unfolding, RFC 2047 words.
 
 The rest of mailgate imports from :mod:`mailgate.parser` only: ``parse``, the
 ``InboundMessage`` it returns and the types that message holds.
