@@ -738,14 +738,14 @@ _ADDRESS_VALUES = st.lists(_ADDRESS_PIECES, min_size=1, max_size=8).map(b"".join
 
 
 def _parse_without_reuse(raw: bytes) -> InboundMessage:
-    import mailgate.parser as parser_module
+    import mailgate.mail.fields as fields_module
 
-    original = parser_module._reusable
+    original = fields_module._reusable
     try:
-        parser_module._reusable = lambda parsed: False
+        fields_module._reusable = lambda parsed: False
         return parse(raw)
     finally:
-        parser_module._reusable = original
+        fields_module._reusable = original
 
 
 @settings(max_examples=400, deadline=None)

@@ -1,7 +1,8 @@
 """The steps of reading a mail that :mod:`mailgate.parser` delegates, one module each.
 
 * ``charsets``: bytes to storable text;
-* ``headers``: header values: unfolding, RFC 2047 words.
+* ``headers``: header values: unfolding, RFC 2047 words;
+* ``fields``: Message-IDs, addresses, dates.
 
 The rest of mailgate imports from :mod:`mailgate.parser` only: ``parse``, the
 ``InboundMessage`` it returns and the types that message holds.
