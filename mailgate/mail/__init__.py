@@ -2,7 +2,8 @@
 
 * ``charsets``: bytes to storable text;
 * ``headers``: header values: unfolding, RFC 2047 words;
-* ``fields``: Message-IDs, addresses, dates.
+* ``fields``: Message-IDs, addresses, dates;
+* ``htmltext``: HTML to text.
 
 The rest of mailgate imports from :mod:`mailgate.parser` only: ``parse``, the
 ``InboundMessage`` it returns and the types that message holds.
