@@ -648,7 +648,8 @@ def test_large_attachment_is_decoded_aside_with_the_same_result(
     content_type: bytes, size: int
 ) -> None:
     """A large base64 attachment bypasses the email package; the result is the same."""
-    from mailgate.parser import _header_start, _parse_data, _set_aside_large_parts
+    from mailgate.mail.headblock import _header_start
+    from mailgate.parser import _parse_data, _set_aside_large_parts
 
     payload = bytes(range(256)) * (size // 256)
     raw = _big_mail(content_type, payload)

@@ -3,7 +3,8 @@
 * ``charsets``: bytes to storable text;
 * ``headers``: header values: unfolding, RFC 2047 words;
 * ``fields``: Message-IDs, addresses, dates;
-* ``htmltext``: HTML to text.
+* ``htmltext``: HTML to text;
+* ``headblock``: the raw header block: start, repair, end.
 
 The rest of mailgate imports from :mod:`mailgate.parser` only: ``parse``, the
 ``InboundMessage`` it returns and the types that message holds.
