@@ -4,7 +4,8 @@
 * ``headers``: header values: unfolding, RFC 2047 words;
 * ``fields``: Message-IDs, addresses, dates;
 * ``htmltext``: HTML to text;
-* ``headblock``: the raw header block: start, repair, end.
+* ``headblock``: the raw header block: start, repair, end;
+* ``mime``: the MIME walk: body and attachments.
 
 The rest of mailgate imports from :mod:`mailgate.parser` only: ``parse``, the
 ``InboundMessage`` it returns and the types that message holds.
