@@ -5,7 +5,8 @@
 * ``fields``: Message-IDs, addresses, dates;
 * ``htmltext``: HTML to text;
 * ``headblock``: the raw header block: start, repair, end;
-* ``mime``: the MIME walk: body and attachments.
+* ``mime``: the MIME walk: body and attachments;
+* ``large``: large base64 attachments decoded beside the parse.
 
 The rest of mailgate imports from :mod:`mailgate.parser` only: ``parse``, the
 ``InboundMessage`` it returns and the types that message holds.
