@@ -7,8 +7,8 @@ raises for bad input: whatever can be decoded is, and what cannot is replaced.
 mail-parser (``mailparser``) is the primary parser: it builds the MIME tree with a guard
 against deep nesting, classifies attachments and supplies their names and payloads, parses
 dates, recovers addresses from malformed headers (its ``get_addresses``) and reports MIME
-defects. The stdlib ``email`` package and the helpers here fill the gaps where mail-parser is
-lossy for a helpdesk:
+defects. The stdlib ``email`` package and the modules of :mod:`mailgate.mail` fill the gaps
+where mail-parser is lossy for a helpdesk:
 
 * header text: mail-parser drops undecodable bytes (``errors="ignore"``), keeps raw 8-bit
   bytes as ``\\udcxx`` escapes in display names and never tries Windows-1252, so headers are
@@ -22,14 +22,20 @@ lossy for a helpdesk:
 
 When mail-parser itself fails (other than for too-deep nesting) the same extraction runs on a
 stdlib-only parse, so one library bug cannot lose a customer's mail. Hostile input is bounded
-(header, part and nesting floods, encoded-word floods, pathological HTML): see the limits.
+(header, part and nesting floods, encoded-word floods, pathological HTML): see the ``_MAX_*``
+limits here and in each module.
+
+This module keeps the entry point and the result: :func:`parse`, the order of its steps, the
+assembly of :class:`InboundMessage` and its defects. Each step lives in :mod:`mailgate.mail`:
+``headblock`` (where the headers start, their repair), ``large`` (big base64 attachments
+decoded beside the parse), ``charsets`` and ``headers`` (text and header values), ``fields``
+(Message-IDs, addresses, dates), ``mime`` (body and attachments) and ``htmltext``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import email
-import email.message
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -58,6 +64,15 @@ from mailgate.mail.mime import (
     _Walk,
     _walk_message,
 )
+
+__all__ = [
+    "Address",
+    "Attachment",
+    "InboundMessage",
+    "UnparseableMessage",
+    "parse",
+    "synthesized_message_id",
+]
 
 
 @dataclass(frozen=True, slots=True)
