@@ -8,6 +8,6 @@
 * ``mime``: the MIME walk: body and attachments;
 * ``large``: large base64 attachments decoded beside the parse.
 
-The rest of mailgate imports from :mod:`mailgate.parser` only: ``parse``, the
-``InboundMessage`` it returns and the types that message holds.
+The rest of mailgate imports from :mod:`mailgate.parser` only (the names in its
+``__all__``): ``parse``, the ``InboundMessage`` it returns and the types it holds.
 """

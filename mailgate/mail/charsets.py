@@ -2,9 +2,10 @@
 
 Mail routinely lies about its charset (or names one Python does not know), and raw 8-bit
 bytes turn up in headers where only ASCII is allowed. Every string the parser returns passes
-through :func:`_clean` and most through :func:`_decode_bytes`, so the charset guesses (the
-labels senders use mapped to what they mean, then UTF-8, Windows-1252, Latin-1) and the one
-rule for storable text (no NUL, no lone surrogates: PostgreSQL takes neither) live here.
+through :func:`_clean`, and every byte string it decodes through :func:`_decode_bytes`, so
+the charset guesses (the labels senders use mapped to what they mean, then UTF-8,
+Windows-1252, Latin-1) and the one rule for storable text (no NUL, no lone surrogates:
+PostgreSQL takes neither) live here.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """HTML bodies to readable plain text, in linear time and without an extra dependency.
 
-An HTML-only mail still needs a text body for the ticket, the quote stripper and the
-notifications. The stdlib's ``html.parser`` drives a small converter, after a linear pass
-that removes what makes ``html.parser`` rescan the document (a ``<`` never closed, unclosed
-comments, ``<![`` sections); and an unclosed ``<head>`` cannot swallow what the sender wrote.
+An HTML-only mail still needs the plain ``text`` that ingest strips of quotes, masks and
+stores, and bounce detection reads. The stdlib's ``html.parser`` drives a small converter,
+after a linear pass that removes what makes ``html.parser`` rescan the document (a ``<``
+never closed, unclosed comments, ``<![`` sections); and an unclosed ``<head>`` cannot
+swallow what the sender wrote.
 """
 
 from __future__ import annotations
