@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from mailgate.parser import InboundMessage, UnparseableMessage, _html_to_text, parse
+from mailgate.mail.htmltext import _html_to_text
+from mailgate.parser import InboundMessage, UnparseableMessage, parse
 
 from .conftest import CORPUS, corpus_files
 from .test_parser import strings

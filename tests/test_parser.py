@@ -648,7 +648,9 @@ def test_large_attachment_is_decoded_aside_with_the_same_result(
     content_type: bytes, size: int
 ) -> None:
     """A large base64 attachment bypasses the email package; the result is the same."""
-    from mailgate.parser import _header_start, _parse_data, _set_aside_large_parts
+    from mailgate.mail.headblock import _header_start
+    from mailgate.mail.large import _set_aside_large_parts
+    from mailgate.parser import _parse_data
 
     payload = bytes(range(256)) * (size // 256)
     raw = _big_mail(content_type, payload)
@@ -683,7 +685,7 @@ _LINES = [
 def test_base64_declarations_are_the_plain_regex_s_matches(lines: list[bytes], eol: bytes) -> None:
     """Found without a regex tried at every line: the same lines as the plain multiline
     regex, except "base64" spelt in mixed case, whose part then goes the ordinary way."""
-    from mailgate.parser import _base64_declarations
+    from mailgate.mail.large import _base64_declarations
 
     data = eol.join(lines)
     plain = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*base64[ \t]*\r?$")
@@ -738,14 +740,14 @@ _ADDRESS_VALUES = st.lists(_ADDRESS_PIECES, min_size=1, max_size=8).map(b"".join
 
 
 def _parse_without_reuse(raw: bytes) -> InboundMessage:
-    import mailgate.parser as parser_module
+    import mailgate.mail.fields as fields_module
 
-    original = parser_module._reusable
+    original = fields_module._reusable
     try:
-        parser_module._reusable = lambda parsed: False
+        fields_module._reusable = lambda parsed: False
         return parse(raw)
     finally:
-        parser_module._reusable = original
+        fields_module._reusable = original
 
 
 @settings(max_examples=400, deadline=None)
