@@ -109,7 +109,7 @@ def _address_pairs(text: str, use_mail_parser: bool) -> list[tuple[Any, Any]]:
             pairs = get_addresses(text, decode_names=True)
         except Exception:
             pairs = []
-        good = [p for p in pairs if isinstance(p, tuple | list) and len(p) == 2 and p[1]]
+        good = [(p[0], p[1]) for p in pairs if isinstance(p, tuple | list) and len(p) == 2 and p[1]]
         if good:
             return good
     try:

@@ -120,8 +120,12 @@ def _payload_bytes(part: Message) -> bytes:
     return b""
 
 
-def _flatten(part: Message) -> bytes:
-    """Serialise a (sub)message back to bytes, as faithfully as the parser allows."""
+def _flatten(part: Any) -> bytes:
+    """Serialise a (sub)message back to bytes, as faithfully as the parser allows.
+
+    ``part`` is what the email package hands out as a payload item: a Message, or for a
+    broken mail something else, which the fallbacks below survive.
+    """
     try:
         return part.as_bytes()
     except Exception:
