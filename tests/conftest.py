@@ -29,8 +29,37 @@ PG_URL = os.environ.get(
     "MAILGATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_PG = bool(os.environ.get("MAILGATE_REQUIRE_POSTGRES"))
-# The shared real-world corpus (byte-exact fixtures; only ever read).
-CORPUS = Path(os.environ.get("MAILGATE_CORPUS", ROOT.parent / "shared" / "corpus"))
+
+
+def _find_corpus() -> Path:
+    """The shared real-world corpus (byte-exact fixtures; only ever read).
+
+    ``$MAILGATE_CORPUS`` when set; else the first ``shared/corpus`` in the folders above the
+    repository, so that a clone finds the ``shared/`` beside it however deep it sits (CI's
+    fresh clone, a second work tree). Where nothing is found, the nearest such place.
+    """
+    if os.environ.get("MAILGATE_CORPUS"):
+        return Path(os.environ["MAILGATE_CORPUS"])
+    for folder in ROOT.parents:
+        if (folder / "shared" / "corpus").is_dir():
+            return folder / "shared" / "corpus"
+    return ROOT.parent / "shared" / "corpus"
+
+
+CORPUS = _find_corpus()
+
+
+def corpus_missing(path: Path = CORPUS) -> str:
+    """The skip reason of a corpus test: where it looked, and how to point it elsewhere."""
+    where = (
+        "from $MAILGATE_CORPUS"
+        if os.environ.get("MAILGATE_CORPUS")
+        else f"the first shared/corpus above {ROOT}"
+    )
+    return (
+        f"corpus not found at {path} ({where}); "
+        "set MAILGATE_CORPUS=/path/to/shared/corpus to run these tests"
+    )
 
 
 def corpus_files() -> list[tuple[str, str]]:
