@@ -7,6 +7,8 @@ unreachable, and never when ``$MAILGATE_REQUIRE_POSTGRES`` is set (CI sets it).
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import smtplib
 import sys
@@ -262,3 +264,67 @@ def send(
 
 
 MAILGATE = [sys.executable, "-m", "mailgate"]
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """What one ``mailgate`` command left behind, in the shape of a finished subprocess."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+def run_cli(config_path: Path | None, *args: str, stdin: bytes = b"") -> CliResult:
+    """``mailgate --config PATH ARGS`` in this process, as its console script runs it.
+
+    Starting an interpreter per command cost a second or more of imports; the command itself
+    takes milliseconds. ``main`` runs with its own stdin, stdout and stderr (bytes, UTF-8,
+    like a subprocess's pipes) and with no logging set up, so its ``setup_logging`` does what
+    it does in a fresh process and its log lines land in ``stderr``. The exit status is the
+    one ``sys.exit`` would give the shell. ``serve`` stays a subprocess in the tests: it
+    waits for signals.
+    """
+    from mailgate.cli import main
+
+    argv = [*(["--config", str(config_path)] if config_path is not None else []), *args]
+    streams = (sys.stdin, sys.stdout, sys.stderr)
+    out, err = io.BytesIO(), io.BytesIO()
+    # Held until the end: a wrapper that is collected closes the buffer under it.
+    own = (
+        io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"),
+        io.TextIOWrapper(out, encoding="utf-8", write_through=True),
+        io.TextIOWrapper(err, encoding="utf-8", write_through=True),
+    )
+    sys.stdin, sys.stdout, sys.stderr = own
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {
+        name: logger.level
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    root.handlers = []
+    code: object = 0
+    try:
+        main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        own[1].flush()
+        own[2].flush()
+        for handler in root.handlers:
+            handler.close()
+        root.handlers, sys.stdin, sys.stdout, sys.stderr = handlers, *streams
+        root.setLevel(level)
+        for name, logger in logging.Logger.manager.loggerDict.items():
+            if isinstance(logger, logging.Logger):
+                logger.setLevel(levels.get(name, logging.NOTSET))
+    if code is None:
+        returncode = 0
+    elif isinstance(code, int):
+        returncode = code
+    else:  # sys.exit("message"): the message goes to stderr and the status is 1
+        err.write(f"{code}\n".encode())
+        returncode = 1
+    return CliResult(returncode, out.getvalue(), err.getvalue())
