@@ -12,6 +12,7 @@ import logging
 import os
 import smtplib
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -264,6 +265,29 @@ def send(
 
 
 MAILGATE = [sys.executable, "-m", "mailgate"]
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 30.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass: for states that no event
+    announces (a file appearing, a process blocking). Never a fixed sleep that hopes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def flock_waiters(pid: int) -> int:
+    """How many ``flock`` requests of process ``pid`` wait in the kernel, from /proc/locks
+    (Linux): a request waiting there wakes when the lock is released, a polling one never
+    shows up."""
+    count = 0
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and "FLOCK" in fields and fields[fields.index("FLOCK") + 3] == str(pid):
+            count += 1
+    return count
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,8 @@ class Daemon:
             [*MAILGATE, "--config", str(config_path), "serve"], stderr=subprocess.PIPE
         )
         self.lines: list[str] = []
+        self._news = threading.Condition()
+        self._closed = False
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         match = self.wait_for(r"listening on 127\.0\.0\.1:(\d+)")
@@ -66,19 +68,27 @@ class Daemon:
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
-            self.lines.append(line.decode())
+            with self._news:
+                self.lines.append(line.decode())
+                self._news.notify_all()
+        with self._news:  # the pipe is closed: the daemon is gone
+            self._closed = True
+            self._news.notify_all()
 
     def wait_for(self, pattern: str, start: int = 0, timeout: float = 60) -> re.Match[str]:
-        """The first log line from ``start`` on that matches (waits on the pipe, not a clock)."""
+        """The first log line from ``start`` on that matches (woken by each new line)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines[start:]:
-                match = re.search(pattern, line)
-                if match:
-                    return match
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.02)
+        with self._news:
+            while True:
+                for line in self.lines[start:]:
+                    match = re.search(pattern, line)
+                    if match:
+                        return match
+                start = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    break
+                self._news.wait(left)
         raise AssertionError(f"no log line matching {pattern!r}:\n{''.join(self.lines)}")
 
 
@@ -354,6 +364,7 @@ def test_sigkill_under_load_loses_no_accepted_mail(
     daemon = Daemon(config_path)
     accepted: list[str] = []
     state = {"port": daemon.port, "stop": False}
+    under_way = threading.Event()  # a good part of the load is accepted: time to kill
 
     def load() -> None:
         pending = [f"<kill-{i}@mueller-logistik.de>" for i in range(80)]
@@ -369,13 +380,14 @@ def test_sigkill_under_load_loses_no_accepted_mail(
                     )
                 accepted.append(message_id.strip("<>"))
                 pending.pop(0)
+                if len(accepted) == 25:
+                    under_way.set()
             except (OSError, smtplib.SMTPException):
                 time.sleep(0.05)  # the server is down: retry, as an MTA would
 
     sender = threading.Thread(target=load)
     sender.start()
-    while len(accepted) < 25:
-        time.sleep(0.01)
+    assert under_way.wait(120)
     daemon.proc.kill()  # SIGKILL, no chance to clean up
     daemon.proc.wait(10)
     restarted = Daemon(config_path)
