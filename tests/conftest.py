@@ -7,9 +7,12 @@ unreachable, and never when ``$MAILGATE_REQUIRE_POSTGRES`` is set (CI sets it).
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import smtplib
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,8 +32,37 @@ PG_URL = os.environ.get(
     "MAILGATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_PG = bool(os.environ.get("MAILGATE_REQUIRE_POSTGRES"))
-# The shared real-world corpus (byte-exact fixtures; only ever read).
-CORPUS = Path(os.environ.get("MAILGATE_CORPUS", ROOT.parent / "shared" / "corpus"))
+
+
+def _find_corpus() -> Path:
+    """The shared real-world corpus (byte-exact fixtures; only ever read).
+
+    ``$MAILGATE_CORPUS`` when set; else the first ``shared/corpus`` in the folders above the
+    repository, so that a clone finds the ``shared/`` beside it however deep it sits (CI's
+    fresh clone, a second work tree). Where nothing is found, the nearest such place.
+    """
+    if os.environ.get("MAILGATE_CORPUS"):
+        return Path(os.environ["MAILGATE_CORPUS"])
+    for folder in ROOT.parents:
+        if (folder / "shared" / "corpus").is_dir():
+            return folder / "shared" / "corpus"
+    return ROOT.parent / "shared" / "corpus"
+
+
+CORPUS = _find_corpus()
+
+
+def corpus_missing(path: Path = CORPUS) -> str:
+    """The skip reason of a corpus test: where it looked, and how to point it elsewhere."""
+    where = (
+        "from $MAILGATE_CORPUS"
+        if os.environ.get("MAILGATE_CORPUS")
+        else f"the first shared/corpus above {ROOT}"
+    )
+    return (
+        f"corpus not found at {path} ({where}); "
+        "set MAILGATE_CORPUS=/path/to/shared/corpus to run these tests"
+    )
 
 
 def corpus_files() -> list[tuple[str, str]]:
@@ -233,3 +265,90 @@ def send(
 
 
 MAILGATE = [sys.executable, "-m", "mailgate"]
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 30.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass: for states that no event
+    announces (a file appearing, a process blocking). Never a fixed sleep that hopes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def flock_waiters(pid: int) -> int:
+    """How many ``flock`` requests of process ``pid`` wait in the kernel, from /proc/locks
+    (Linux): a request waiting there wakes when the lock is released, a polling one never
+    shows up."""
+    count = 0
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and "FLOCK" in fields and fields[fields.index("FLOCK") + 3] == str(pid):
+            count += 1
+    return count
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """What one ``mailgate`` command left behind, in the shape of a finished subprocess."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+def run_cli(config_path: Path | None, *args: str, stdin: bytes = b"") -> CliResult:
+    """``mailgate --config PATH ARGS`` in this process, as its console script runs it.
+
+    Starting an interpreter per command cost a second or more of imports; the command itself
+    takes milliseconds. ``main`` runs with its own stdin, stdout and stderr (bytes, UTF-8,
+    like a subprocess's pipes) and with no logging set up, so its ``setup_logging`` does what
+    it does in a fresh process and its log lines land in ``stderr``. The exit status is the
+    one ``sys.exit`` would give the shell. ``serve`` stays a subprocess in the tests: it
+    waits for signals.
+    """
+    from mailgate.cli import main
+
+    argv = [*(["--config", str(config_path)] if config_path is not None else []), *args]
+    streams = (sys.stdin, sys.stdout, sys.stderr)
+    out, err = io.BytesIO(), io.BytesIO()
+    # Held until the end: a wrapper that is collected closes the buffer under it.
+    own = (
+        io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"),
+        io.TextIOWrapper(out, encoding="utf-8", write_through=True),
+        io.TextIOWrapper(err, encoding="utf-8", write_through=True),
+    )
+    sys.stdin, sys.stdout, sys.stderr = own
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {
+        name: logger.level
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    root.handlers = []
+    code: object = 0
+    try:
+        main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        own[1].flush()
+        own[2].flush()
+        for handler in root.handlers:
+            handler.close()
+        root.handlers, sys.stdin, sys.stdout, sys.stderr = handlers, *streams
+        root.setLevel(level)
+        for name, logger in logging.Logger.manager.loggerDict.items():
+            if isinstance(logger, logging.Logger):
+                logger.setLevel(levels.get(name, logging.NOTSET))
+    if code is None:
+        returncode = 0
+    elif isinstance(code, int):
+        returncode = code
+    else:  # sys.exit("message"): the message goes to stderr and the status is 1
+        err.write(f"{code}\n".encode())
+        returncode = 1
+    return CliResult(returncode, out.getvalue(), err.getvalue())

@@ -8,7 +8,6 @@ that contract covers and guard the rates against regressions.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,8 @@ import pytest
 from mailgate.bounces import BounceReport, analyse_bounce, is_bounce
 from mailgate.parser import parse
 
-CORPUS = Path(
-    os.environ.get(
-        "MAILGATE_CORPUS", Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
-    )
-)
+from .conftest import CORPUS, corpus_missing
+
 SISIMAI = CORPUS / "sisimai-set-of-emails"
 ZAMMAD_MAIL = CORPUS / "zammad" / "test" / "data" / "mail"
 
@@ -207,7 +203,7 @@ def test_analyse_non_bounce_is_empty() -> None:
 # Real-world corpus
 # --------------------------------------------------------------------------------------
 
-corpus = pytest.mark.skipif(not SISIMAI.is_dir(), reason=f"corpus not found at {SISIMAI}")
+corpus = pytest.mark.skipif(not SISIMAI.is_dir(), reason=corpus_missing(SISIMAI))
 _NOT_BOUNCES = {"vacation", "feedback", "delivered"}  # auto-replies, ARF reports, success DSNs
 
 
@@ -287,7 +283,7 @@ def test_sisimai_non_bounces() -> None:
     assert is_bounce(parse((not_dir / "rb-issue-368-bug.eml").read_bytes()), "<>")
 
 
-@pytest.mark.skipif(not ZAMMAD_MAIL.is_dir(), reason=f"corpus not found at {ZAMMAD_MAIL}")
+@pytest.mark.skipif(not ZAMMAD_MAIL.is_dir(), reason=corpus_missing(ZAMMAD_MAIL))
 def test_zammad_no_false_positives() -> None:
     # 033 is a Postfix DSN and 052 a MAILER-DAEMON notice without DSN (see SOURCE.md)
     bounces = {"mail033-undelivered-mail-returned-to-sender-notification.box", "mail052.box"}

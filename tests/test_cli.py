@@ -1,4 +1,9 @@
-"""The command line as admins and MTAs use it: real processes, real sockets, JSON contracts."""
+"""The command line as admins and MTAs use it: real sockets, JSON contracts, exit codes.
+
+Commands run in-process through ``mailgate.cli.main`` (see ``run_cli``); what only a real
+process shows runs as one: the exit codes and stdout JSON an MTA pipe reads from ``ingest``,
+and ``serve`` with its signals.
+"""
 
 from __future__ import annotations
 
@@ -19,13 +24,19 @@ import pytest
 
 from mailgate.config import Config
 
-from .conftest import BASE_CONFIG, MAILGATE, mail, send
+from .conftest import BASE_CONFIG, MAILGATE, CliResult, mail, run_cli, send
 from .test_smtp import database_write_locked
 
 
-def mailgate(
-    config_path: Path, *args: str, stdin: bytes | None = None
+def mailgate(config_path: Path, *args: str, stdin: bytes = b"") -> CliResult:
+    """One command, in this process."""
+    return run_cli(config_path, *args, stdin=stdin)
+
+
+def mailgate_process(
+    config_path: Path, *args: str, stdin: bytes = b""
 ) -> subprocess.CompletedProcess[bytes]:
+    """One command as an MTA's pipe runs it: its own interpreter, stdin, stdout, exit code."""
     return subprocess.run(
         [*MAILGATE, "--config", str(config_path), *args],
         input=stdin,
@@ -34,7 +45,7 @@ def mailgate(
     )
 
 
-def as_json(proc: subprocess.CompletedProcess[bytes]) -> Any:
+def as_json(proc: CliResult | subprocess.CompletedProcess[bytes]) -> Any:
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout)
 
@@ -47,6 +58,8 @@ class Daemon:
             [*MAILGATE, "--config", str(config_path), "serve"], stderr=subprocess.PIPE
         )
         self.lines: list[str] = []
+        self._news = threading.Condition()
+        self._closed = False
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         match = self.wait_for(r"listening on 127\.0\.0\.1:(\d+)")
@@ -55,19 +68,27 @@ class Daemon:
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
-            self.lines.append(line.decode())
+            with self._news:
+                self.lines.append(line.decode())
+                self._news.notify_all()
+        with self._news:  # the pipe is closed: the daemon is gone
+            self._closed = True
+            self._news.notify_all()
 
     def wait_for(self, pattern: str, start: int = 0, timeout: float = 60) -> re.Match[str]:
-        """The first log line from ``start`` on that matches (waits on the pipe, not a clock)."""
+        """The first log line from ``start`` on that matches (woken by each new line)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines[start:]:
-                match = re.search(pattern, line)
-                if match:
-                    return match
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.02)
+        with self._news:
+            while True:
+                for line in self.lines[start:]:
+                    match = re.search(pattern, line)
+                    if match:
+                        return match
+                start = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    break
+                self._news.wait(left)
         raise AssertionError(f"no log line matching {pattern!r}:\n{''.join(self.lines)}")
 
 
@@ -181,7 +202,7 @@ def test_route_explains_without_writing(config_path: Path, tmp_path: Path) -> No
 def test_ingest_prints_the_json_contract(config_path: Path) -> None:
     raw = mail(subject="Rechnung fehlt", message_id="<pipe-1@mueller-logistik.de>")
     result = as_json(
-        mailgate(
+        mailgate_process(
             config_path,
             "ingest",
             "--mail-from",
@@ -199,7 +220,7 @@ def test_ingest_prints_the_json_contract(config_path: Path) -> None:
         "reason": result["reason"],
     }
     assert "member" in result["reason"]
-    again = as_json(mailgate(config_path, "ingest", "-", stdin=raw))
+    again = as_json(mailgate_process(config_path, "ingest", "-", stdin=raw))
     assert again["action"] == "duplicate" and again["ticket"] is None
 
 
@@ -216,7 +237,7 @@ def test_ingest_from_a_file(config_path: Path, tmp_path: Path) -> None:
 def test_ingest_unparseable_input_is_quarantined_with_exit_65(
     config_path: Path, garbage: bytes
 ) -> None:
-    proc = mailgate(config_path, "ingest", stdin=garbage)
+    proc = mailgate_process(config_path, "ingest", stdin=garbage)
     assert proc.returncode == 65, proc.stderr
     result = json.loads(proc.stdout)
     assert result["action"] == "quarantined" and result["ticket"] is None
@@ -232,7 +253,7 @@ def test_ingest_with_database_down_exits_75_and_loses_nothing(
     raw = mail(message_id="<tempfail-1@mueller-logistik.de>")
     assert mailgate(path, "init-db").returncode == 0
     with database_write_locked(config.database.url):
-        proc = mailgate(path, "ingest", stdin=raw)
+        proc = mailgate_process(path, "ingest", stdin=raw)
     assert proc.returncode == 75, proc.stderr
     assert b"try again later" in proc.stderr and b"Traceback" not in proc.stderr
     assert as_json(mailgate(path, "ingest", stdin=raw))["action"] == "created"
@@ -244,9 +265,20 @@ def test_unreachable_postgresql_exits_75(tmp_path: Path) -> None:
     path.write_text(
         '[database]\nurl = "postgresql+psycopg://nobody@127.0.0.1:1/none"\nlock_timeout = 1\n'
     )
-    proc = mailgate(path, "ingest", stdin=mail())
+    proc = mailgate_process(path, "ingest", stdin=mail())
     assert proc.returncode == 75
     assert proc.stderr.decode().startswith("mailgate: error: database unavailable")
+
+
+def test_ingest_with_a_bad_config_exits_2(tmp_path: Path) -> None:
+    """An invalid config is the admin's to fix (EX_USAGE), not a reason for the MTA to retry."""
+    path = tmp_path / "bad.toml"
+    path.write_text("[server]\nport = 'kaputt'\n")
+    proc = mailgate_process(path, "ingest", stdin=mail())
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    assert proc.stderr.decode().startswith(f"mailgate: error: config error: {path}: ")
+    assert len(proc.stderr.splitlines()) == 1
 
 
 def test_tickets_show_and_set(config_path: Path) -> None:
@@ -332,6 +364,7 @@ def test_sigkill_under_load_loses_no_accepted_mail(
     daemon = Daemon(config_path)
     accepted: list[str] = []
     state = {"port": daemon.port, "stop": False}
+    under_way = threading.Event()  # a good part of the load is accepted: time to kill
 
     def load() -> None:
         pending = [f"<kill-{i}@mueller-logistik.de>" for i in range(80)]
@@ -347,13 +380,14 @@ def test_sigkill_under_load_loses_no_accepted_mail(
                     )
                 accepted.append(message_id.strip("<>"))
                 pending.pop(0)
+                if len(accepted) == 25:
+                    under_way.set()
             except (OSError, smtplib.SMTPException):
                 time.sleep(0.05)  # the server is down: retry, as an MTA would
 
     sender = threading.Thread(target=load)
     sender.start()
-    while len(accepted) < 25:
-        time.sleep(0.01)
+    assert under_way.wait(120)
     daemon.proc.kill()  # SIGKILL, no chance to clean up
     daemon.proc.wait(10)
     restarted = Daemon(config_path)

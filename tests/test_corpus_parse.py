@@ -24,11 +24,11 @@ import pytest
 from mailgate.mail.htmltext import _html_to_text
 from mailgate.parser import InboundMessage, UnparseableMessage, parse
 
-from .conftest import CORPUS, corpus_files
+from .conftest import CORPUS, corpus_files, corpus_missing
 from .test_parser import strings
 
 if not (CORPUS / "index.tsv").is_file():
-    pytest.skip(f"corpus not found at {CORPUS}", allow_module_level=True)
+    pytest.skip(corpus_missing(CORPUS / "index.tsv"), allow_module_level=True)
 
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
 _WHITESPACE = re.compile(r"\s+")

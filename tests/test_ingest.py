@@ -21,7 +21,7 @@ from mailgate.models import Attachment, Blob, InboundMessage, Outcome, Ticket
 from mailgate.routing import Router
 from mailgate.store import Store
 
-from .conftest import BASE_CONFIG, CORPUS, Clock, corpus_files, mail
+from .conftest import BASE_CONFIG, CORPUS, Clock, corpus_files, corpus_missing, mail
 
 LEDGER = {o.value for o in Outcome}
 
@@ -160,7 +160,7 @@ def test_missing_message_id_is_synthesised_stably(
     assert ingest(store, config, raw, Envelope(), clock()).action == "duplicate"
 
 
-@pytest.mark.skipif(not corpus_files(), reason=f"corpus not found at {CORPUS}")
+@pytest.mark.skipif(not corpus_files(), reason=corpus_missing(CORPUS / "index.tsv"))
 def test_real_world_corpus_ends_in_the_ledger(store: Store, config: Config, clock: Clock) -> None:
     """Every corpus message goes through ingest without an exception and ends in the ledger."""
     results: Counter[str] = Counter()

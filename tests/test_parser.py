@@ -516,9 +516,9 @@ def test_moderate_nesting_still_parses() -> None:
 
 
 def _timed(raw: bytes) -> tuple[InboundMessage, float]:
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU seconds: the parser's own, whatever else the machine runs
     message = parse(raw)
-    return message, time.perf_counter() - start
+    return message, time.thread_time() - start
 
 
 def test_ten_thousand_header_lines_are_fast() -> None:

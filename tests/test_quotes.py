@@ -10,8 +10,6 @@ from ``bench/quotes_eval.py``: 57 of 64 exact (89.1 %), 0 over-stripped.
 from __future__ import annotations
 
 import difflib
-import os
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -19,11 +17,8 @@ from hypothesis import strategies as st
 
 from mailgate.quotes import forwarded_original, strip_quoted
 
-CORPUS = Path(
-    os.environ.get(
-        "MAILGATE_CORPUS", Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
-    )
-)
+from .conftest import CORPUS, corpus_missing
+
 TRIMMER = CORPUS / "email-reply-trimmer" / "test"
 MIN_EXACT_RATE = 0.89  # measured 57/64 = 0.8906
 MAX_OVER_STRIPPED = 0  # measured 0
@@ -386,7 +381,7 @@ def _over_stripped(expected: str, output: str) -> bool:
     return any(tag in ("delete", "replace") for tag, *_ in matcher.get_opcodes())
 
 
-@pytest.mark.skipif(not TRIMMER.is_dir(), reason=f"corpus not found at {CORPUS}")
+@pytest.mark.skipif(not TRIMMER.is_dir(), reason=corpus_missing(TRIMMER))
 def test_corpus_precision_and_no_lost_text() -> None:
     emails = sorted((TRIMMER / "emails").glob("*.txt"))
     assert emails, "email-reply-trimmer fixtures missing"

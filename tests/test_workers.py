@@ -40,7 +40,7 @@ from mailgate.workers import (
     worker_count,
 )
 
-from .conftest import Clock, mail, send
+from .conftest import Clock, flock_waiters, mail, send, wait_until
 from .test_smtp import database_write_locked
 
 ENVELOPE = Envelope("anna@mueller-logistik.de", ("support@support.example.com",))
@@ -203,8 +203,10 @@ def test_writer_lock_hands_over_between_stores(store: Store, config: Config) -> 
     """A second writer waits for the first (no 'database is locked'), then writes."""
     other = Store(config.database.url, lock_timeout=5)
     wrote_at: list[float] = []
+    started = threading.Event()
 
     def second() -> None:
+        started.set()
         with other.transaction() as s:
             wrote_at.append(time.monotonic())
             s.execute(Ticket.__table__.update().values(subject="second"))
@@ -213,10 +215,13 @@ def test_writer_lock_hands_over_between_stores(store: Store, config: Config) -> 
         with store.transaction():
             thread = threading.Thread(target=second)
             thread.start()
-            time.sleep(0.3)  # the second writer is waiting now (SQLite) or done (PostgreSQL)
+            assert started.wait(10)
+            if store.dialect == "sqlite":  # the second writer waits for the first
+                thread.join(0.3)
+                assert thread.is_alive() and wrote_at == []
+            else:  # PostgreSQL lets it write beside the first
+                thread.join(10)
             released_at = time.monotonic()
-            if store.dialect == "sqlite":
-                assert wrote_at == []
         thread.join(10)
         assert len(wrote_at) == 1
         if store.dialect == "sqlite":
@@ -235,7 +240,7 @@ def test_writer_lock_gives_up_after_lock_timeout(store: Store, config: Config) -
             started = time.monotonic()
             with pytest.raises(StoreUnavailable, match="database busy"), other.transaction():
                 pass
-            assert time.monotonic() - started < 2
+            assert time.monotonic() - started < 10  # 0.2 s and the machine's load, not a hang
     finally:
         other.close()
 
@@ -245,14 +250,15 @@ def test_writer_lock_waits_in_the_kernel_and_wakes_at_release(store: Store, conf
     holder lets go, and leaves no alarm behind."""
     if store.dialect != "sqlite":
         pytest.skip("the write lock file is SQLite's")
-    other = Store(config.database.url, lock_timeout=5)
+    other = Store(config.database.url, lock_timeout=10)
     holding = threading.Event()
     released: list[float] = []
+    waiting_in_kernel: list[bool] = []
 
     def hold() -> None:
         with store.transaction():
             holding.set()
-            time.sleep(0.3)
+            waiting_in_kernel.append(wait_until(lambda: flock_waiters(os.getpid()) > 0, 5))
             released.append(time.monotonic())
 
     thread = threading.Thread(target=hold)
@@ -262,7 +268,8 @@ def test_writer_lock_waits_in_the_kernel_and_wakes_at_release(store: Store, conf
         with other.transaction():
             got = time.monotonic()
         thread.join(10)
-        assert released and released[0] <= got < released[0] + 0.05
+        assert waiting_in_kernel == [True]  # woken by the release itself, not by a timer
+        assert released and released[0] <= got
         assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
         assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     finally:
@@ -361,20 +368,24 @@ def test_a_frame_cut_by_a_signal_is_still_read_whole() -> None:
     data = random.Random(7).randbytes(3 << 20)
     ours, theirs = multiprocessing.Pipe()
 
+    reading = threading.get_ident()
+    signalled = threading.Event()
+
     def write() -> None:
         with socket.socket(fileno=os.dup(theirs.fileno())) as sock:
+            # Sent once the reader has taken most of the first megabyte: it is mid-frame.
             sock.sendall(struct.pack("!i", len(data)) + data[: 1 << 20])
-            time.sleep(0.3)
+            signal.pthread_kill(reading, signal.SIGALRM)
+            signalled.wait(10)  # the handler ran: the rest arrives after the cut
             sock.sendall(data[1 << 20 :])
 
     writer = threading.Thread(target=write)
-    previous = signal.signal(signal.SIGALRM, lambda *_: None)
+    previous = signal.signal(signal.SIGALRM, lambda *_: signalled.set())
     try:
         writer.start()
-        signal.setitimer(signal.ITIMER_REAL, 0.1)
         assert recv_frame(ours) == data
+        assert signalled.is_set()
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         writer.join(10)
 
