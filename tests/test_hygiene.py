@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import smtplib
-import subprocess
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +22,7 @@ from mailgate.jobs import Jobs
 from mailgate.models import InboundMessage, Outbox
 from mailgate.store import Store
 
-from .conftest import MAILGATE, Clock, mail
+from .conftest import CliResult, Clock, mail, run_cli
 
 
 def test_own_notifications_coming_back_are_ignored(
@@ -79,10 +78,8 @@ def test_too_many_recipients_get_452(strict_server: int) -> None:
 
 
 def test_quarantine_commands_and_stats(config_path: Path) -> None:
-    def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            [*MAILGATE, "--config", str(config_path), *args], input=stdin, capture_output=True
-        )
+    def cli(*args: str, stdin: bytes = b"") -> CliResult:
+        return run_cli(config_path, *args, stdin=stdin)
 
     cli("ingest", stdin=b"")
     cli("ingest", stdin=b"Subject: ohne Absender\r\n\r\nText\r\n")

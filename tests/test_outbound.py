@@ -24,7 +24,7 @@ from mailgate.models import Outbox
 from mailgate.outbound import OutboundEnvelope, Verdict, build_message, classify
 from mailgate.store import Store
 
-from .conftest import MAILGATE, Clock, mail
+from .conftest import MAILGATE, CliResult, Clock, mail, run_cli
 from .sink import Sink
 
 
@@ -178,40 +178,21 @@ def test_auto_close_after_three_days(
     assert ticket["status"] == "closed" and ticket["closed_at"] is not None
     assert [o.kind for o in rows(store)].count("ticket_closed") == 1
     # …and from then on its organization and requester are locked, also for the CLI
-    proc = subprocess.run(
-        [
-            *MAILGATE,
-            "--config",
-            str(path),
-            "tickets",
-            "set",
-            str(created.ticket),
-            "--org",
-            "Agentur Blau",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    proc = run_cli(path, "tickets", "set", str(created.ticket), "--org", "Agentur Blau")
     assert proc.returncode == 1
-    assert "can no longer change" in proc.stderr and "Traceback" not in proc.stderr
+    assert b"can no longer change" in proc.stderr and b"Traceback" not in proc.stderr
 
 
 def test_jobs_run_with_simulated_time(relayed: tuple[Config, Path], sink: Sink) -> None:
     _, path = relayed
 
-    def cli(*args: str, stdin: bytes | None = None) -> Any:
-        proc = subprocess.run(
-            [*MAILGATE, "--config", str(path), *args], input=stdin, capture_output=True
-        )
+    def cli(*args: str, stdin: bytes = b"") -> Any:
+        proc = run_cli(path, *args, stdin=stdin)
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
 
     ticket = cli("ingest", stdin=mail())["ticket"]
-    subprocess.run(
-        [*MAILGATE, "--config", str(path), "tickets", "set", str(ticket), "--status", "solved"],
-        check=True,
-        capture_output=True,
-    )
+    assert run_cli(path, "tickets", "set", str(ticket), "--status", "solved").returncode == 0
     assert cli("jobs", "run") == {"closed": 0, "sent": 2, "retry": 0, "failed": 0}
     assert cli("jobs", "run", "--now", "2099-01-01T00:00:00+00:00") == {
         "closed": 1,
@@ -235,14 +216,12 @@ def test_jobs_run_with_simulated_time(relayed: tuple[Config, Path], sink: Sink) 
 
 
 def test_follow_commands(config_path: Path) -> None:
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*MAILGATE, "--config", str(config_path), *args], capture_output=True, text=True
-        )
+    def cli(*args: str) -> CliResult:
+        return run_cli(config_path, *args)
 
     assert cli("follow", "add", "anna@mueller-logistik.de", "Müller Logistik GmbH").returncode == 0
     refused = cli("follow", "add", "fremd@gmail.com", "Müller Logistik GmbH")
-    assert refused.returncode == 1 and "not a member" in refused.stderr
+    assert refused.returncode == 1 and b"not a member" in refused.stderr
     listed = json.loads(cli("follow", "list", "--json").stdout)
     assert {(f["email"], f["source"]) for f in listed} == {
         ("anna@mueller-logistik.de", "cli"),
@@ -252,7 +231,7 @@ def test_follow_commands(config_path: Path) -> None:
         cli("follow", "remove", "anna@mueller-logistik.de", "Müller Logistik GmbH").returncode == 0
     )
     config_row = cli("follow", "remove", "chef@mueller-logistik.de", "Müller Logistik GmbH")
-    assert config_row.returncode == 1 and "config file" in config_row.stderr
+    assert config_row.returncode == 1 and b"config file" in config_row.stderr
 
 
 def test_two_job_runners_deliver_each_row_exactly_once(
