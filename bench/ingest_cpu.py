@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import smtp_load  # noqa: E402  (the load generator and config writer are shared)
 
 from mailgate.config import load_config  # noqa: E402
-from mailgate.ingest import Envelope, IngestResult, ingest_batch, prepare  # noqa: E402
+from mailgate.ingest import InboundEnvelope, IngestResult, ingest_batch, prepare  # noqa: E402
 from mailgate.routing import Router  # noqa: E402
 from mailgate.store import Store  # noqa: E402
 
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if mail.kind == "reply-tag" and mail.parent is not None:
                 tag = f"[#{tickets.get(mail.parent, 0)}]".encode()
                 raw = raw.replace(smtp_load.TAG_PLACEHOLDER, tag)
-            items.append((raw, Envelope(mail.mail_from, (smtp_load.RCPT,)), now))
+            items.append((raw, InboundEnvelope(mail.mail_from, (smtp_load.RCPT,)), now))
         t0 = time.process_time()
         if profiler is not None:
             profiler.enable()

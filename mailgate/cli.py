@@ -206,7 +206,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
-    from mailgate.ingest import UNPARSEABLE, Envelope, ingest
+    from mailgate.ingest import UNPARSEABLE, InboundEnvelope, ingest
 
     try:
         raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
@@ -214,7 +214,9 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
         raise CliError(f"cannot read {args.file}: {exc.strerror}", EX_NOINPUT) from None
     store = _open_store(config)
     try:
-        result = ingest(store, config, raw, Envelope(args.mail_from, tuple(args.rcpt)), now())
+        result = ingest(
+            store, config, raw, InboundEnvelope(args.mail_from, tuple(args.rcpt)), now()
+        )
     finally:
         store.close()
     print(json.dumps(result.as_json(), ensure_ascii=False))
@@ -407,7 +409,7 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
     from mailgate.db.queries import iso
     from mailgate.db.records import raw_mail
     from mailgate.ingest import reprocess_quarantined
-    from mailgate.models import InboundMessage, Outcome
+    from mailgate.models import LedgerEntry, Outcome
 
     store = _open_store(config)
     try:
@@ -432,9 +434,9 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
                         "reason": r.reason,
                     }
                     for r in session.scalars(
-                        select(InboundMessage)
-                        .where(InboundMessage.outcome == Outcome.QUARANTINED.value)
-                        .order_by(InboundMessage.id)
+                        select(LedgerEntry)
+                        .where(LedgerEntry.outcome == Outcome.QUARANTINED.value)
+                        .order_by(LedgerEntry.id)
                     )
                 ]
                 if args.json:
@@ -444,7 +446,7 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
                 for r in [] if args.json else rows:
                     print(f"{r['id']:>6}  {r['received_at'][:19]}  {r['size']:>8}  {r['reason']}")
                 return EX_OK
-            row = session.get(InboundMessage, args.id)
+            row = session.get(LedgerEntry, args.id)
             if row is None or row.outcome != Outcome.QUARANTINED.value:
                 raise CliError(f"mail {args.id} is not in quarantine")
             raw = raw_mail(session, row)
@@ -468,7 +470,7 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
 def cmd_stats(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy import func, select
 
-    from mailgate.models import InboundMessage, Outbox, Ticket
+    from mailgate.models import LedgerEntry, Outbox, Ticket
 
     store = _open_store(config)
     try:
@@ -478,7 +480,7 @@ def cmd_stats(args: argparse.Namespace, config: Config) -> int:
                 rows = session.execute(select(column, func.count()).group_by(column)).all()
                 return {str(key): int(n) for key, n in sorted(rows)}
 
-            ledger = counts(InboundMessage.outcome)
+            ledger = counts(LedgerEntry.outcome)
             result = {
                 "ledger": {**ledger, "total": sum(ledger.values())},
                 "tickets": counts(Ticket.status),

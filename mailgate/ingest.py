@@ -32,8 +32,7 @@ from mailgate.db.records import ensure_secret, raw_mail
 from mailgate.dkim_check import DnsLookup
 from mailgate.errors import StoreUnavailable
 from mailgate.health import INGEST_SECONDS, MESSAGES
-from mailgate.models import InboundMessage as InboundRow
-from mailgate.models import Outcome
+from mailgate.models import LedgerEntry, Outcome
 from mailgate.pipeline.decide import decide
 from mailgate.pipeline.facts import Facts
 from mailgate.pipeline.inputs import usable
@@ -46,7 +45,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "UNPARSEABLE",
-    "Envelope",
+    "InboundEnvelope",
     "IngestResult",
     "Prepared",
     "dedup_key",
@@ -56,7 +55,6 @@ __all__ = [
     "reprocess_quarantined",
 ]
 
-Envelope = InboundEnvelope
 DUPLICATE = "duplicate"
 
 
@@ -252,16 +250,16 @@ def reprocess_quarantined(
     store: Store, config: Config, now: datetime, ids: list[int] | None = None
 ) -> list[tuple[int, IngestResult]]:
     """Process quarantined mail again (after an admin fixed the config), each exactly once."""
-    query = select(InboundRow.id).where(InboundRow.outcome == Outcome.QUARANTINED.value)
+    query = select(LedgerEntry.id).where(LedgerEntry.outcome == Outcome.QUARANTINED.value)
     if ids is not None:
-        query = query.where(InboundRow.id.in_(ids))
+        query = query.where(LedgerEntry.id.in_(ids))
     with store.transaction() as session:
-        todo = list(session.scalars(query.order_by(InboundRow.id)))
+        todo = list(session.scalars(query.order_by(LedgerEntry.id)))
     router = Router(config)
     results: list[tuple[int, IngestResult]] = []
     for entry in todo:
         with store.transaction() as session:
-            row = session.get(InboundRow, entry)
+            row = session.get(LedgerEntry, entry)
             if row is None:
                 continue
             raw = raw_mail(session, row)

@@ -175,7 +175,7 @@ class Participant(Base):
     user: Mapped[User] = relationship()
 
 
-class InboundMessage(Base):
+class LedgerEntry(Base):
     """The raw mail exactly as received: the ledger entry we answered 250 for."""
 
     __tablename__ = "inbound_messages"

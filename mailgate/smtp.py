@@ -25,8 +25,8 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from mailgate.config import Config, ServerConfig
 from mailgate.errors import StoreUnavailable
-from mailgate.ingest import Envelope as MailEnvelope
 from mailgate.ingest import IngestResult
+from mailgate.pipeline.reading import InboundEnvelope
 from mailgate.workers import Ingestor
 
 log = logging.getLogger(__name__)
@@ -314,7 +314,7 @@ class Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
-        mail_envelope = MailEnvelope(
+        mail_envelope = InboundEnvelope(
             mail_from=envelope.mail_from or "", rcpt_to=tuple(envelope.rcpt_tos)
         )
         self.in_flight += 1

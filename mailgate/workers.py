@@ -36,7 +36,14 @@ from typing import Any, Protocol
 
 from mailgate.config import Config
 from mailgate.errors import StoreUnavailable
-from mailgate.ingest import Envelope, IngestResult, Prepared, count_result, ingest_batch, prepare
+from mailgate.ingest import (
+    InboundEnvelope,
+    IngestResult,
+    Prepared,
+    count_result,
+    ingest_batch,
+    prepare,
+)
 from mailgate.logsetup import setup_logging
 from mailgate.pipes import Channel, Frame, recv_frame
 from mailgate.routing import Router
@@ -67,10 +74,10 @@ class MailHead:
     """A mail to parse or store; on a pipe its raw bytes follow as the next frame."""
 
     key: int
-    envelope: Envelope
+    envelope: InboundEnvelope
     now: datetime
 
-    def __reduce__(self) -> tuple[type[MailHead], tuple[int, Envelope, datetime]]:
+    def __reduce__(self) -> tuple[type[MailHead], tuple[int, InboundEnvelope, datetime]]:
         return MailHead, (self.key, self.envelope, self.now)
 
 
@@ -83,7 +90,7 @@ class Mail:
 
     key: int
     raw: bytes
-    envelope: Envelope
+    envelope: InboundEnvelope
     now: datetime
 
 
@@ -154,7 +161,9 @@ Item = Mail | Parsed | NotParsed | NewConfig | Stop
 
 
 class Ingestor(Protocol):
-    async def submit(self, raw: bytes, envelope: Envelope, now: datetime) -> IngestResult: ...
+    async def submit(
+        self, raw: bytes, envelope: InboundEnvelope, now: datetime
+    ) -> IngestResult: ...
 
     def reload(self, config: Config) -> None: ...
 
@@ -228,7 +237,7 @@ def _store_items(
     foresaw still answers every sender (451).
     """
     reply: list[Answer] = []
-    run: list[tuple[int, Prepared | tuple[bytes, Envelope, datetime]]] = []
+    run: list[tuple[int, Prepared | tuple[bytes, InboundEnvelope, datetime]]] = []
 
     def flush() -> None:
         try:
@@ -281,7 +290,7 @@ class InlineIngestor:
         self._thread = threading.Thread(target=self._run, name="mailgate-store", daemon=True)
         self._thread.start()
 
-    async def submit(self, raw: bytes, envelope: Envelope, now: datetime) -> IngestResult:
+    async def submit(self, raw: bytes, envelope: InboundEnvelope, now: datetime) -> IngestResult:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[IngestResult] = loop.create_future()
         key = next(self._ids)
@@ -528,7 +537,7 @@ class WorkerPool:
         worker.channel = channel
         return worker
 
-    async def submit(self, raw: bytes, envelope: Envelope, now: datetime) -> IngestResult:
+    async def submit(self, raw: bytes, envelope: InboundEnvelope, now: datetime) -> IngestResult:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[IngestResult] = loop.create_future()
         key = next(self._ids)

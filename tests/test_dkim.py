@@ -13,8 +13,8 @@ from sqlalchemy import select
 
 from mailgate.config import Config
 from mailgate.db.queries import get_ticket, ticket_detail
-from mailgate.ingest import Envelope, ingest
-from mailgate.models import InboundMessage, Outbox
+from mailgate.ingest import InboundEnvelope, ingest
+from mailgate.models import LedgerEntry, Outbox
 from mailgate.store import Store
 
 from .conftest import Clock, mail
@@ -61,11 +61,11 @@ def test_agent_commands_need_dkim(
         return record if name == b"mg._domainkey.support.example.com." else None
 
     config, _ = make_config({"security": {"require_dkim_for_commands": True}})
-    created = ingest(store, config, mail(), Envelope(), clock(), dkim_dns=dns)
+    created = ingest(store, config, mail(), InboundEnvelope(), clock(), dkim_dns=dns)
     tid = created.ticket
     assert tid is not None
     forged = mail(sender=AGENT, subject=f"Re: [#{tid}] x", body="#status solved\n\nErledigt.")
-    ingest(store, config, forged, Envelope(), clock(), dkim_dns=dns)
+    ingest(store, config, forged, InboundEnvelope(), clock(), dkim_dns=dns)
     with store.transaction() as s:
         assert ticket_detail(s, get_ticket(s, tid))["status"] == "open"
         [error] = [o for o in s.scalars(select(Outbox)) if o.kind == "command_error"]
@@ -73,12 +73,12 @@ def test_agent_commands_need_dkim(
     genuine = signed(
         mail(sender=AGENT, subject=f"Re: [#{tid}] x", body="#status solved\n\nJa."), private
     )
-    ingest(store, config, genuine, Envelope(), clock(), dkim_dns=dns)
+    ingest(store, config, genuine, InboundEnvelope(), clock(), dkim_dns=dns)
     tampered = signed(
         mail(sender=AGENT, subject=f"Re: [#{tid}] y", body="#status open\n\nA"), private
     ).replace(b"\r\nA", b"\r\nB")
-    ingest(store, config, tampered, Envelope(), clock(), dkim_dns=dns)
+    ingest(store, config, tampered, InboundEnvelope(), clock(), dkim_dns=dns)
     with store.transaction() as s:
         assert ticket_detail(s, get_ticket(s, tid))["status"] == "solved"
-        results = [r.dkim for r in s.scalars(select(InboundMessage).order_by(InboundMessage.id))]
+        results = [r.dkim for r in s.scalars(select(LedgerEntry).order_by(LedgerEntry.id))]
     assert results == ["none", "none", "pass d=support.example.com", "fail d=support.example.com"]

@@ -39,7 +39,7 @@ from mailgate.models import (
     Blob,
     Comment,
     Follower,
-    InboundMessage,
+    LedgerEntry,
     Membership,
     Organization,
     Outbox,
@@ -137,7 +137,7 @@ def _seed(conn: Connection) -> None:
     )
     add(Participant, {"ticket_id": 1, "user_id": 2}, {"ticket_id": 1, "user_id": 3})
     add(
-        InboundMessage,
+        LedgerEntry,
         {
             "id": 1,
             "message_id": "m1@mueller-logistik.de",
@@ -435,7 +435,7 @@ INSERT_ONCE_CASES: list[InsertOnceCase] = [
         ),
     ),
     InsertOnceCase(
-        InboundMessage.__table__,
+        LedgerEntry.__table__,
         "dedup_key",
         "id",
         ({**_LEDGER_ROW, "dedup_key": "e" * 64}, {**_LEDGER_ROW, "dedup_key": "k" * 64}),

@@ -17,9 +17,9 @@ from mailgate.app import ServerThread
 from mailgate.config import Config
 from mailgate.db.queries import get_ticket, ticket_detail
 from mailgate.db.records import update_ticket
-from mailgate.ingest import Envelope, ingest, reprocess_quarantined
+from mailgate.ingest import InboundEnvelope, ingest, reprocess_quarantined
 from mailgate.jobs import Jobs
-from mailgate.models import InboundMessage, Outbox
+from mailgate.models import LedgerEntry, Outbox
 from mailgate.store import Store
 
 from .conftest import CliResult, Clock, mail, run_cli
@@ -29,9 +29,9 @@ def test_own_notifications_coming_back_are_ignored(
     store: Store, config: Config, clock: Clock
 ) -> None:
     looped = mail(sender="Support <support@support.example.com>", subject="[#1] x")
-    assert ingest(store, config, looped, Envelope(), clock()).action == "ignored"
+    assert ingest(store, config, looped, InboundEnvelope(), clock()).action == "ignored"
     header = mail(sender="x@relay.example", extra="X-Mailgate-Loop: support.example.com\r\n")
-    result = ingest(store, config, header, Envelope(), clock())
+    result = ingest(store, config, header, InboundEnvelope(), clock())
     assert (result.action, result.ticket) == ("ignored", None)
     assert "loop" in result.reason
 
@@ -42,7 +42,13 @@ def test_rate_limits_quarantine_then_reprocess_exactly_once(
     """Past the acknowledgement cap tickets stay silent; past the ticket cap mail waits."""
     config, _ = make_config({"limits": {"acks_per_hour": 2, "tickets_per_hour": 3}})
     results = [
-        ingest(store, config, mail(sender="flood@gmail.com", subject=f"n{i}"), Envelope(), clock())
+        ingest(
+            store,
+            config,
+            mail(sender="flood@gmail.com", subject=f"n{i}"),
+            InboundEnvelope(),
+            clock(),
+        )
         for i in range(5)
     ]
     assert [r.action for r in results] == ["created"] * 3 + ["quarantined"] * 2
@@ -131,7 +137,7 @@ def test_bounce_marks_the_notification_and_suppresses_the_address(
 ) -> None:
     """A bounce is no ticket: the delivery is marked bounced, noted, the address suppressed."""
     config, _ = make_config()
-    created = ingest(store, config, mail(sender="weg@kunde.example"), Envelope(), clock())
+    created = ingest(store, config, mail(sender="weg@kunde.example"), InboundEnvelope(), clock())
     Jobs(store, config).deliver_outbox(clock())  # into the maildir
     with store.transaction() as s:
         [ack] = s.scalars(select(Outbox)).all()
@@ -141,7 +147,7 @@ def test_bounce_marks_the_notification_and_suppresses_the_address(
         store,
         config,
         dsn(original, "weg@kunde.example", "5.1.1"),
-        Envelope("", ("support@support.example.com",)),
+        InboundEnvelope("", ("support@support.example.com",)),
         clock(),
     )
     assert (bounce.action, bounce.ticket) == ("ignored", created.ticket)
@@ -153,13 +159,19 @@ def test_bounce_marks_the_notification_and_suppresses_the_address(
     assert note["public"] is False and "bounced" in note["body"]
     # further mail to the address is suppressed, but the ticket is still created
     again = ingest(
-        store, config, mail(sender="weg@kunde.example", subject="neu"), Envelope(), clock()
+        store, config, mail(sender="weg@kunde.example", subject="neu"), InboundEnvelope(), clock()
     )
     assert again.action == "created"
     with store.transaction() as s:
         assert len(s.scalars(select(Outbox)).all()) == 1
     clock.advance(days=8)
-    ingest(store, config, mail(sender="weg@kunde.example", subject="später"), Envelope(), clock())
+    ingest(
+        store,
+        config,
+        mail(sender="weg@kunde.example", subject="später"),
+        InboundEnvelope(),
+        clock(),
+    )
     with store.transaction() as s:
         assert len(s.scalars(select(Outbox)).all()) == 2
 
@@ -170,14 +182,14 @@ def test_a_hard_bounced_requester_gets_no_closing_mail(
     """Auto-close queues ``ticket_closed`` through the same rules as ingest: suppression too."""
     config, _ = make_config()
     jobs = Jobs(store, config)
-    created = ingest(store, config, mail(sender="weg@kunde.example"), Envelope(), clock())
-    kept = ingest(store, config, mail(sender="da@kunde.example"), Envelope(), clock())
+    created = ingest(store, config, mail(sender="weg@kunde.example"), InboundEnvelope(), clock())
+    kept = ingest(store, config, mail(sender="da@kunde.example"), InboundEnvelope(), clock())
     jobs.deliver_outbox(clock())
     with store.transaction() as s:
         ack = s.scalars(select(Outbox).where(Outbox.ticket_id == created.ticket)).one()
         original = ack.message
     assert original is not None
-    envelope = Envelope("", ("support@support.example.com",))
+    envelope = InboundEnvelope("", ("support@support.example.com",))
     ingest(store, config, dsn(original, "weg@kunde.example", "5.1.1"), envelope, clock())
     with store.transaction() as s:
         for result in (created, kept):
@@ -196,11 +208,13 @@ def test_credentials_are_masked_everywhere_but_the_raw_mail(
     """A pasted password stays in the raw mail only; the sender is pointed to the link."""
     config, _ = make_config({"mail": {"secrets_url": "https://secrets.example.com/new"}})
     body = "Hallo,\nder Zugang klemmt.\nBenutzer: anna\nPasswort: Geheim123!\n"
-    created = ingest(store, config, mail(subject="Login kaputt", body=body), Envelope(), clock())
+    created = ingest(
+        store, config, mail(subject="Login kaputt", body=body), InboundEnvelope(), clock()
+    )
     assert created.ticket is not None
     with store.transaction() as s:
         comment = ticket_detail(s, get_ticket(s, created.ticket))["comments"][0]
-        raw = s.scalars(select(InboundMessage)).one().raw
+        raw = s.scalars(select(LedgerEntry)).one().raw
         kinds = [o.kind for o in s.scalars(select(Outbox))]
     assert "Geheim123" not in comment["body"] and "Passwort: ••••••" in comment["body"]
     assert b"Geheim123!" in raw
@@ -216,7 +230,7 @@ def test_own_notification_fed_back_never_causes_more_mail(
     store: Store, config: Config, clock: Clock
 ) -> None:
     """Our acknowledgement returned verbatim, as an auto-reply, or inside a bounce: no mail."""
-    ingest(store, config, mail(sender="kunde@kunde.example"), Envelope(), clock())
+    ingest(store, config, mail(sender="kunde@kunde.example"), InboundEnvelope(), clock())
     jobs = Jobs(store, config)
     jobs.deliver_outbox(clock())
     with store.transaction() as s:
@@ -228,7 +242,7 @@ def test_own_notification_fed_back_never_causes_more_mail(
     )
     for variant in (sent, auto, dsn(sent, "kunde@kunde.example", "5.2.2")):
         result = ingest(
-            store, config, variant, Envelope("", ("support@support.example.com",)), clock()
+            store, config, variant, InboundEnvelope("", ("support@support.example.com",)), clock()
         )
         assert result.action in ("ignored", "duplicate"), result
     with store.transaction() as s:
@@ -250,9 +264,9 @@ def test_fuzzed_mail_never_raises_and_the_ledger_balances(
     noise = data.draw(st.binary(max_size=200))
     raw = data.draw(st.sampled_from([noise, base[:cut] + noise + base[cut:], base[:cut], base]))
     with store.transaction() as s:
-        before = len(s.scalars(select(InboundMessage.id)).all())
-    result = ingest(store, config, raw, Envelope(), clock())
+        before = len(s.scalars(select(LedgerEntry.id)).all())
+    result = ingest(store, config, raw, InboundEnvelope(), clock())
     with store.transaction() as s:
-        after = len(s.scalars(select(InboundMessage.id)).all())
+        after = len(s.scalars(select(LedgerEntry.id)).all())
     assert result.action in ("created", "commented", "ignored", "quarantined", "duplicate")
     assert after == before + (0 if result.action == "duplicate" else 1)

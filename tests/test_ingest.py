@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from mailgate.config import Config
 from mailgate.db.queries import get_ticket, ticket_detail
 from mailgate.db.records import raw_mail
-from mailgate.ingest import Envelope, IngestResult, ingest, ingest_batch, prepare
-from mailgate.models import Attachment, Blob, InboundMessage, Outcome, Ticket
+from mailgate.ingest import InboundEnvelope, IngestResult, ingest, ingest_batch, prepare
+from mailgate.models import Attachment, Blob, LedgerEntry, Outcome, Ticket
 from mailgate.routing import Router
 from mailgate.store import Store
 
@@ -31,7 +31,7 @@ def _ledger(store: Store) -> Counter[str]:
         return Counter(
             dict(
                 s.execute(
-                    select(InboundMessage.outcome, func.count()).group_by(InboundMessage.outcome)
+                    select(LedgerEntry.outcome, func.count()).group_by(LedgerEntry.outcome)
                 ).all()
             )
         )
@@ -61,11 +61,11 @@ def test_garbage_gets_a_clear_outcome(
 ) -> None:
     """Hostile or broken input ends in the ledger with an outcome; nothing raises."""
     raw = GARBAGE[name]
-    result = ingest(store, config, raw, Envelope(), clock())
+    result = ingest(store, config, raw, InboundEnvelope(), clock())
     assert result.action in LEDGER
     assert result.reason
     with store.transaction() as s:
-        row = s.scalars(select(InboundMessage)).one()
+        row = s.scalars(select(LedgerEntry)).one()
         assert row.raw == raw  # the original is always kept, byte for byte
         assert row.outcome == result.action
     if name in ("empty", "whitespace", "binary"):
@@ -87,8 +87,8 @@ def test_attachments_are_stored_once_by_sha256(store: Store, config: Config, clo
             "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKJcfsj6IK\r\n--b--\r\n"
         ).encode()
 
-    first = ingest(store, config, with_pdf("p1@x"), Envelope(), clock())
-    ingest(store, config, with_pdf("p2@x"), Envelope(), clock())
+    first = ingest(store, config, with_pdf("p1@x"), InboundEnvelope(), clock())
+    ingest(store, config, with_pdf("p2@x"), InboundEnvelope(), clock())
     with store.transaction() as s:
         assert s.scalar(select(func.count()).select_from(Blob)) == 1
         assert s.scalar(select(func.count()).select_from(Attachment)) == 2
@@ -110,15 +110,15 @@ def test_routing_fallbacks(store: Store, config: Config, clock: Clock) -> None:
         "fremd@gmail.com": None,
     }
     for sender, expected in cases.items():
-        result = ingest(store, config, mail(sender=sender), Envelope(), clock())
+        result = ingest(store, config, mail(sender=sender), InboundEnvelope(), clock())
         assert (sender, result.organization) == (sender, expected)
 
 
 def test_same_message_id_twice_is_duplicate(store: Store, config: Config, clock: Clock) -> None:
     raw = mail(message_id="<once@x>")
-    assert ingest(store, config, raw, Envelope(), clock()).action == "created"
+    assert ingest(store, config, raw, InboundEnvelope(), clock()).action == "created"
     clock.advance(hours=1)
-    again = ingest(store, config, raw, Envelope(), clock())
+    again = ingest(store, config, raw, InboundEnvelope(), clock())
     assert again.action == "duplicate"
     with store.transaction() as s:
         assert s.scalar(select(func.count()).select_from(Ticket)) == 1
@@ -129,11 +129,11 @@ def test_redelivery_with_other_line_endings_and_trace_headers_is_duplicate(
 ) -> None:
     """The same mail via another relay (new Received, LF endings) is still a duplicate."""
     raw = mail(message_id="<path@x>")
-    assert ingest(store, config, raw, Envelope(), clock()).action == "created"
+    assert ingest(store, config, raw, InboundEnvelope(), clock()).action == "created"
     relayed = b"Received: from mx2.example by mx.test; Thu, 26 Nov 2026 10:01:00 +0000\r\n" + raw
-    assert ingest(store, config, relayed.replace(b"\r\n", b"\n"), Envelope(), clock()).action == (
-        "duplicate"
-    )
+    assert ingest(
+        store, config, relayed.replace(b"\r\n", b"\n"), InboundEnvelope(), clock()
+    ).action == ("duplicate")
 
 
 def test_reused_message_id_with_other_content_is_not_dropped(
@@ -141,10 +141,18 @@ def test_reused_message_id_with_other_content_is_not_dropped(
 ) -> None:
     """Some mailers give every mail the same Message-ID; each mail still becomes a ticket."""
     first = ingest(
-        store, config, mail(subject="Scan 1", message_id="<scan@printer>"), Envelope(), clock()
+        store,
+        config,
+        mail(subject="Scan 1", message_id="<scan@printer>"),
+        InboundEnvelope(),
+        clock(),
     )
     second = ingest(
-        store, config, mail(subject="Scan 2", message_id="<scan@printer>"), Envelope(), clock()
+        store,
+        config,
+        mail(subject="Scan 2", message_id="<scan@printer>"),
+        InboundEnvelope(),
+        clock(),
     )
     assert (first.action, second.action) == ("created", "created")
     assert first.ticket != second.ticket
@@ -155,9 +163,9 @@ def test_missing_message_id_is_synthesised_stably(
     store: Store, config: Config, clock: Clock
 ) -> None:
     raw = b"From: anna@mueller-logistik.de\r\nSubject: ohne ID\r\n\r\nText\r\n"
-    first = ingest(store, config, raw, Envelope(), clock())
+    first = ingest(store, config, raw, InboundEnvelope(), clock())
     assert first.action == "created" and first.message_id.endswith("@mailgate.invalid")
-    assert ingest(store, config, raw, Envelope(), clock()).action == "duplicate"
+    assert ingest(store, config, raw, InboundEnvelope(), clock()).action == "duplicate"
 
 
 @pytest.mark.skipif(not corpus_files(), reason=corpus_missing(CORPUS / "index.tsv"))
@@ -167,7 +175,9 @@ def test_real_world_corpus_ends_in_the_ledger(store: Store, config: Config, cloc
     reasons: Counter[str] = Counter()
     for path, _category in corpus_files():
         raw = (CORPUS / path).read_bytes()
-        result = ingest(store, config, raw, Envelope("", ("support@support.example.com",)), clock())
+        result = ingest(
+            store, config, raw, InboundEnvelope("", ("support@support.example.com",)), clock()
+        )
         results[result.action] += 1
         if result.action == "quarantined":
             reasons[result.reason.split(":")[0]] += 1
@@ -176,7 +186,7 @@ def test_real_world_corpus_ends_in_the_ledger(store: Store, config: Config, cloc
         if result.action == "duplicate":  # byte variants (CRLF/CR copies) of a stored mail
             with store.transaction() as s:
                 assert s.scalar(
-                    select(InboundMessage.id).where(InboundMessage.message_id == result.message_id)
+                    select(LedgerEntry.id).where(LedgerEntry.message_id == result.message_id)
                 )
         else:
             assert result.action in LEDGER, (path, result)
@@ -213,13 +223,17 @@ def test_routing_rule_and_named_customer_reach_the_ticket(
         }
     )
     alarm = ingest(
-        store, config, mail(sender="nagios@monitoring.example", subject="DOWN"), Envelope(), clock()
+        store,
+        config,
+        mail(sender="nagios@monitoring.example", subject="DOWN"),
+        InboundEnvelope(),
+        clock(),
     )
     named = ingest(
         store,
         config,
         mail(sender="berater@agentur.de", subject="AW: Müller Logistik: Drucker kaputt"),
-        Envelope(),
+        InboundEnvelope(),
         clock(),
     )
     with store.transaction() as s:
@@ -302,10 +316,10 @@ def test_large_mail_is_stored_byte_for_byte(store: Store, config: Config, clock:
         + base64.encodebytes(payload).replace(b"\n", b"\r\n")
         + b"--b1--\r\n"
     )
-    result = ingest(store, config, raw, Envelope("anna@mueller-logistik.de"), clock())
+    result = ingest(store, config, raw, InboundEnvelope("anna@mueller-logistik.de"), clock())
     assert result.action == "created"
     with store.transaction() as s:
-        assert raw_mail(s, s.scalars(select(InboundMessage)).one()) == raw
+        assert raw_mail(s, s.scalars(select(LedgerEntry)).one()) == raw
         attachment = s.scalars(select(Attachment)).one()
         assert (attachment.filename, attachment.size) == ("logs.gz", len(payload))
         assert s.get(Blob, attachment.sha256).data == payload
@@ -343,7 +357,7 @@ def _store_conversation(store: Store, router: Router, now: datetime, ahead: bool
     tickets: dict[str, int] = {}
     seen = []
     for make in _conversation():
-        raw, envelope = make(tickets), Envelope("", ("support@support.example.com",))
+        raw, envelope = make(tickets), InboundEnvelope("", ("support@support.example.com",))
         if ahead:
             prepared = prepare(router.config, raw, envelope, now, router=router)
             assert prepared.hints is not None
@@ -398,7 +412,7 @@ def test_work_done_ahead_with_another_config_is_done_again(
     new, _ = make_config({"organizations": orgs})
     store.sync(new, clock())
     raw = mail(sender="anna@neu.example", subject="Neu AG: Server down")
-    prepared = prepare(old, raw, Envelope(), clock(), router=Router(old))
+    prepared = prepare(old, raw, InboundEnvelope(), clock(), router=Router(old))
     assert prepared.hints is not None and prepared.hints.plan is not None
     assert prepared.hints.plan.decision.organization is None  # no such org in the old one
     [(result, _)] = ingest_batch(store, Router(new), [prepared])
@@ -412,7 +426,7 @@ def test_every_outcome_keeps_the_raw_mail_byte_for_byte(
     """The raw mail is written with the outcome, once: whatever the mail became, its ledger
     row holds it exactly (new ticket, reply, auto-reply, bounce, big mail, duplicate)."""
     first = mail(subject="Drucker kaputt", body="Hallo,\n" + "der Drucker druckt nicht.\n" * 400)
-    created = ingest(store, config, first, Envelope(), clock())
+    created = ingest(store, config, first, InboundEnvelope(), clock())
     assert created.action == "created" and created.ticket is not None
     reply = mail(subject=f"Re: [#{created.ticket}] Drucker kaputt", body="Geht wieder.\n")
     auto = mail(subject="Abwesend", extra="Auto-Submitted: auto-replied\r\n")
@@ -429,7 +443,7 @@ def test_every_outcome_keeps_the_raw_mail_byte_for_byte(
     )
     big = mail(subject="Logs", body="x" * 80 + "\n" + "Zeile mit Inhalt\n" * 20_000)
     raws = [reply, auto, bounce, big, first]
-    envelope = Envelope("anna@mueller-logistik.de", ("support@support.example.com",))
+    envelope = InboundEnvelope("anna@mueller-logistik.de", ("support@support.example.com",))
     if grouped:
         router = Router(config)
         outcomes = [
@@ -445,6 +459,6 @@ def test_every_outcome_keeps_the_raw_mail_byte_for_byte(
         "duplicate",
     ]
     with store.transaction() as s:
-        rows = s.scalars(select(InboundMessage).order_by(InboundMessage.id)).all()
+        rows = s.scalars(select(LedgerEntry).order_by(LedgerEntry.id)).all()
         assert [raw_mail(s, row) for row in rows] == [first, reply, auto, bounce, big]
         assert [row.size for row in rows] == [len(r) for r in (first, reply, auto, bounce, big)]

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from mailgate.config import Config, parse_config
 from mailgate.db.queries import get_ticket, ticket_detail
 from mailgate.db.records import update_ticket
-from mailgate.ingest import Envelope, ingest
+from mailgate.ingest import InboundEnvelope, ingest
 from mailgate.jobs import Jobs
 from mailgate.models import Outbox
 from mailgate.outbound import OutboundEnvelope, Verdict, build_message, classify
@@ -54,7 +54,7 @@ def test_new_ticket_acknowledged_and_followers_told(
 ) -> None:
     """The requester gets the acknowledgement; the organization's follower hears of it."""
     config, _ = relayed
-    created = ingest(store, config, mail(subject="Drucker kaputt"), Envelope(), clock())
+    created = ingest(store, config, mail(subject="Drucker kaputt"), InboundEnvelope(), clock())
     kinds = [(o.kind, o.recipients) for o in rows(store)]
     assert kinds == [
         ("ticket_created", ["anna@mueller-logistik.de"]),
@@ -82,13 +82,13 @@ def test_reply_to_a_notification_threads_by_its_message_id(
 ) -> None:
     """A reply to our acknowledgement (only In-Reply-To, new address) lands on the ticket."""
     config, _ = relayed
-    created = ingest(store, config, mail(subject="Drucker"), Envelope(), clock())
+    created = ingest(store, config, mail(subject="Drucker"), InboundEnvelope(), clock())
     Jobs(store, config).deliver_outbox(clock())
     ack = sink.received[0].message
     reply = mail(
         subject="Re: Danke", body="Modell HP 4050", extra=f"In-Reply-To: {ack['Message-ID']}\r\n"
     )
-    result = ingest(store, config, reply, Envelope(), clock())
+    result = ingest(store, config, reply, InboundEnvelope(), clock())
     assert (result.action, result.ticket) == ("commented", created.ticket)
 
 
@@ -97,7 +97,7 @@ def test_retry_backoff_and_give_up(
 ) -> None:
     """451 and dropped connections retry later; 550 fails at once; after max_age, failed."""
     config, _ = relayed
-    ingest(store, config, mail(sender="neu@gmail.com"), Envelope(), clock())  # ack only
+    ingest(store, config, mail(sender="neu@gmail.com"), InboundEnvelope(), clock())  # ack only
     jobs = Jobs(store, config)
     sink.answer("451", "drop")
     assert jobs.deliver_outbox(clock()).retry == 1
@@ -115,12 +115,12 @@ def test_retry_backoff_and_give_up(
     assert [a["result"] for a in log] == ["retry", "retry", "sent"]
     assert log[0]["error"].startswith("451") and log[2]["error"] is None
 
-    ingest(store, config, mail(sender="zwei@gmail.com"), Envelope(), clock())
+    ingest(store, config, mail(sender="zwei@gmail.com"), InboundEnvelope(), clock())
     sink.answer("550")
     assert jobs.deliver_outbox(clock()).failed == 1
     assert rows(store)[-1].status == "failed"
 
-    ingest(store, config, mail(sender="drei@gmail.com"), Envelope(), clock())
+    ingest(store, config, mail(sender="drei@gmail.com"), InboundEnvelope(), clock())
     sink.answer(*["451"] * 30)
     for _ in range(30):
         jobs.deliver_outbox(clock())
@@ -164,7 +164,7 @@ def test_auto_close_after_three_days(
 ) -> None:
     """Open at 2 days 23 hours, closed at 3 days + 1 minute, a second run changes nothing."""
     config, path = relayed
-    created = ingest(store, config, mail(), Envelope(), clock())
+    created = ingest(store, config, mail(), InboundEnvelope(), clock())
     assert created.ticket is not None
     with store.transaction() as s:
         update_ticket(s, get_ticket(s, created.ticket), clock(), status="solved")
@@ -240,7 +240,7 @@ def test_two_job_runners_deliver_each_row_exactly_once(
     """Two `mailgate jobs run` processes at once: every notification arrives once."""
     config, path = relayed
     for i in range(60):
-        ingest(store, config, mail(subject=f"Anfrage {i}"), Envelope(), clock())
+        ingest(store, config, mail(subject=f"Anfrage {i}"), InboundEnvelope(), clock())
     expected = len(rows(store))
     procs = [
         subprocess.Popen(
@@ -308,7 +308,7 @@ def test_notifications_never_leave_the_ticket(
                 store,
                 config,
                 mail(sender=sender, subject=subject, extra=extra, message_id=f"<p{step}@x>"),
-                Envelope(),
+                InboundEnvelope(),
                 clock(),
             )
         with store.transaction() as s:

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from mailgate.config import Config
 from mailgate.db.queries import get_ticket, ticket_detail
 from mailgate.db.records import update_ticket
-from mailgate.ingest import Envelope, IngestResult, ingest
+from mailgate.ingest import InboundEnvelope, IngestResult, ingest
 from mailgate.models import Meta, Outbox
 from mailgate.pipeline.threads import reply_address
 from mailgate.store import Store
@@ -27,7 +27,7 @@ OUTSIDER = "Mallory <mallory@evil.example>"
 def run(store: Store, config: Config, clock: Clock, raw: bytes, *rcpt: str) -> IngestResult:
     clock.advance(minutes=1)
     return ingest(
-        store, config, raw, Envelope("", rcpt or ("support@support.example.com",)), clock()
+        store, config, raw, InboundEnvelope("", rcpt or ("support@support.example.com",)), clock()
     )
 
 

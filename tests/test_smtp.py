@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 from mailgate.app import ServerThread
 from mailgate.config import Config
-from mailgate.models import InboundMessage, Ticket
+from mailgate.models import LedgerEntry, Ticket
 from mailgate.store import Store
 
 from .conftest import Clock, mail, send
@@ -56,7 +56,7 @@ def test_foreign_recipient_is_refused_550(server: int, store: Store) -> None:
         client.rset()
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             client.sendmail("anna@mueller-logistik.de", ["x@elsewhere.example.org"], mail())
-    assert count(store, InboundMessage) == 0
+    assert count(store, LedgerEntry) == 0
 
 
 def test_mixed_recipients_store_once_for_the_accepted_one(server: int, store: Store) -> None:
@@ -91,7 +91,7 @@ def test_oversize_mail_is_refused_552(small_server: int, store: Store) -> None:
         code, reply = client.data(big)
         assert code == 552 and reply.startswith(b"5.3.4")
         assert client.noop()[0] == 250  # the session goes on
-    assert count(store, InboundMessage) == 0
+    assert count(store, LedgerEntry) == 0
 
 
 def test_redelivery_is_a_duplicate_and_changes_nothing(server: int, store: Store) -> None:
@@ -104,7 +104,7 @@ def test_redelivery_is_a_duplicate_and_changes_nothing(server: int, store: Store
         code, reply = client.data(raw)
     assert code == 250 and b"duplicate" in reply
     assert count(store, Ticket) == 1
-    assert count(store, InboundMessage) == 1
+    assert count(store, LedgerEntry) == 1
 
 
 @contextmanager
@@ -145,10 +145,10 @@ def test_unwritable_database_gives_451_then_stores_exactly_once(
             client.rcpt("support@support.example.com")
             code, reply = client.data(raw)
         assert code == 451 and reply.startswith(b"4.3.0")
-    assert count(store, InboundMessage) == 0
+    assert count(store, LedgerEntry) == 0
     send(server, raw)  # the sending MTA retries after the outage
     send(server, raw)  # …and perhaps once more: still one ticket
-    assert count(store, InboundMessage) == 1
+    assert count(store, LedgerEntry) == 1
     assert count(store, Ticket) == 1
 
 
@@ -169,7 +169,7 @@ def test_concurrent_sessions_all_stored(server: int, store: Store) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    assert count(store, InboundMessage) == 20
+    assert count(store, LedgerEntry) == 20
     assert count(store, Ticket) == 20
 
 

@@ -23,8 +23,8 @@ from sqlalchemy import func, select
 from mailgate.app import ServerThread
 from mailgate.config import Config
 from mailgate.errors import StoreUnavailable
-from mailgate.ingest import Envelope, IngestResult, ingest_batch, prepare
-from mailgate.models import Comment, InboundMessage, Ticket
+from mailgate.ingest import InboundEnvelope, IngestResult, ingest_batch, prepare
+from mailgate.models import Comment, LedgerEntry, Ticket
 from mailgate.pipes import Channel, recv_frame
 from mailgate.routing import Router
 from mailgate.store import Store
@@ -43,7 +43,7 @@ from mailgate.workers import (
 from .conftest import Clock, flock_waiters, mail, send, wait_until
 from .test_smtp import database_write_locked
 
-ENVELOPE = Envelope("anna@mueller-logistik.de", ("support@support.example.com",))
+ENVELOPE = InboundEnvelope("anna@mueller-logistik.de", ("support@support.example.com",))
 
 
 def count(store: Store, model: type) -> int:
@@ -98,7 +98,7 @@ def test_workers_store_and_thread_mail(pool_server: ServerThread, store: Store) 
         code, reply = client.data(first)
     assert code == 250 and reply.startswith(b"2.0.0 Ok: created ticket #")
     with store.transaction() as s:  # the raw mail reached the writer byte for byte
-        stored = s.scalars(select(InboundMessage.raw)).one()
+        stored = s.scalars(select(LedgerEntry.raw)).one()
         assert stored == first if first.endswith(b"\r\n") else stored == first + b"\r\n"
     reply_mail = mail(subject="AW: Drucker kaputt", extra="In-Reply-To: <w-1@m.de>\r\n")
     send(port, reply_mail)
@@ -136,7 +136,7 @@ def test_concurrent_sessions_through_workers_are_stored_exactly_once(
         t.join()
     assert errors == []
     assert [code for code, _ in answers] == [250] * 60
-    assert count(store, InboundMessage) == 60
+    assert count(store, LedgerEntry) == 60
     assert count(store, Ticket) == 60
 
 
@@ -163,11 +163,11 @@ def test_killed_worker_is_replaced_and_no_mail_is_lost(
         time.sleep(0.2)  # an MTA's retry interval, shortened
     assert codes[-1] == 250 and set(codes) <= {250, 451}
     send(port, raw)  # a retry after the 250 is a duplicate
-    assert count(store, InboundMessage) == 1
+    assert count(store, LedgerEntry) == 1
     assert len(worker_pids(pool_server)) == 2
 
 
-def _items(clock: Clock, *raws: bytes) -> list[tuple[bytes, Envelope, object]]:
+def _items(clock: Clock, *raws: bytes) -> list[tuple[bytes, InboundEnvelope, object]]:
     return [(raw, ENVELOPE, clock()) for raw in raws]
 
 
@@ -182,7 +182,7 @@ def test_group_commit_stores_each_mail_as_alone(store: Store, config: Config, cl
     assert all(isinstance(r, IngestResult) for r in results)
     actions = [r.action for r in results if isinstance(r, IngestResult)]
     assert actions == ["created", "commented", "duplicate", "quarantined"]
-    assert count(store, InboundMessage) == 3
+    assert count(store, LedgerEntry) == 3
     assert count(store, Comment) == 2
 
 
@@ -193,7 +193,7 @@ def test_failed_group_commit_loses_nothing_and_answers_each(
     with database_write_locked(config.database.url):
         outcomes = ingest_batch(store, Router(config), _items(clock, mail(), mail()))
     assert [type(o) for o, _ in outcomes] == [StoreUnavailable, StoreUnavailable]
-    assert count(store, InboundMessage) == 0
+    assert count(store, LedgerEntry) == 0
     # After the outage the same group goes through.
     outcomes = ingest_batch(store, Router(config), _items(clock, mail(), mail()))
     assert [o.action for o, _ in outcomes if isinstance(o, IngestResult)] == ["created"] * 2

@@ -16,12 +16,11 @@ from sqlalchemy.orm import Session
 
 from mailgate.db.fastexec import Prebuilt, insert_once
 from mailgate.db.records import ensure_blob, is_large
-from mailgate.models import InboundMessage as InboundRow
-from mailgate.models import Outcome, table_of
+from mailgate.models import LedgerEntry, Outcome, table_of
 from mailgate.pipeline.prepare import dedup_key
 from mailgate.pipeline.reading import InboundEnvelope
 
-_INBOUND = table_of(InboundRow)
+_INBOUND = table_of(LedgerEntry)
 
 
 def claim(
@@ -43,7 +42,7 @@ def claim(
     """
     if reprocess is not None:
         current = session.execute(
-            select(InboundRow.outcome).where(InboundRow.id == reprocess).with_for_update()
+            select(LedgerEntry.outcome).where(LedgerEntry.id == reprocess).with_for_update()
         ).scalar()
         if current != Outcome.QUARANTINED:
             return None

@@ -18,8 +18,7 @@ from sqlalchemy.orm import Session
 from mailgate.db.fastexec import Prebuilt, insert_for, insert_once
 from mailgate.db.queries import find_organization
 from mailgate.errors import Refused, StoreUnavailable, TicketLocked
-from mailgate.models import Blob, Meta, Status, Ticket, User, table_of
-from mailgate.models import InboundMessage as InboundRow
+from mailgate.models import Blob, LedgerEntry, Meta, Status, Ticket, User, table_of
 
 _USERS = table_of(User)
 
@@ -84,7 +83,7 @@ def ensure_blob(db: Session | Connection, data: bytes, digest: str | None = None
     return digest
 
 
-def raw_mail(db: Session | Connection, row: InboundRow) -> bytes:
+def raw_mail(db: Session | Connection, row: LedgerEntry) -> bytes:
     """A ledger entry's raw mail.
 
     A large one (SQLite, see :func:`is_large`) lives in ``blobs`` under its SHA-256, with
