@@ -22,7 +22,7 @@ from mailgate.db.outbox import queue_notification
 from mailgate.db.records import ensure_secret
 from mailgate.health import DELIVERIES
 from mailgate.hours import SupportHours
-from mailgate.models import Comment, Outbox, OutboxStatus, Status, Ticket, User
+from mailgate.models import Comment, NotificationKind, Outbox, OutboxStatus, Status, Ticket, User
 from mailgate.outbound import (
     DeliveryError,
     OutboundEnvelope,
@@ -202,7 +202,9 @@ class Jobs:
             in_reply_to=(comment.message_id if comment and comment.message_id else None)
             or (thread[-1] if thread else None),
             references=tuple(dict.fromkeys(thread[:1] + thread[-1:])),
-            auto_submitted="auto-replied" if row.kind == "ticket_created" else "auto-generated",
+            auto_submitted="auto-replied"
+            if row.kind == NotificationKind.TICKET_CREATED
+            else "auto-generated",
         )
         message = build_message(config, envelope, rendered.text, rendered.html)
         row.message_id = str(message["Message-ID"]).strip().strip("<>")

@@ -77,6 +77,18 @@ class OutboxStatus(enum.StrEnum):
     BOUNCED = "bounced"  # sent, and a bounce for it came back
 
 
+class NotificationKind(enum.StrEnum):
+    """What a notification is about (the column ``outbox.kind``, one template each)."""
+
+    TICKET_CREATED = "ticket_created"  # to the requester: we have it, here is its number
+    NEW_TICKET_FOLLOWER = "new_ticket_follower"  # to each follower of the organization
+    AGENT_REPLY = "agent_reply"  # an agent's answer, to requester and participants
+    CUSTOMER_REPLY = "customer_reply"  # a customer's reply, to the agents
+    TICKET_CLOSED = "ticket_closed"  # to the requester, when a solved ticket is closed
+    COMMAND_ERROR = "command_error"  # to the agent whose email command was refused
+    SECRET_WARNING = "secret_warning"  # to a sender who pasted credentials
+
+
 class Base(DeclarativeBase):
     pass
 

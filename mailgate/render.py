@@ -40,17 +40,10 @@ from markupsafe import Markup, escape
 
 import mailgate
 from mailgate.errors import ConfigError
+from mailgate.models import NotificationKind
 from mailgate.newlines import as_lf
 
-KINDS: tuple[str, ...] = (
-    "ticket_created",
-    "new_ticket_follower",
-    "agent_reply",
-    "customer_reply",
-    "ticket_closed",
-    "command_error",
-    "secret_warning",
-)
+KINDS: tuple[str, ...] = tuple(NotificationKind)
 LANGUAGES: tuple[str, ...] = ("de", "en")
 # Tried in this order after the requested language: German first, as mailgate's teams are.
 FALLBACK_LANGUAGES: tuple[str, ...] = ("de", "en")

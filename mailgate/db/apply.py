@@ -24,6 +24,7 @@ from mailgate.db.records import ensure_blob, update_ticket, user_id
 from mailgate.errors import NotFound, Refused
 from mailgate.models import (
     Attachment,
+    NotificationKind,
     Organization,
     Outbox,
     OutboxStatus,
@@ -214,10 +215,10 @@ def _with_errors(
     notify: tuple[Notify, ...], author: str, errors: tuple[str, ...]
 ) -> tuple[Notify, ...]:
     for index, note in enumerate(notify):
-        if note.kind == "command_error":
+        if note.kind == NotificationKind.COMMAND_ERROR:
             merged = replace(note, errors=(*note.errors, *errors))
             return (*notify[:index], merged, *notify[index + 1 :])
-    return (*notify, Notify("command_error", (author,), errors=errors))
+    return (*notify, Notify(NotificationKind.COMMAND_ERROR, (author,), errors=errors))
 
 
 def _bounce(

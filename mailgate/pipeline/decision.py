@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mailgate.models import Outcome
+from mailgate.models import NotificationKind, Outcome
 from mailgate.pipeline.commands import Change
 from mailgate.pipeline.facts import SentNotification, TicketFacts
 
@@ -25,7 +25,7 @@ class Notify:
     ``with_comment`` puts the comment the decision writes into the mail.
     """
 
-    kind: str
+    kind: NotificationKind
     to: tuple[str, ...] = ()
     followers: bool = False
     exclude: tuple[str, ...] = ()

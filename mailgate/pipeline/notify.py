@@ -9,6 +9,7 @@ never a suppressed address.
 from __future__ import annotations
 
 from mailgate.config import Config
+from mailgate.models import NotificationKind
 from mailgate.parser import InboundMessage
 from mailgate.pipeline.decision import Notify
 from mailgate.routing import domain_of
@@ -39,7 +40,7 @@ def participant_addresses(
 
 def secret_warning(sender: str, secret: bool) -> tuple[Notify, ...]:
     """Credentials never travel in plain mail: ask the sender to use the secret link."""
-    return (Notify("secret_warning", (sender,)),) if secret else ()
+    return (Notify(NotificationKind.SECRET_WARNING, (sender,)),) if secret else ()
 
 
 def on_new_ticket(
@@ -48,10 +49,15 @@ def on_new_ticket(
     """A new ticket: acknowledge it to the requester and tell the organization's followers."""
     notify = []
     if acknowledge:
-        notify.append(Notify("ticket_created", (requester,), with_comment=True))
+        notify.append(Notify(NotificationKind.TICKET_CREATED, (requester,), with_comment=True))
     if organization is not None:
         notify.append(
-            Notify("new_ticket_follower", followers=True, exclude=(requester,), with_comment=True)
+            Notify(
+                NotificationKind.NEW_TICKET_FOLLOWER,
+                followers=True,
+                exclude=(requester,),
+                with_comment=True,
+            )
         )
     return (*notify, *secret_warning(sender, secret))
 
@@ -70,14 +76,16 @@ def on_comment(
     reply goes to the agents; robots tell nobody. Refused commands are explained."""
     notify = []
     if by_agent and public:
-        notify.append(Notify("agent_reply", audience, with_comment=True))
+        notify.append(Notify(NotificationKind.AGENT_REPLY, audience, with_comment=True))
     elif not by_agent and not auto_reply:
-        notify.append(Notify("customer_reply", agents, exclude=(sender,), with_comment=True))
+        notify.append(
+            Notify(NotificationKind.CUSTOMER_REPLY, agents, exclude=(sender,), with_comment=True)
+        )
     if errors:
-        notify.append(Notify("command_error", (sender,), errors=errors))
+        notify.append(Notify(NotificationKind.COMMAND_ERROR, (sender,), errors=errors))
     return (*notify, *secret_warning(sender, secret))
 
 
 def on_ticket_closed(requester: str) -> tuple[Notify, ...]:
     """A solved ticket closed by the clock: the requester hears that it is done."""
-    return (Notify("ticket_closed", (requester,)),)
+    return (Notify(NotificationKind.TICKET_CLOSED, (requester,)),)
