@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -152,7 +153,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     setup_logging(logging.getLevelName(level.upper()))
     try:
         config = load_config(args.config)
-        return COMMANDS[args.command](args, config)
+        code = COMMANDS[args.command](args, config)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EX_OK
     except ConfigError as exc:
         _error(f"config error: {exc}")
         return EX_USAGE
@@ -171,6 +177,22 @@ def run(argv: Sequence[str] | None = None) -> int:
         log.debug("internal error", exc_info=True)
         _error(f"internal error: {type(exc).__name__}: {exc}")
         return EX_SOFTWARE
+
+
+def _silence_stdout() -> None:
+    """The reader of our stdout went away (``| head``): stop writing, as Unix tools do.
+
+    What is still buffered would fail again at the interpreter's final flush and print
+    "Exception ignored ... BrokenPipeError"; pointing stdout at /dev/null discards it. A
+    reader that stops early is not an error, so the command exits 0.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (an in-process caller's buffer): nothing to flush later
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _error(message: str) -> None:

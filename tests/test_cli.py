@@ -424,3 +424,21 @@ def test_serve_delivers_the_outbox_on_its_schedule(
     finally:
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.proc.wait(30) == 0
+
+
+def test_a_closed_pipe_ends_quietly(config_path: Path) -> None:
+    """`mailgate tickets list | head -1`: the reader goes away first; exit 0, nothing on stderr.
+
+    A real process, as the interpreter's own final flush of stdout is part of the contract.
+    """
+    as_json(mailgate(config_path, "ingest", stdin=mail(subject="Viele Zeilen")))
+    proc = subprocess.Popen(
+        [*MAILGATE, "--config", str(config_path), "tickets", "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # closed before the first write: every write meets EPIPE
+    err = proc.stderr.read()
+    assert proc.wait(60) == 0, err
+    assert err == b""
