@@ -46,6 +46,32 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def _choice(parser: argparse.ArgumentParser, dest: str, metavar: str) -> Any:
+    """Subcommands that must be given, checked after parsing by :func:`_parse`.
+
+    argparse checks required subcommands before it looks at unknown arguments, so
+    ``mailgate --bogus`` would say "required: COMMAND" and never name the flag.
+    """
+    group = parser.add_subparsers(dest=dest, metavar=metavar)
+    parser.set_defaults(**{f"_required_{dest}": (parser, metavar)})
+    return group
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments, or exit 2 naming what is wrong: unknown arguments first."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    for name, value in list(vars(args).items()):
+        if name.startswith("_required_"):
+            delattr(args, name)
+            owner, metavar = value
+            if getattr(args, name.removeprefix("_required_"), None) is None:
+                owner.error(f"the following arguments are required: {metavar}")
+    return args
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailgate",
@@ -66,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     # Accept --config after the subcommand too, as people type it; the global one wins.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="config file")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = _choice(parser, "command", "COMMAND")
 
     def command(group: Any, name: str, help: str) -> argparse.ArgumentParser:
         return group.add_parser(name, parents=[common], help=help)
@@ -79,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rcpt", action="append", default=[], metavar="ADDR", help="envelope recipient")
 
     tickets = command(sub, "tickets", help="list, show and change tickets")
-    tsub = tickets.add_subparsers(dest="tickets_command", metavar="ACTION", required=True)
+    tsub = _choice(tickets, "tickets_command", "ACTION")
     p = command(tsub, "list", help="list tickets")
     p.add_argument("--org", metavar="NAME", help="only this organization's tickets")
     p.add_argument("--status", choices=[s.value for s in Status])
@@ -95,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the changed ticket as JSON")
 
     outbox = command(sub, "outbox", help="notifications waiting, sent and failed")
-    osub = outbox.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
+    osub = _choice(outbox, "outbox_command", "ACTION")
     p = command(osub, "list", help="list outbox rows")
     # Every status but bounced, as the command has always offered.
     listed = [s.value for s in OutboxStatus if s is not OutboxStatus.BOUNCED]
@@ -103,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     follow = command(sub, "follow", help="who is told of every new ticket in an organization")
-    fsub = follow.add_subparsers(dest="follow_command", metavar="ACTION", required=True)
+    fsub = _choice(follow, "follow_command", "ACTION")
     for action in ("add", "remove"):
         p = command(fsub, action, help=f"{action} a follower (members only)")
         p.add_argument("email")
@@ -114,12 +140,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     jobs = command(sub, "jobs", help="scheduled work, for cron and tests")
-    jsub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    jsub = _choice(jobs, "jobs_command", "ACTION")
     p = command(jsub, "run", help="run every due job once: close solved tickets, send outbox")
     p.add_argument("--now", metavar="ISO8601", help="pretend it is this time (default: now)")
 
     quarantine = command(sub, "quarantine", help="mail kept aside, and processing it again")
-    qsub = quarantine.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
+    qsub = _choice(quarantine, "quarantine_command", "ACTION")
     p = command(qsub, "list", help="list quarantined mail")
     p.add_argument("--json", action="store_true", help="print JSON")
     p = command(qsub, "show", help="show one quarantined mail with its error")
@@ -148,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     level = args.log_level or ("info" if args.command in ("serve", "init-db") else "warning")
     setup_logging(logging.getLevelName(level.upper()))
     try:

@@ -442,3 +442,25 @@ def test_a_closed_pipe_ends_quietly(config_path: Path) -> None:
     err = proc.stderr.read()
     assert proc.wait(60) == 0, err
     assert err == b""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("--bogus",), ("tickets", "--bogus"), ("tickets", "list", "--bogus"), ("--bogus", "stats")],
+)
+def test_an_unknown_flag_is_named(config_path: Path, argv: tuple[str, ...]) -> None:
+    proc = mailgate(config_path, *argv)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines()[-1] == (
+        "mailgate: error: unrecognized arguments: --bogus"
+    )
+
+
+def test_a_missing_command_or_action_is_named(config_path: Path) -> None:
+    proc = mailgate(config_path)
+    assert proc.returncode == 2 and proc.stderr.endswith(b"required: COMMAND\n")
+    proc = mailgate(config_path, "outbox")
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines()[-1] == (
+        "mailgate outbox: error: the following arguments are required: ACTION"
+    )
