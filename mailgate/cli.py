@@ -365,12 +365,22 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
     elif not rows:
         print("outbox is empty")
     else:
-        for r in rows:
-            error = f"  ({r['last_error']})" if r["last_error"] else ""
-            print(
-                f"{r['id']:>5}  {r['status']:<8} {r['kind']:<20} #{r['ticket']}  "
-                f"{', '.join(r['to'])}  tries {r['attempts']}{error}"
-            )
+        _print_table(
+            ("ID", "STATUS", "KIND", "TICKET", "TRIES", "TO", "LAST ERROR"),
+            [
+                (
+                    str(r["id"]),
+                    r["status"],
+                    r["kind"],
+                    f"#{r['ticket']}" if r["ticket"] is not None else "-",
+                    str(r["attempts"]),
+                    ", ".join(r["to"]),
+                    r["last_error"] or "",
+                )
+                for r in rows
+            ],
+            right=(0, 4),
+        )
     return EX_OK
 
 
@@ -401,8 +411,13 @@ def cmd_follow(args: argparse.Namespace, config: Config) -> int:
                 ]
                 if args.json:
                     print(json.dumps(rows, ensure_ascii=False, indent=2))
-                for r in [] if args.json else rows:
-                    print(f"{r['email']}  follows  {r['organization']}  ({r['source']})")
+                elif not rows:
+                    print("no followers")
+                else:
+                    _print_table(
+                        ("EMAIL", "ORGANIZATION", "SOURCE"),
+                        [(r["email"], r["organization"], r["source"]) for r in rows],
+                    )
                 return EX_OK
             org = find_organization(session, args.org)
             email = args.email.lower()
@@ -491,8 +506,21 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
                     print(json.dumps(rows, ensure_ascii=False, indent=2))
                 elif not rows:
                     print("quarantine is empty")
-                for r in [] if args.json else rows:
-                    print(f"{r['id']:>6}  {r['received_at'][:19]}  {r['size']:>8}  {r['reason']}")
+                else:
+                    _print_table(
+                        ("ID", "RECEIVED (UTC)", "SIZE", "FROM", "REASON"),
+                        [
+                            (
+                                str(r["id"]),
+                                r["received_at"][:16].replace("T", " "),
+                                str(r["size"]),
+                                r["mail_from"] or "<>",
+                                r["reason"],
+                            )
+                            for r in rows
+                        ],
+                        right=(0, 2),
+                    )
                 return EX_OK
             row = session.get(LedgerEntry, args.id)
             if row is None or row.outcome != Outcome.QUARANTINED.value:
@@ -603,6 +631,22 @@ def _print_list(rows: list[dict[str, Any]], as_json: bool) -> None:
     for row in (header, *table):
         cells = [c.ljust(min(w, 40))[:40] for c, w in zip(row[:-1], widths, strict=True)]
         print("  ".join([*cells, row[-1][:80]]).rstrip())
+
+
+def _print_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()
+) -> None:
+    """A header row and columns aligned to their widest cell; numbers (``right``) flush right.
+
+    The last column is left as long as it is (a subject, an error), so nothing is cut off.
+    """
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header[:-1])]
+    for row in (header, *rows):
+        cells = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row[:-1], widths, strict=True))
+        ]
+        print("  ".join([*cells, row[-1]]).rstrip())
 
 
 def _print_detail(detail: dict[str, Any], as_json: bool) -> None:

@@ -464,3 +464,39 @@ def test_a_missing_command_or_action_is_named(config_path: Path) -> None:
     assert proc.stderr.decode().splitlines()[-1] == (
         "mailgate outbox: error: the following arguments are required: ACTION"
     )
+
+
+def _columns(table: str) -> list[list[str]]:
+    """The rows of a text table, split at runs of two or more spaces."""
+    return [re.split(r"\s{2,}", line.strip()) for line in table.splitlines()]
+
+
+def test_lists_have_a_header_row_and_aligned_columns(config_path: Path) -> None:
+    as_json(mailgate(config_path, "ingest", stdin=mail(subject="Tabelle")))
+    mailgate(config_path, "ingest", stdin=b"\x00\xff kein Mail")
+
+    outbox = mailgate(config_path, "outbox", "list").stdout.decode()
+    lines = outbox.splitlines()
+    assert _columns(outbox)[0] == ["ID", "STATUS", "KIND", "TICKET", "TRIES", "TO", "LAST ERROR"]
+    assert len(lines) == 3  # the acknowledgement and the follower's notice
+    starts = {line.index("#1") for line in lines[1:]}
+    assert starts == {lines[0].index("TICKET")}  # one column, one start
+    assert {line.index("pending") for line in lines[1:]} == {lines[0].index("STATUS")}
+
+    quarantine = mailgate(config_path, "quarantine", "list").stdout.decode()
+    header, row = quarantine.splitlines()
+    assert _columns(quarantine)[0] == ["ID", "RECEIVED (UTC)", "SIZE", "FROM", "REASON"]
+    assert row.index("unparseable") == header.index("REASON")
+
+    follow = mailgate(config_path, "follow", "list").stdout.decode()
+    rows = _columns(follow)
+    assert rows[0] == ["EMAIL", "ORGANIZATION", "SOURCE"]
+    assert ["chef@mueller-logistik.de", "Müller Logistik GmbH", "config"] in rows
+    lines = follow.splitlines()
+    assert {line.index("config") for line in lines[1:]} == {lines[0].index("SOURCE")}
+    # JSON stays as it was: a list of objects, no header.
+    assert set(as_json(mailgate(config_path, "follow", "list", "--json"))[0]) == {
+        "email",
+        "organization",
+        "source",
+    }
