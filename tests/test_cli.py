@@ -221,7 +221,7 @@ def test_ingest_prints_the_json_contract(config_path: Path) -> None:
     }
     assert "member" in result["reason"]
     again = as_json(mailgate_process(config_path, "ingest", "-", stdin=raw))
-    assert again["action"] == "duplicate" and again["ticket"] is None
+    assert again == {**result, "action": "duplicate", "reason": "this mail is already stored"}
 
 
 def test_ingest_from_a_file(config_path: Path, tmp_path: Path) -> None:
@@ -500,3 +500,31 @@ def test_lists_have_a_header_row_and_aligned_columns(config_path: Path) -> None:
         "organization",
         "source",
     }
+
+
+def test_a_duplicate_names_the_ticket_of_the_first_copy(config_path: Path) -> None:
+    """A redelivery (here via another relay, LF line endings) answers with the first ticket."""
+    raw = mail(subject="Zweimal", message_id="<twice-1@mueller-logistik.de>")
+    first = as_json(mailgate(config_path, "ingest", stdin=raw))
+    relayed = b"Received: from mx2.example by mx.test; Thu, 26 Nov 2026 10:01:00 +0000\r\n" + raw
+    again = as_json(mailgate(config_path, "ingest", stdin=relayed.replace(b"\r\n", b"\n")))
+    assert (again["action"], again["ticket"], again["organization"]) == (
+        "duplicate",
+        first["ticket"],
+        "Müller Logistik GmbH",
+    )
+    # A first copy that made no ticket (kept in quarantine) has none to name.
+    mailgate(config_path, "ingest", stdin=b"\x00\xff kein Mail")
+    again = json.loads(mailgate(config_path, "ingest", stdin=b"\x00\xff kein Mail").stdout)
+    assert (again["action"], again["ticket"], again["organization"]) == ("duplicate", None, None)
+
+
+def test_a_duplicate_over_smtp_names_the_ticket(server: int) -> None:
+    raw = mail(message_id="<twice-2@mueller-logistik.de>")
+    send(server, raw)
+    with smtplib.SMTP("127.0.0.1", server) as client:
+        client.ehlo()
+        client.mail("anna@mueller-logistik.de")
+        client.rcpt("support@support.example.com")
+        code, reply = client.data(raw)
+    assert (code, reply) == (250, b"2.0.0 Ok: duplicate ticket #1")
