@@ -225,10 +225,22 @@ def _error(message: str) -> None:
     print(f"mailgate: error: {message}", file=sys.stderr)
 
 
-def _open_store(config: Config) -> Any:
-    """The store, migrated and synced with the config (every command that uses the DB)."""
-    from mailgate.store import Store
+def _open_store(config: Config, create: bool = True) -> Any:
+    """The store, migrated and synced with the config (every command that uses the DB).
 
+    Only the commands that bring mail in or set the database up (``serve``, ``ingest``,
+    ``init-db``) ``create`` a SQLite file that is not there; the others say it is missing
+    rather than show an empty database that a typo in the path made. A directory that does
+    not exist is an error for every command (:class:`~mailgate.store.Store`).
+    """
+    from mailgate.store import Store, sqlite_file
+
+    path = sqlite_file(config.database.url)
+    if not create and path is not None and path.parent.is_dir() and not path.exists():
+        raise CliError(
+            f"database file {path} does not exist: nothing is stored yet, or [database].url "
+            "names the wrong file (`mailgate init-db` creates it)"
+        )
     store = Store(config.database.url, config.database.lock_timeout)
     store.migrate()
     store.sync(config, now())
@@ -277,7 +289,7 @@ def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
     from mailgate.db import queries as st
     from mailgate.db.records import update_ticket
 
-    store = _open_store(config)
+    store = _open_store(config, create=False)
     try:
         with store.transaction() as session:
             if args.tickets_command == "list":
@@ -335,7 +347,7 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
     from mailgate.db.queries import iso
     from mailgate.models import Outbox
 
-    store = _open_store(config)
+    store = _open_store(config, create=False)
     try:
         with store.transaction() as session:
             query = select(Outbox).order_by(Outbox.id)
@@ -391,7 +403,7 @@ def cmd_follow(args: argparse.Namespace, config: Config) -> int:
     from mailgate.db.records import ensure_user
     from mailgate.models import Follower, Membership, Organization, User
 
-    store = _open_store(config)
+    store = _open_store(config, create=False)
     try:
         with store.transaction() as session:
             if args.follow_command == "list":
@@ -457,7 +469,7 @@ def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
             raise CliError(f"--now {args.now!r} is not an ISO 8601 time", EX_USAGE) from None
         if when.tzinfo is None:
             raise CliError("--now needs an offset, e.g. 2026-11-26T10:00:00+00:00", EX_USAGE)
-    store = _open_store(config)
+    store = _open_store(config, create=False)
     try:
         result = Jobs(store, config).run_once(when)
     finally:
@@ -474,7 +486,7 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
     from mailgate.ingest import reprocess_quarantined
     from mailgate.models import LedgerEntry, Outcome
 
-    store = _open_store(config)
+    store = _open_store(config, create=False)
     try:
         if args.quarantine_command == "reprocess":
             if args.all == (args.id is not None):
@@ -548,7 +560,7 @@ def cmd_stats(args: argparse.Namespace, config: Config) -> int:
 
     from mailgate.models import LedgerEntry, Outbox, Ticket
 
-    store = _open_store(config)
+    store = _open_store(config, create=False)
     try:
         with store.transaction() as session:
 

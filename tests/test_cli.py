@@ -320,6 +320,7 @@ def test_tickets_show_and_set(config_path: Path) -> None:
 
 
 def test_tickets_errors_are_one_line(config_path: Path) -> None:
+    assert mailgate(config_path, "init-db").returncode == 0
     proc = mailgate(config_path, "tickets", "show", "999")
     assert proc.returncode == 1
     assert proc.stderr.decode().strip() == "mailgate: error: ticket 999 not found"
@@ -528,3 +529,32 @@ def test_a_duplicate_over_smtp_names_the_ticket(server: int) -> None:
         client.rcpt("support@support.example.com")
         code, reply = client.data(raw)
     assert (code, reply) == (250, b"2.0.0 Ok: duplicate ticket #1")
+
+
+def test_a_sqlite_path_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    """A typo in the path is an error, never a new, empty database somewhere."""
+    path = tmp_path / "typo.toml"
+    missing_dir = tmp_path / "nicht-da"
+    path.write_text(f'[database]\nurl = "sqlite:///{missing_dir}/mailgate.db"\n')
+    for argv in (("init-db",), ("ingest",), ("tickets", "list"), ("stats",)):
+        proc = mailgate(path, *argv, stdin=mail())
+        assert proc.returncode == 2, (argv, proc.stderr)
+        assert proc.stderr.decode() == (
+            f"mailgate: error: config error: [database].url: the directory {missing_dir} does "
+            f"not exist (database file {missing_dir}/mailgate.db); create it, or correct the URL\n"
+        )
+    assert not missing_dir.exists()
+
+    # The directory is there, the file is not: reading commands say so and create nothing.
+    path.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/leer.db"\n')
+    for argv in (("tickets", "list"), ("stats",), ("outbox", "list"), ("jobs", "run")):
+        proc = mailgate(path, *argv)
+        assert proc.returncode == 1, (argv, proc.stderr)
+        assert proc.stderr.decode().startswith(
+            f"mailgate: error: database file {tmp_path}/leer.db does not exist"
+        )
+    assert not (tmp_path / "leer.db").exists()
+    # init-db and ingest create the file (only the file).
+    assert mailgate(path, "init-db").returncode == 0
+    assert (tmp_path / "leer.db").exists()
+    assert mailgate(path, "tickets", "list").stdout == b"no tickets\n"
