@@ -186,7 +186,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return EX_OK
     except ConfigError as exc:
-        _error(f"config error: {exc}")
+        # check-config is where an admin fixes the config: one line per mistake. The other
+        # commands keep to one line (an MTA shows it in its log or bounce).
+        every = getattr(exc, "problems", ()) if args.command == "check-config" else ()
+        for problem in every or [str(exc)]:
+            _error(f"config error: {problem}")
         return EX_USAGE
     except StoreUnavailable as exc:
         _error(f"{exc} (try again later)")
