@@ -113,6 +113,15 @@ def _parser() -> argparse.ArgumentParser:
     p = command(tsub, "show", help="show one ticket with its comments")
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p = command(tsub, "attachment", help="save a stored attachment, byte for byte")
+    p.add_argument("id", type=int)
+    p.add_argument("which", nargs="?", metavar="N|NAME", help="its number or file name")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="where to write it; '-': stdout (default: its file name, here, never overwritten)",
+    )
     p = command(tsub, "set", help="change a ticket's status, organization or requester")
     p.add_argument("id", type=int)
     p.add_argument("--status", choices=[s.value for s in Status])
@@ -304,6 +313,10 @@ def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
             elif args.tickets_command == "show":
                 detail = st.ticket_detail(session, st.get_ticket(session, args.id))
                 _print_detail(detail, args.json)
+            elif args.tickets_command == "attachment":
+                ticket = st.get_ticket(session, args.id)
+                _, attachment = st.find_attachment(ticket, args.which)
+                _save(st.attachment_data(session, attachment), args.output, attachment.filename)
             else:
                 if args.status is None and args.org is None and args.requester is None:
                     raise CliError("nothing to change: give --status, --org or --requester", 2)
@@ -665,6 +678,32 @@ def _print_table(
         print("  ".join([*cells, row[-1]]).rstrip())
 
 
+def _save(data: bytes, output: str | None, filename: str) -> None:
+    """Write an attachment: to ``output`` ('-' is stdout, binary), else under its own name.
+
+    Its own name comes from the sender, so only its last part is used, in the current
+    directory, and an existing file is never replaced (``-o`` names one on purpose).
+    """
+    if output == "-":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    if output:
+        path, mode = Path(output), "wb"
+    else:
+        name = Path(filename.replace("\\", "/")).name
+        path, mode = Path(name if name and not name.startswith(".") else "attachment.bin"), "xb"
+    try:
+        with path.open(mode) as fh:
+            fh.write(data)
+    except FileExistsError:
+        raise CliError(f"{path} exists; give -o FILE to replace it, or -o - for stdout") from None
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror}") from None
+    print(f"saved {path} ({len(data)} bytes)")
+
+
 def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(detail, ensure_ascii=False, indent=2))
@@ -685,4 +724,7 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
         print(f"--- {comment['author']} at {comment['created_at']} ({visibility})")
         print(comment["body"])
         for a in comment["attachments"]:
-            print(f"  [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)")
+            print(
+                f"  [attachment {a['number']}] {a['filename']} "
+                f"({a['content_type']}, {a['size']} bytes)"
+            )

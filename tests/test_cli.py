@@ -558,3 +558,77 @@ def test_a_sqlite_path_that_does_not_exist_is_named(tmp_path: Path) -> None:
     assert mailgate(path, "init-db").returncode == 0
     assert (tmp_path / "leer.db").exists()
     assert mailgate(path, "tickets", "list").stdout == b"no tickets\n"
+
+
+def _with_attachments(parts: list[tuple[str, bytes]], message_id: str) -> bytes:
+    """A multipart mail carrying ``parts`` (file name, content) as base64 attachments."""
+    import base64
+
+    raw = (
+        b"From: Anna <anna@mueller-logistik.de>\r\nTo: support@support.example.com\r\n"
+        b"Subject: Anlagen\r\nMessage-ID: " + message_id.encode() + b"\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\n'
+        b"Content-Type: text/plain\r\n\r\nAnbei.\r\n"
+    )
+    for name, content in parts:
+        raw += (
+            b"--b1\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Transfer-Encoding: base64\r\n"
+            b'Content-Disposition: attachment; filename="'
+            + name.encode()
+            + b'"\r\n\r\n'
+            + base64.encodebytes(content).replace(b"\n", b"\r\n")
+        )
+    return raw + b"--b1--\r\n"
+
+
+def test_tickets_attachment_writes_it_byte_for_byte(
+    config_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By number or name, to a file or stdout; a large one (stored piecewise) comes back whole."""
+    every_byte = bytes(range(256)) * 4 + b"\r\n\n\r\x00"
+    large = bytes(range(256)) * (6 * 1024)  # 1.5 MB: on SQLite written in pieces
+    raw = _with_attachments(
+        [("daten.bin", every_byte), ("../../etc/logs.gz", large), ("daten.bin", b"zwei")],
+        "<anlagen-1@mueller-logistik.de>",
+    )
+    tid = str(as_json(mailgate(config_path, "ingest", stdin=raw))["ticket"])
+
+    shown = mailgate(config_path, "tickets", "show", tid).stdout.decode()
+    first = f"  [attachment 1] daten.bin (application/octet-stream, {len(every_byte)} bytes)"
+    assert first in shown
+    assert f"  [attachment 2] logs.gz (application/octet-stream, {len(large)} bytes)" in shown
+    assert "  [attachment 3] daten.bin" in shown
+    detail = as_json(mailgate(config_path, "tickets", "show", tid, "--json"))
+    [listed] = [c["attachments"] for c in detail["comments"]]
+    assert [(a["number"], a["filename"], a["size"]) for a in listed] == [
+        (1, "daten.bin", len(every_byte)),
+        (2, "logs.gz", len(large)),
+        (3, "daten.bin", 4),
+    ]
+    assert set(listed[0]) == {"number", "filename", "content_type", "size", "sha256"}
+
+    out = mailgate(config_path, "tickets", "attachment", tid, "1", "-o", "-")
+    assert (out.returncode, out.stdout, out.stderr) == (0, every_byte, b"")
+    target = tmp_path / "gespeichert.gz"
+    saved = mailgate(config_path, "tickets", "attachment", tid, "logs.gz", "-o", str(target))
+    assert saved.returncode == 0, saved.stderr
+    assert target.read_bytes() == large
+    assert mailgate(config_path, "tickets", "attachment", tid, "3", "-o", "-").stdout == b"zwei"
+
+    # Without -o: its own name (the last part only), here, never replacing a file.
+    monkeypatch.chdir(tmp_path)
+    assert mailgate(config_path, "tickets", "attachment", tid, "2").returncode == 0
+    assert (tmp_path / "logs.gz").read_bytes() == large
+    again = mailgate(config_path, "tickets", "attachment", tid, "2")
+    assert again.returncode == 1 and b"logs.gz exists; give -o FILE" in again.stderr
+
+    for argv, message in [
+        ((tid,), "has 3 attachments: give a number from 1 to 3"),
+        ((tid, "daten.bin"), "has 2 attachments named 'daten.bin': give its number (1, 3)"),
+        ((tid, "4"), "has no attachment '4' (numbers 1 to 3)"),
+        (("999",), "ticket 999 not found"),
+    ]:
+        proc = mailgate(config_path, "tickets", "attachment", *argv, "-o", "-")
+        assert proc.returncode == 1 and proc.stdout == b"", argv
+        assert message in proc.stderr.decode(), (argv, proc.stderr)
