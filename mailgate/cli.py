@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -45,6 +46,32 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def _choice(parser: argparse.ArgumentParser, dest: str, metavar: str) -> Any:
+    """Subcommands that must be given, checked after parsing by :func:`_parse`.
+
+    argparse checks required subcommands before it looks at unknown arguments, so
+    ``mailgate --bogus`` would say "required: COMMAND" and never name the flag.
+    """
+    group = parser.add_subparsers(dest=dest, metavar=metavar)
+    parser.set_defaults(**{f"_required_{dest}": (parser, metavar)})
+    return group
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments, or exit 2 naming what is wrong: unknown arguments first."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    for name, value in list(vars(args).items()):
+        if name.startswith("_required_"):
+            delattr(args, name)
+            owner, metavar = value
+            if getattr(args, name.removeprefix("_required_"), None) is None:
+                owner.error(f"the following arguments are required: {metavar}")
+    return args
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailgate",
@@ -65,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     # Accept --config after the subcommand too, as people type it; the global one wins.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="config file")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = _choice(parser, "command", "COMMAND")
 
     def command(group: Any, name: str, help: str) -> argparse.ArgumentParser:
         return group.add_parser(name, parents=[common], help=help)
@@ -78,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rcpt", action="append", default=[], metavar="ADDR", help="envelope recipient")
 
     tickets = command(sub, "tickets", help="list, show and change tickets")
-    tsub = tickets.add_subparsers(dest="tickets_command", metavar="ACTION", required=True)
+    tsub = _choice(tickets, "tickets_command", "ACTION")
     p = command(tsub, "list", help="list tickets")
     p.add_argument("--org", metavar="NAME", help="only this organization's tickets")
     p.add_argument("--status", choices=[s.value for s in Status])
@@ -86,6 +113,15 @@ def _parser() -> argparse.ArgumentParser:
     p = command(tsub, "show", help="show one ticket with its comments")
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p = command(tsub, "attachment", help="save a stored attachment, byte for byte")
+    p.add_argument("id", type=int)
+    p.add_argument("which", nargs="?", metavar="N|NAME", help="its number or file name")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="where to write it; '-': stdout (default: its file name, here, never overwritten)",
+    )
     p = command(tsub, "set", help="change a ticket's status, organization or requester")
     p.add_argument("id", type=int)
     p.add_argument("--status", choices=[s.value for s in Status])
@@ -94,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the changed ticket as JSON")
 
     outbox = command(sub, "outbox", help="notifications waiting, sent and failed")
-    osub = outbox.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
+    osub = _choice(outbox, "outbox_command", "ACTION")
     p = command(osub, "list", help="list outbox rows")
     # Every status but bounced, as the command has always offered.
     listed = [s.value for s in OutboxStatus if s is not OutboxStatus.BOUNCED]
@@ -102,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     follow = command(sub, "follow", help="who is told of every new ticket in an organization")
-    fsub = follow.add_subparsers(dest="follow_command", metavar="ACTION", required=True)
+    fsub = _choice(follow, "follow_command", "ACTION")
     for action in ("add", "remove"):
         p = command(fsub, action, help=f"{action} a follower (members only)")
         p.add_argument("email")
@@ -113,12 +149,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     jobs = command(sub, "jobs", help="scheduled work, for cron and tests")
-    jsub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    jsub = _choice(jobs, "jobs_command", "ACTION")
     p = command(jsub, "run", help="run every due job once: close solved tickets, send outbox")
     p.add_argument("--now", metavar="ISO8601", help="pretend it is this time (default: now)")
 
     quarantine = command(sub, "quarantine", help="mail kept aside, and processing it again")
-    qsub = quarantine.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
+    qsub = _choice(quarantine, "quarantine_command", "ACTION")
     p = command(qsub, "list", help="list quarantined mail")
     p.add_argument("--json", action="store_true", help="print JSON")
     p = command(qsub, "show", help="show one quarantined mail with its error")
@@ -147,14 +183,23 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     level = args.log_level or ("info" if args.command in ("serve", "init-db") else "warning")
     setup_logging(logging.getLevelName(level.upper()))
     try:
         config = load_config(args.config)
-        return COMMANDS[args.command](args, config)
+        code = COMMANDS[args.command](args, config)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EX_OK
     except ConfigError as exc:
-        _error(f"config error: {exc}")
+        # check-config is where an admin fixes the config: one line per mistake. The other
+        # commands keep to one line (an MTA shows it in its log or bounce).
+        every = getattr(exc, "problems", ()) if args.command == "check-config" else ()
+        for problem in every or [str(exc)]:
+            _error(f"config error: {problem}")
         return EX_USAGE
     except StoreUnavailable as exc:
         _error(f"{exc} (try again later)")
@@ -173,14 +218,42 @@ def run(argv: Sequence[str] | None = None) -> int:
         return EX_SOFTWARE
 
 
+def _silence_stdout() -> None:
+    """The reader of our stdout went away (``| head``): stop writing, as Unix tools do.
+
+    What is still buffered would fail again at the interpreter's final flush and print
+    "Exception ignored ... BrokenPipeError"; pointing stdout at /dev/null discards it. A
+    reader that stops early is not an error, so the command exits 0.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (an in-process caller's buffer): nothing to flush later
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def _error(message: str) -> None:
     print(f"mailgate: error: {message}", file=sys.stderr)
 
 
-def _open_store(config: Config) -> Any:
-    """The store, migrated and synced with the config (every command that uses the DB)."""
-    from mailgate.store import Store
+def _open_store(config: Config, create: bool = True) -> Any:
+    """The store, migrated and synced with the config (every command that uses the DB).
 
+    Only the commands that bring mail in or set the database up (``serve``, ``ingest``,
+    ``init-db``) ``create`` a SQLite file that is not there; the others say it is missing
+    rather than show an empty database that a typo in the path made. A directory that does
+    not exist is an error for every command (:class:`~mailgate.store.Store`).
+    """
+    from mailgate.store import Store, sqlite_file
+
+    path = sqlite_file(config.database.url)
+    if not create and path is not None and path.parent.is_dir() and not path.exists():
+        raise CliError(
+            f"database file {path} does not exist: nothing is stored yet, or [database].url "
+            "names the wrong file (`mailgate init-db` creates it)"
+        )
     store = Store(config.database.url, config.database.lock_timeout)
     store.migrate()
     store.sync(config, now())
@@ -229,7 +302,7 @@ def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
     from mailgate.db import queries as st
     from mailgate.db.records import update_ticket
 
-    store = _open_store(config)
+    store = _open_store(config, create=False)
     try:
         with store.transaction() as session:
             if args.tickets_command == "list":
@@ -240,6 +313,10 @@ def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
             elif args.tickets_command == "show":
                 detail = st.ticket_detail(session, st.get_ticket(session, args.id))
                 _print_detail(detail, args.json)
+            elif args.tickets_command == "attachment":
+                ticket = st.get_ticket(session, args.id)
+                _, attachment = st.find_attachment(ticket, args.which)
+                _save(st.attachment_data(session, attachment), args.output, attachment.filename)
             else:
                 if args.status is None and args.org is None and args.requester is None:
                     raise CliError("nothing to change: give --status, --org or --requester", 2)
@@ -287,7 +364,7 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
     from mailgate.db.queries import iso
     from mailgate.models import Outbox
 
-    store = _open_store(config)
+    store = _open_store(config, create=False)
     try:
         with store.transaction() as session:
             query = select(Outbox).order_by(Outbox.id)
@@ -317,12 +394,22 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
     elif not rows:
         print("outbox is empty")
     else:
-        for r in rows:
-            error = f"  ({r['last_error']})" if r["last_error"] else ""
-            print(
-                f"{r['id']:>5}  {r['status']:<8} {r['kind']:<20} #{r['ticket']}  "
-                f"{', '.join(r['to'])}  tries {r['attempts']}{error}"
-            )
+        _print_table(
+            ("ID", "STATUS", "KIND", "TICKET", "TRIES", "TO", "LAST ERROR"),
+            [
+                (
+                    str(r["id"]),
+                    r["status"],
+                    r["kind"],
+                    f"#{r['ticket']}" if r["ticket"] is not None else "-",
+                    str(r["attempts"]),
+                    ", ".join(r["to"]),
+                    r["last_error"] or "",
+                )
+                for r in rows
+            ],
+            right=(0, 4),
+        )
     return EX_OK
 
 
@@ -333,7 +420,7 @@ def cmd_follow(args: argparse.Namespace, config: Config) -> int:
     from mailgate.db.records import ensure_user
     from mailgate.models import Follower, Membership, Organization, User
 
-    store = _open_store(config)
+    store = _open_store(config, create=False)
     try:
         with store.transaction() as session:
             if args.follow_command == "list":
@@ -353,8 +440,13 @@ def cmd_follow(args: argparse.Namespace, config: Config) -> int:
                 ]
                 if args.json:
                     print(json.dumps(rows, ensure_ascii=False, indent=2))
-                for r in [] if args.json else rows:
-                    print(f"{r['email']}  follows  {r['organization']}  ({r['source']})")
+                elif not rows:
+                    print("no followers")
+                else:
+                    _print_table(
+                        ("EMAIL", "ORGANIZATION", "SOURCE"),
+                        [(r["email"], r["organization"], r["source"]) for r in rows],
+                    )
                 return EX_OK
             org = find_organization(session, args.org)
             email = args.email.lower()
@@ -394,7 +486,7 @@ def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
             raise CliError(f"--now {args.now!r} is not an ISO 8601 time", EX_USAGE) from None
         if when.tzinfo is None:
             raise CliError("--now needs an offset, e.g. 2026-11-26T10:00:00+00:00", EX_USAGE)
-    store = _open_store(config)
+    store = _open_store(config, create=False)
     try:
         result = Jobs(store, config).run_once(when)
     finally:
@@ -411,7 +503,7 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
     from mailgate.ingest import reprocess_quarantined
     from mailgate.models import LedgerEntry, Outcome
 
-    store = _open_store(config)
+    store = _open_store(config, create=False)
     try:
         if args.quarantine_command == "reprocess":
             if args.all == (args.id is not None):
@@ -443,8 +535,21 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
                     print(json.dumps(rows, ensure_ascii=False, indent=2))
                 elif not rows:
                     print("quarantine is empty")
-                for r in [] if args.json else rows:
-                    print(f"{r['id']:>6}  {r['received_at'][:19]}  {r['size']:>8}  {r['reason']}")
+                else:
+                    _print_table(
+                        ("ID", "RECEIVED (UTC)", "SIZE", "FROM", "REASON"),
+                        [
+                            (
+                                str(r["id"]),
+                                r["received_at"][:16].replace("T", " "),
+                                str(r["size"]),
+                                r["mail_from"] or "<>",
+                                r["reason"],
+                            )
+                            for r in rows
+                        ],
+                        right=(0, 2),
+                    )
                 return EX_OK
             row = session.get(LedgerEntry, args.id)
             if row is None or row.outcome != Outcome.QUARANTINED.value:
@@ -472,7 +577,7 @@ def cmd_stats(args: argparse.Namespace, config: Config) -> int:
 
     from mailgate.models import LedgerEntry, Outbox, Ticket
 
-    store = _open_store(config)
+    store = _open_store(config, create=False)
     try:
         with store.transaction() as session:
 
@@ -557,6 +662,48 @@ def _print_list(rows: list[dict[str, Any]], as_json: bool) -> None:
         print("  ".join([*cells, row[-1][:80]]).rstrip())
 
 
+def _print_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()
+) -> None:
+    """A header row and columns aligned to their widest cell; numbers (``right``) flush right.
+
+    The last column is left as long as it is (a subject, an error), so nothing is cut off.
+    """
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header[:-1])]
+    for row in (header, *rows):
+        cells = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row[:-1], widths, strict=True))
+        ]
+        print("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _save(data: bytes, output: str | None, filename: str) -> None:
+    """Write an attachment: to ``output`` ('-' is stdout, binary), else under its own name.
+
+    Its own name comes from the sender, so only its last part is used, in the current
+    directory, and an existing file is never replaced (``-o`` names one on purpose).
+    """
+    if output == "-":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    if output:
+        path, mode = Path(output), "wb"
+    else:
+        name = Path(filename.replace("\\", "/")).name
+        path, mode = Path(name if name and not name.startswith(".") else "attachment.bin"), "xb"
+    try:
+        with path.open(mode) as fh:
+            fh.write(data)
+    except FileExistsError:
+        raise CliError(f"{path} exists; give -o FILE to replace it, or -o - for stdout") from None
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror}") from None
+    print(f"saved {path} ({len(data)} bytes)")
+
+
 def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(detail, ensure_ascii=False, indent=2))
@@ -577,4 +724,7 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
         print(f"--- {comment['author']} at {comment['created_at']} ({visibility})")
         print(comment["body"])
         for a in comment["attachments"]:
-            print(f"  [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)")
+            print(
+                f"  [attachment {a['number']}] {a['filename']} "
+                f"({a['content_type']}, {a['size']} bytes)"
+            )

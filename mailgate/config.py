@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailgate.confvalues import (
+    ConfigProblems,
     _bool,
     _choice,
     _clock_time,
@@ -287,7 +288,8 @@ def find_config_path(explicit: str | None) -> Path | None:
 
 
 def load_config(explicit: str | None = None) -> Config:
-    """Load and validate the configuration; raise :class:`ConfigError` with one clear line."""
+    """Load and validate the configuration; raise :class:`ConfigError` with one clear line
+    (a :class:`ConfigProblems` when the file was read: its ``problems``, one per mistake)."""
     path = find_config_path(explicit)
     if path is None:
         return Config()
@@ -302,13 +304,15 @@ def load_config(explicit: str | None = None) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
         return parse_config(data, source=str(path))
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    except ConfigProblems as exc:
+        raise ConfigProblems(exc.problems, str(path)) from None
 
 
-def _rule(raw: Any, index: int) -> RoutingRule:
+def _rule(raw: Any, index: int, problems: list[str]) -> RoutingRule:
     label = f"routing.rules[{index + 1}]"
-    s = _Section(raw, label, {"from", "to", "subject", "organization", "priority", "tags"})
+    known = {"from", "to", "subject", "organization", "priority", "tags"}
+    before = len(problems)
+    s = _Section(raw, label, known, problems)
     rule = RoutingRule(
         organization=s.get("organization", None, _str),
         from_=s.get("from", None, _lower),
@@ -317,15 +321,26 @@ def _rule(raw: Any, index: int) -> RoutingRule:
         priority=s.get("priority", None, _choice("low", "normal", "high", "urgent")),
         tags=s.get("tags", (), _list(_str)),
     )
+    if len(problems) > before:
+        return rule  # a key's own mistake: the checks of the whole rule would only echo it
     if rule.from_ is None and rule.to is None and rule.subject is None:
-        raise ConfigError(f"{label}: needs at least one of 'from', 'to', 'subject'")
+        problems.append(f"{label}: needs at least one of 'from', 'to', 'subject'")
     if rule.organization is None and rule.priority is None and not rule.tags:
-        raise ConfigError(f"{label}: sets nothing; give 'organization', 'priority' or 'tags'")
+        problems.append(f"{label}: sets nothing; give 'organization', 'priority' or 'tags'")
     return rule
 
 
 def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
-    """Validate a decoded TOML document; raise :class:`ConfigError` naming the bad key."""
+    """Validate a decoded TOML document; raise :class:`ConfigProblems` naming every bad key.
+
+    A mistake is noted and parsing goes on with the key's default, so that every mistake is
+    reported at once; checks across keys are skipped when one of their keys was wrong.
+    """
+    problems: list[str] = []
+
+    def section(data: Any, name: str, known: set[str]) -> _Section:
+        return _Section(data, name, known, problems)
+
     sections = {
         "server",
         "database",
@@ -341,12 +356,12 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         "metrics",
         "security",
     }
-    unknown = sorted(set(data) - sections)
-    if unknown:
-        raise ConfigError(f"[{unknown[0]}]: unknown section")
+    for name in sorted(set(data) - sections):
+        problems.append(f"[{name}]: unknown section")
 
     d_server = ServerConfig()
-    s = _Section(
+    before = len(problems)
+    s = section(
         data.get("server", {}),
         "server",
         {
@@ -376,18 +391,18 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         parsers=s.get("parsers", None, _workers),
         batch_size=s.get("batch_size", d_server.batch_size, _int(1, 1000)),
     )
-    if (server.tls_cert is None) != (server.tls_key is None):
-        raise ConfigError("[server].tls_key: tls_cert and tls_key go together; give both")
+    if len(problems) == before and (server.tls_cert is None) != (server.tls_key is None):
+        problems.append("[server].tls_key: tls_cert and tls_key go together; give both")
 
     d_db = DatabaseConfig()
-    s = _Section(data.get("database", {}), "database", {"url", "lock_timeout"})
+    s = section(data.get("database", {}), "database", {"url", "lock_timeout"})
     database = DatabaseConfig(
         url=s.get("url", d_db.url, _database_url),
         lock_timeout=s.get("lock_timeout", d_db.lock_timeout, _number(0.05, 600)),
     )
 
     d_mail = MailConfig()
-    s = _Section(
+    s = section(
         data.get("mail", {}), "mail", {"domains", "address", "language", "secret", "secrets_url"}
     )
     mail = MailConfig(
@@ -398,10 +413,10 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         secrets_url=s.get("secrets_url", None, _url),
     )
     if not mail.domains:
-        raise ConfigError("[mail].domains: must name at least one domain we accept mail for")
+        problems.append("[mail].domains: must name at least one domain we accept mail for")
 
     d_out = OutboundConfig()
-    s = _Section(
+    s = section(
         data.get("outbound", {}),
         "outbound",
         {
@@ -433,7 +448,8 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
     )
 
     d_hours = HoursConfig()
-    s = _Section(data.get("hours", {}), "hours", {"timezone", "open", "close", "days", "holidays"})
+    before = len(problems)
+    s = section(data.get("hours", {}), "hours", {"timezone", "open", "close", "days", "holidays"})
     hours = HoursConfig(
         timezone=s.get("timezone", d_hours.timezone, _timezone),
         open=s.get("open", d_hours.open, _clock_time),
@@ -443,11 +459,11 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         ),
         holidays=s.get("holidays", d_hours.holidays, _holidays),
     )
-    if hours.open >= hours.close:
-        raise ConfigError("[hours].close: must be later than [hours].open")
+    if len(problems) == before and hours.open >= hours.close:
+        problems.append("[hours].close: must be later than [hours].open")
 
     d_limits = LimitsConfig()
-    s = _Section(
+    s = section(
         data.get("limits", {}), "limits", {"acks_per_hour", "tickets_per_hour", "max_recipients"}
     )
     limits = LimitsConfig(
@@ -456,26 +472,26 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         max_recipients=s.get("max_recipients", d_limits.max_recipients, _int(1, 10_000)),
     )
 
-    s = _Section(data.get("metrics", {}), "metrics", {"host", "port"})
+    s = section(data.get("metrics", {}), "metrics", {"host", "port"})
     metrics = MetricsConfig(
         host=s.get("host", "127.0.0.1", _str), port=s.get("port", None, _int(0, 65535))
     )
 
-    s = _Section(data.get("security", {}), "security", {"verify_dkim", "require_dkim_for_commands"})
+    s = section(data.get("security", {}), "security", {"verify_dkim", "require_dkim_for_commands"})
     require = s.get("require_dkim_for_commands", False, _bool)
     security = SecurityConfig(
         verify_dkim=s.get("verify_dkim", False, _bool) or require, require_dkim_for_commands=require
     )
 
     d_jobs = JobsConfig()
-    s = _Section(data.get("jobs", {}), "jobs", {"outbox_interval", "close_interval"})
+    s = section(data.get("jobs", {}), "jobs", {"outbox_interval", "close_interval"})
     jobs = JobsConfig(
         outbox_interval=s.get("outbox_interval", d_jobs.outbox_interval, _duration),
         close_interval=s.get("close_interval", d_jobs.close_interval, _duration),
     )
 
     d_route = RoutingConfig()
-    s = _Section(
+    s = section(
         data.get("routing", {}),
         "routing",
         {
@@ -489,36 +505,40 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
     )
     raw_rules = s.data.get("rules", [])
     if not isinstance(raw_rules, list):
-        raise ConfigError("[routing].rules: must be an array of tables ([[routing.rules]])")
+        problems.append("[routing].rules: must be an array of tables ([[routing.rules]])")
+        raw_rules = []
     routing = RoutingConfig(
         threshold=s.get("threshold", d_route.threshold, _number(0, 100)),
         default_organization=s.get("default_organization", None, _str),
         ambiguity_margin=s.get("ambiguity_margin", d_route.ambiguity_margin, _number(0, 100)),
         separators=s.get("separators", d_route.separators, _list(_choice(":", "-", "|"))),
         freemail_domains=s.get("freemail_domains", (), _list(_domain)),
-        rules=tuple(_rule(raw, index) for index, raw in enumerate(raw_rules)),
+        rules=tuple(_rule(raw, index, problems) for index, raw in enumerate(raw_rules)),
     )
     if ":" not in routing.separators:
         routing = replace(routing, separators=(":", *routing.separators))
 
-    s = _Section(data.get("tickets", {}), "tickets", {"close_after", "tag", "notify_closed"})
+    s = section(data.get("tickets", {}), "tickets", {"close_after", "tag", "notify_closed"})
     tickets = TicketsConfig(
         close_after=s.get("close_after", TicketsConfig().close_after, _duration),
         tag=s.get("tag", TicketsConfig().tag, _tag),
         notify_closed=s.get("notify_closed", True, _bool),
     )
 
-    s = _Section(data.get("agents", {}), "agents", {"addresses"})
+    s = section(data.get("agents", {}), "agents", {"addresses"})
     agents = AgentsConfig(addresses=s.get("addresses", (), _list(_email)))
 
     raw_orgs = data.get("organizations", [])
     if not isinstance(raw_orgs, list):
-        raise ConfigError("[[organizations]]: must be an array of tables ([[organizations]])")
+        problems.append("[[organizations]]: must be an array of tables ([[organizations]])")
+        raw_orgs = []
     organizations: list[OrganizationConfig] = []
+    labels: list[str] = []  # each one's place in the file, for the checks across them
     seen: set[str] = set()
     for index, raw in enumerate(raw_orgs):
         label = f"organizations[{index + 1}]"
-        s = _Section(
+        before = len(problems)
+        s = section(
             raw,
             label,
             {
@@ -533,7 +553,8 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
             },
         )
         if "name" not in s.data:
-            raise ConfigError(f"{label}.name: missing")
+            problems.append(f"{label}.name: missing")
+            continue
         org = OrganizationConfig(
             name=s.get("name", "", _str),
             aliases=s.get("aliases", (), _list(_str)),
@@ -544,40 +565,41 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
             primary_for=s.get("primary_for", (), _list(_email)),
             language=s.get("language", None, _choice("de", "en")),
         )
-        strangers = sorted(set(org.primary_for) - set(org.members))
-        if strangers:
-            raise ConfigError(f"{label}.primary_for: {strangers[0]!r} is not in members")
-        strangers = sorted(set(org.followers) - set(org.members))
-        if strangers:
-            # Followers see every new ticket's content: only members may (user rule).
-            raise ConfigError(
-                f"{label}.followers: {strangers[0]!r} is not a member of {org.name}; "
-                "only members may follow an organization"
-            )
+        if len(problems) == before:
+            strangers = sorted(set(org.primary_for) - set(org.members))
+            if strangers:
+                problems.append(f"{label}.primary_for: {strangers[0]!r} is not in members")
+            strangers = sorted(set(org.followers) - set(org.members))
+            if strangers:
+                # Followers see every new ticket's content: only members may (user rule).
+                problems.append(
+                    f"{label}.followers: {strangers[0]!r} is not a member of {org.name}; "
+                    "only members may follow an organization"
+                )
         if org.name.casefold() in seen:
-            raise ConfigError(f"{label}.name: {org.name!r} is defined twice")
+            problems.append(f"{label}.name: {org.name!r} is defined twice")
         seen.add(org.name.casefold())
         organizations.append(org)
+        labels.append(label)
 
     names = {o.casefold() for o in seen}
-    for index, org in enumerate(organizations):
+    for label, org in zip(labels, organizations, strict=True):
         for agency in org.agencies:
             if agency.casefold() not in names:
-                raise ConfigError(
-                    f"organizations[{index + 1}].agencies: {agency!r} is not an organization"
-                )
+                problems.append(f"{label}.agencies: {agency!r} is not an organization")
     for index, rule in enumerate(routing.rules):
         if rule.organization and rule.organization.casefold() not in names:
-            raise ConfigError(
+            problems.append(
                 f"routing.rules[{index + 1}].organization: {rule.organization!r} "
                 "is not an organization"
             )
     if routing.default_organization and routing.default_organization.casefold() not in names:
-        raise ConfigError(
+        problems.append(
             f"[routing].default_organization: {routing.default_organization!r} "
             "is not an organization"
         )
-
+    if problems:
+        raise ConfigProblems(problems)
     return Config(
         server=server,
         database=database,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -47,17 +47,32 @@ def parse_duration(value: str) -> timedelta:
     raise ValueError("must be a duration like '3d', '72h', '90m', '30s' or 'P3D'")
 
 
-class _Section:
-    """Reads typed keys from one TOML table and rejects unknown ones (typos)."""
+class ConfigProblems(ConfigError):
+    """Every mistake found in a config, one line each (``problems``), so that an admin fixes
+    them in one round instead of one per run; ``str()`` is all of them on one line."""
 
-    def __init__(self, data: Any, name: str, known: set[str]) -> None:
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"[{name}]: must be a table")
-        self.data = data
+    def __init__(self, problems: Sequence[str], source: str | None = None) -> None:
+        prefix = f"{source}: " if source else ""
+        super().__init__(prefix + "; ".join(problems))
+        self.problems = tuple(prefix + problem for problem in problems)
+
+
+class _Section:
+    """Reads typed keys from one TOML table and rejects unknown ones (typos).
+
+    A mistake is added to ``problems`` and the key's default is used, so that parsing goes
+    on and reports every mistake (:class:`ConfigProblems`), not only the first.
+    """
+
+    def __init__(self, data: Any, name: str, known: set[str], problems: list[str]) -> None:
         self.name = name
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{self.key(unknown[0])}: unknown key")
+        self.problems = problems
+        if not isinstance(data, Mapping):
+            problems.append(f"[{name}]: must be a table")
+            data = {}
+        self.data = data
+        for key in sorted(set(data) - known):
+            problems.append(f"{self.key(key)}: unknown key")
 
     def key(self, key: str) -> str:
         return f"{self.name}.{key}" if self.name.endswith("]") else f"[{self.name}].{key}"
@@ -68,7 +83,8 @@ class _Section:
         try:
             return check(self.data[key])
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{self.key(key)}: {exc}") from None
+            self.problems.append(f"{self.key(key)}: {exc}")
+            return default
 
 
 def _str(value: Any) -> str:

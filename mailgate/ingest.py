@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from mailgate.config import Config
 from mailgate.db import ledger
@@ -199,7 +200,7 @@ def _decide_and_apply(
             dkim,
         )
         if claimed is None:
-            return IngestResult(DUPLICATE, None, None, message_id, "this mail is already stored")
+            return _duplicate(session, prepared, reprocess)
         entry, extra = claimed
         facts = Facts()  # input that is no mail needs none
         if isinstance(mail, Mail):
@@ -222,6 +223,15 @@ def _decide_and_apply(
     )
 
 
+def _duplicate(session: Session, prepared: Prepared, reprocess: int | None) -> IngestResult:
+    """A redelivery: nothing is written; the answer names the ticket the first copy went to."""
+    ticket, organization = ledger.first_copy(
+        session, prepared.raw, prepared.message_id, reprocess, prepared.digests
+    )
+    reason = "this mail is already stored"
+    return IngestResult(DUPLICATE, ticket, organization, prepared.message_id, reason)
+
+
 def _quarantine(
     store: Store, prepared: Prepared, reprocess: int | None, reason: str, error: str
 ) -> IngestResult:
@@ -237,9 +247,7 @@ def _quarantine(
             prepared.digests,
         )
         if claimed is None:
-            return IngestResult(
-                DUPLICATE, None, None, prepared.message_id, "this mail is already stored"
-            )
+            return _duplicate(session, prepared, reprocess)
         entry, extra = claimed
         extra.update(outcome=Outcome.QUARANTINED.value, reason=reason, error=error)
         ledger.record(session, entry, **extra)

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from mailgate.config import Config, fingerprint
 from mailgate.db.sqlite import WalFile, WriterLock, immediate_transactions
 from mailgate.db.sync import SYNCED_PARTS, sync_config
-from mailgate.errors import StoreUnavailable
+from mailgate.errors import ConfigError, StoreUnavailable
 from mailgate.models import Meta
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,14 @@ def temporary_failures() -> Iterator[None]:
         raise
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file a SQLite URL names; None for PostgreSQL and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
 class Store:
     """One database, shared by the SMTP listener, the CLI and the jobs."""
 
@@ -87,8 +95,13 @@ class Store:
             # Wait this long for another writer's lock before giving up with "locked".
             connect_args["timeout"] = lock_timeout
             connect_args["check_same_thread"] = False
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            path = sqlite_file(url)
+            if path is not None and not path.parent.is_dir():
+                # Creating it would hide a typo behind a new, empty database.
+                raise ConfigError(
+                    f"[database].url: the directory {path.parent} does not exist "
+                    f"(database file {path}); create it, or correct the URL"
+                )
         else:
             ms = int(lock_timeout * 1000)
             options = parsed.query.get("options", "")

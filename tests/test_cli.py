@@ -221,7 +221,7 @@ def test_ingest_prints_the_json_contract(config_path: Path) -> None:
     }
     assert "member" in result["reason"]
     again = as_json(mailgate_process(config_path, "ingest", "-", stdin=raw))
-    assert again["action"] == "duplicate" and again["ticket"] is None
+    assert again == {**result, "action": "duplicate", "reason": "this mail is already stored"}
 
 
 def test_ingest_from_a_file(config_path: Path, tmp_path: Path) -> None:
@@ -320,6 +320,7 @@ def test_tickets_show_and_set(config_path: Path) -> None:
 
 
 def test_tickets_errors_are_one_line(config_path: Path) -> None:
+    assert mailgate(config_path, "init-db").returncode == 0
     proc = mailgate(config_path, "tickets", "show", "999")
     assert proc.returncode == 1
     assert proc.stderr.decode().strip() == "mailgate: error: ticket 999 not found"
@@ -424,3 +425,210 @@ def test_serve_delivers_the_outbox_on_its_schedule(
     finally:
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.proc.wait(30) == 0
+
+
+def test_a_closed_pipe_ends_quietly(config_path: Path) -> None:
+    """`mailgate tickets list | head -1`: the reader goes away first; exit 0, nothing on stderr.
+
+    A real process, as the interpreter's own final flush of stdout is part of the contract.
+    """
+    as_json(mailgate(config_path, "ingest", stdin=mail(subject="Viele Zeilen")))
+    proc = subprocess.Popen(
+        [*MAILGATE, "--config", str(config_path), "tickets", "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # closed before the first write: every write meets EPIPE
+    err = proc.stderr.read()
+    assert proc.wait(60) == 0, err
+    assert err == b""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("--bogus",), ("tickets", "--bogus"), ("tickets", "list", "--bogus"), ("--bogus", "stats")],
+)
+def test_an_unknown_flag_is_named(config_path: Path, argv: tuple[str, ...]) -> None:
+    proc = mailgate(config_path, *argv)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines()[-1] == (
+        "mailgate: error: unrecognized arguments: --bogus"
+    )
+
+
+def test_a_missing_command_or_action_is_named(config_path: Path) -> None:
+    proc = mailgate(config_path)
+    assert proc.returncode == 2 and proc.stderr.endswith(b"required: COMMAND\n")
+    proc = mailgate(config_path, "outbox")
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines()[-1] == (
+        "mailgate outbox: error: the following arguments are required: ACTION"
+    )
+
+
+def _columns(table: str) -> list[list[str]]:
+    """The rows of a text table, split at runs of two or more spaces."""
+    return [re.split(r"\s{2,}", line.strip()) for line in table.splitlines()]
+
+
+def test_lists_have_a_header_row_and_aligned_columns(config_path: Path) -> None:
+    as_json(mailgate(config_path, "ingest", stdin=mail(subject="Tabelle")))
+    mailgate(config_path, "ingest", stdin=b"\x00\xff kein Mail")
+
+    outbox = mailgate(config_path, "outbox", "list").stdout.decode()
+    lines = outbox.splitlines()
+    assert _columns(outbox)[0] == ["ID", "STATUS", "KIND", "TICKET", "TRIES", "TO", "LAST ERROR"]
+    assert len(lines) == 3  # the acknowledgement and the follower's notice
+    starts = {line.index("#1") for line in lines[1:]}
+    assert starts == {lines[0].index("TICKET")}  # one column, one start
+    assert {line.index("pending") for line in lines[1:]} == {lines[0].index("STATUS")}
+
+    quarantine = mailgate(config_path, "quarantine", "list").stdout.decode()
+    header, row = quarantine.splitlines()
+    assert _columns(quarantine)[0] == ["ID", "RECEIVED (UTC)", "SIZE", "FROM", "REASON"]
+    assert row.index("unparseable") == header.index("REASON")
+
+    follow = mailgate(config_path, "follow", "list").stdout.decode()
+    rows = _columns(follow)
+    assert rows[0] == ["EMAIL", "ORGANIZATION", "SOURCE"]
+    assert ["chef@mueller-logistik.de", "Müller Logistik GmbH", "config"] in rows
+    lines = follow.splitlines()
+    assert {line.index("config") for line in lines[1:]} == {lines[0].index("SOURCE")}
+    # JSON stays as it was: a list of objects, no header.
+    assert set(as_json(mailgate(config_path, "follow", "list", "--json"))[0]) == {
+        "email",
+        "organization",
+        "source",
+    }
+
+
+def test_a_duplicate_names_the_ticket_of_the_first_copy(config_path: Path) -> None:
+    """A redelivery (here via another relay, LF line endings) answers with the first ticket."""
+    raw = mail(subject="Zweimal", message_id="<twice-1@mueller-logistik.de>")
+    first = as_json(mailgate(config_path, "ingest", stdin=raw))
+    relayed = b"Received: from mx2.example by mx.test; Thu, 26 Nov 2026 10:01:00 +0000\r\n" + raw
+    again = as_json(mailgate(config_path, "ingest", stdin=relayed.replace(b"\r\n", b"\n")))
+    assert (again["action"], again["ticket"], again["organization"]) == (
+        "duplicate",
+        first["ticket"],
+        "Müller Logistik GmbH",
+    )
+    # A first copy that made no ticket (kept in quarantine) has none to name.
+    mailgate(config_path, "ingest", stdin=b"\x00\xff kein Mail")
+    again = json.loads(mailgate(config_path, "ingest", stdin=b"\x00\xff kein Mail").stdout)
+    assert (again["action"], again["ticket"], again["organization"]) == ("duplicate", None, None)
+
+
+def test_a_duplicate_over_smtp_names_the_ticket(server: int) -> None:
+    raw = mail(message_id="<twice-2@mueller-logistik.de>")
+    send(server, raw)
+    with smtplib.SMTP("127.0.0.1", server) as client:
+        client.ehlo()
+        client.mail("anna@mueller-logistik.de")
+        client.rcpt("support@support.example.com")
+        code, reply = client.data(raw)
+    assert (code, reply) == (250, b"2.0.0 Ok: duplicate ticket #1")
+
+
+def test_a_sqlite_path_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    """A typo in the path is an error, never a new, empty database somewhere."""
+    path = tmp_path / "typo.toml"
+    missing_dir = tmp_path / "nicht-da"
+    path.write_text(f'[database]\nurl = "sqlite:///{missing_dir}/mailgate.db"\n')
+    for argv in (("init-db",), ("ingest",), ("tickets", "list"), ("stats",)):
+        proc = mailgate(path, *argv, stdin=mail())
+        assert proc.returncode == 2, (argv, proc.stderr)
+        assert proc.stderr.decode() == (
+            f"mailgate: error: config error: [database].url: the directory {missing_dir} does "
+            f"not exist (database file {missing_dir}/mailgate.db); create it, or correct the URL\n"
+        )
+    assert not missing_dir.exists()
+
+    # The directory is there, the file is not: reading commands say so and create nothing.
+    path.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/leer.db"\n')
+    for argv in (("tickets", "list"), ("stats",), ("outbox", "list"), ("jobs", "run")):
+        proc = mailgate(path, *argv)
+        assert proc.returncode == 1, (argv, proc.stderr)
+        assert proc.stderr.decode().startswith(
+            f"mailgate: error: database file {tmp_path}/leer.db does not exist"
+        )
+    assert not (tmp_path / "leer.db").exists()
+    # init-db and ingest create the file (only the file).
+    assert mailgate(path, "init-db").returncode == 0
+    assert (tmp_path / "leer.db").exists()
+    assert mailgate(path, "tickets", "list").stdout == b"no tickets\n"
+
+
+def _with_attachments(parts: list[tuple[str, bytes]], message_id: str) -> bytes:
+    """A multipart mail carrying ``parts`` (file name, content) as base64 attachments."""
+    import base64
+
+    raw = (
+        b"From: Anna <anna@mueller-logistik.de>\r\nTo: support@support.example.com\r\n"
+        b"Subject: Anlagen\r\nMessage-ID: " + message_id.encode() + b"\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\n'
+        b"Content-Type: text/plain\r\n\r\nAnbei.\r\n"
+    )
+    for name, content in parts:
+        raw += (
+            b"--b1\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Transfer-Encoding: base64\r\n"
+            b'Content-Disposition: attachment; filename="'
+            + name.encode()
+            + b'"\r\n\r\n'
+            + base64.encodebytes(content).replace(b"\n", b"\r\n")
+        )
+    return raw + b"--b1--\r\n"
+
+
+def test_tickets_attachment_writes_it_byte_for_byte(
+    config_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By number or name, to a file or stdout; a large one (stored piecewise) comes back whole."""
+    every_byte = bytes(range(256)) * 4 + b"\r\n\n\r\x00"
+    large = bytes(range(256)) * (6 * 1024)  # 1.5 MB: on SQLite written in pieces
+    raw = _with_attachments(
+        [("daten.bin", every_byte), ("../../etc/logs.gz", large), ("daten.bin", b"zwei")],
+        "<anlagen-1@mueller-logistik.de>",
+    )
+    tid = str(as_json(mailgate(config_path, "ingest", stdin=raw))["ticket"])
+
+    shown = mailgate(config_path, "tickets", "show", tid).stdout.decode()
+    first = f"  [attachment 1] daten.bin (application/octet-stream, {len(every_byte)} bytes)"
+    assert first in shown
+    assert f"  [attachment 2] logs.gz (application/octet-stream, {len(large)} bytes)" in shown
+    assert "  [attachment 3] daten.bin" in shown
+    detail = as_json(mailgate(config_path, "tickets", "show", tid, "--json"))
+    [listed] = [c["attachments"] for c in detail["comments"]]
+    assert [(a["number"], a["filename"], a["size"]) for a in listed] == [
+        (1, "daten.bin", len(every_byte)),
+        (2, "logs.gz", len(large)),
+        (3, "daten.bin", 4),
+    ]
+    assert set(listed[0]) == {"number", "filename", "content_type", "size", "sha256"}
+
+    out = mailgate(config_path, "tickets", "attachment", tid, "1", "-o", "-")
+    assert (out.returncode, out.stdout, out.stderr) == (0, every_byte, b"")
+    target = tmp_path / "gespeichert.gz"
+    saved = mailgate(config_path, "tickets", "attachment", tid, "logs.gz", "-o", str(target))
+    assert saved.returncode == 0, saved.stderr
+    assert target.read_bytes() == large
+    assert mailgate(config_path, "tickets", "attachment", tid, "3", "-o", "-").stdout == b"zwei"
+
+    # Without -o: its own name (the last part only), here, never replacing a file.
+    monkeypatch.chdir(tmp_path)
+    assert mailgate(config_path, "tickets", "attachment", tid, "2").returncode == 0
+    assert (tmp_path / "logs.gz").read_bytes() == large
+    again = mailgate(config_path, "tickets", "attachment", tid, "2")
+    assert again.returncode == 1 and b"logs.gz exists; give -o FILE" in again.stderr
+
+    for argv, message in [
+        ((tid,), "has 3 attachments: give a number from 1 to 3"),
+        ((tid, "daten.bin"), "has 2 attachments named 'daten.bin': give its number (1, 3)"),
+        ((tid, "4"), "has no attachment '4' (numbers 1 to 3)"),
+        (("999",), "ticket 999 not found"),
+    ]:
+        proc = mailgate(config_path, "tickets", "attachment", *argv, "-o", "-")
+        assert proc.returncode == 1 and proc.stdout == b"", argv
+        assert message in proc.stderr.decode(), (argv, proc.stderr)

@@ -12,7 +12,7 @@ import pytest
 from mailgate.config import Config, load_config, parse_config
 from mailgate.errors import ConfigError
 
-from .conftest import MAILGATE, ROOT
+from .conftest import MAILGATE, ROOT, run_cli
 
 
 def test_defaults_work_on_a_laptop() -> None:
@@ -123,3 +123,42 @@ def test_followers_must_be_members(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "organizations[1].followers: 'b@b.example' is not a member of A" in proc.stderr
+
+
+def test_check_config_reports_every_mistake_one_line_each(tmp_path: Path) -> None:
+    """An admin fixes the whole file in one round: every mistake, one line each, exit 2."""
+    path = tmp_path / "many.toml"
+    path.write_text(
+        "[server]\nport = 70000\nprot = 1\n"
+        '[mail]\naddress = "support"\n'
+        '[hours]\nopen = "25:00"\n'
+        "[nonsense]\na = 1\n"
+        '[[organizations]]\naliases = ["x"]\n'
+        '[[organizations]]\nname = "A"\nmembers = ["x"]\nagencies = ["B"]\n'
+    )
+    proc = run_cli(path, "check-config")
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    prefix = f"mailgate: error: config error: {path}: "
+    assert proc.stderr.decode().splitlines() == [
+        prefix + line
+        for line in (
+            "[nonsense]: unknown section",
+            "[server].prot: unknown key",
+            "[server].port: must be between 0 and 65535",
+            "[mail].address: must be an email address like 'name@example.com'",
+            "[hours].open: must be a time like '09:00'",  # no echo from the open < close check
+            "organizations[1].name: missing",
+            "organizations[2].members: item 1 ('x') must be an email address like "
+            "'name@example.com'",
+            "organizations[2].agencies: 'B' is not an organization",
+        )
+    ]
+    # Other commands, and load_config's callers, get all of them on one line.
+    other = run_cli(path, "stats")
+    assert other.returncode == 2
+    [line] = other.stderr.decode().splitlines()
+    assert line.startswith(prefix + "[nonsense]: unknown section; [server].prot: unknown key; ")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert str(info.value) == line.removeprefix("mailgate: error: config error: ")

@@ -219,6 +219,7 @@ def test_follow_commands(config_path: Path) -> None:
     def cli(*args: str) -> CliResult:
         return run_cli(config_path, *args)
 
+    assert cli("init-db").returncode == 0  # only serve, ingest and init-db create the database
     assert cli("follow", "add", "anna@mueller-logistik.de", "Müller Logistik GmbH").returncode == 0
     refused = cli("follow", "add", "fremd@gmail.com", "Müller Logistik GmbH")
     assert refused.returncode == 1 and b"not a member" in refused.stderr

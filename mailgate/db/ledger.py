@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from mailgate.db.fastexec import Prebuilt, insert_once
 from mailgate.db.records import ensure_blob, is_large
-from mailgate.models import LedgerEntry, Outcome, table_of
+from mailgate.models import LedgerEntry, Organization, Outcome, Ticket, table_of
 from mailgate.pipeline.prepare import dedup_key
 from mailgate.pipeline.reading import InboundEnvelope
 
@@ -52,6 +52,34 @@ def claim(
     if entry is None:
         return None
     return entry, later
+
+
+def first_copy(
+    session: Session,
+    raw: bytes,
+    message_id: str,
+    reprocess: int | None,
+    digests: tuple[str, str] | None = None,
+) -> tuple[int | None, str | None]:
+    """The ticket, and its organization, that the stored copy of a redelivered mail went to.
+
+    Asked only when :func:`claim` found the mail already stored, so a new mail pays no
+    statement for it. The MTA (or the admin piping the mail in again) then learns where
+    the first copy went instead of "no ticket". (None, None) when that copy made none:
+    ignored, quarantined.
+    """
+    query = (
+        select(LedgerEntry.ticket_id, Organization.name)
+        .outerjoin(Ticket, Ticket.id == LedgerEntry.ticket_id)
+        .outerjoin(Organization, Organization.id == Ticket.organization_id)
+    )
+    if reprocess is not None:
+        query = query.where(LedgerEntry.id == reprocess)
+    else:
+        key = digests[0] if digests else dedup_key(message_id, raw)
+        query = query.where(LedgerEntry.dedup_key == key)
+    row = session.execute(query).first()
+    return (row[0], row[1]) if row is not None else (None, None)
 
 
 def record(session: Session, entry: int, **values: Any) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from mailgate.errors import NotFound
-from mailgate.models import Comment, Organization, Participant, Ticket
+from mailgate.models import Attachment, Blob, Comment, Organization, Participant, Ticket
 
 
 def iso(value: datetime | None) -> str | None:
@@ -34,6 +34,7 @@ def ticket_summary(ticket: Ticket) -> dict[str, Any]:
 
 
 def ticket_detail(session: Session, ticket: Ticket) -> dict[str, Any]:
+    numbers = {a.id: n for n, a in enumerate(attachments(ticket), 1)}
     detail = ticket_summary(ticket)
     detail.update(
         {
@@ -53,6 +54,7 @@ def ticket_detail(session: Session, ticket: Ticket) -> dict[str, Any]:
                     "message_id": c.message_id,
                     "attachments": [
                         {
+                            "number": numbers[a.id],
                             "filename": a.filename,
                             "content_type": a.content_type,
                             "size": a.size,
@@ -66,6 +68,53 @@ def ticket_detail(session: Session, ticket: Ticket) -> dict[str, Any]:
         }
     )
     return detail
+
+
+def attachments(ticket: Ticket) -> list[Attachment]:
+    """A ticket's attachments in the order they came, numbered from 1 by their place here:
+    the number ``tickets show`` prints and ``tickets attachment`` takes."""
+    return [a for comment in ticket.comments for a in comment.attachments]
+
+
+def find_attachment(ticket: Ticket, which: str | None) -> tuple[int, Attachment]:
+    """An attachment of the ticket by number or by file name, with its number.
+
+    ``None`` is the ticket's only attachment. A name that several attachments share must be
+    given as a number, so that the admin never saves the wrong file without noticing.
+    """
+    found = attachments(ticket)
+    numbered = list(enumerate(found, 1))
+    if not found:
+        raise NotFound(f"ticket {ticket.id} has no attachments")
+    if which is None:
+        if len(found) > 1:
+            raise NotFound(
+                f"ticket {ticket.id} has {len(found)} attachments: give a number from 1 to "
+                f"{len(found)} or a file name (`mailgate tickets show {ticket.id}` lists them)"
+            )
+        return 1, found[0]
+    if which.isdigit() and 1 <= int(which) <= len(found):
+        return int(which), found[int(which) - 1]
+    named = [(n, a) for n, a in numbered if a.filename == which]
+    if len(named) > 1:
+        numbers = ", ".join(str(n) for n, _ in named)
+        raise NotFound(
+            f"ticket {ticket.id} has {len(named)} attachments named {which!r}: "
+            f"give its number ({numbers})"
+        )
+    if not named:
+        raise NotFound(
+            f"ticket {ticket.id} has no attachment {which!r} (numbers 1 to {len(found)})"
+        )
+    return named[0]
+
+
+def attachment_data(session: Session, attachment: Attachment) -> bytes:
+    """The stored content, whole and byte for byte (also a large one written piecewise)."""
+    data = session.execute(select(Blob.data).where(Blob.sha256 == attachment.sha256)).scalar()
+    if data is None:
+        raise NotFound(f"the content of attachment {attachment.filename!r} is missing")
+    return bytes(data)
 
 
 def list_tickets(
