@@ -52,25 +52,80 @@ DATA_OK = "250 OK"  # a handler without a DATA hook
 LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 # aiosmtpd's own, to MAIL FROM with a SIZE over the limit.
 SIZE_TOO_BIG = "552 Error: message size exceeds fixed maximum message size"
+TLS_READY = "220 Ready to start TLS"  # aiosmtpd's, to STARTTLS
 
-# aiosmtpd's size replies carry no enhanced status code; give them ours.
+# The extensions that aiosmtpd's EHLO (and so LHLO) reply leaves out, though they work:
+# commands are read from a buffer and answered in order, the DATA reader takes nothing
+# beyond its lone dot (RFC 2920), and every reply carries an enhanced status code (RFC 3463;
+# RFC 2033 section 5 asks an LMTP server for both).
+EXTENSIONS = ("PIPELINING", "ENHANCEDSTATUSCODES")
+
+# aiosmtpd's replies that need more than an enhanced code put in front of their text.
 _REWRITE = {
     DATA_TOO_MUCH: TOO_BIG,
     SIZE_TOO_BIG: TOO_BIG,
+    TLS_READY: "220 2.0.0 Ready to start TLS",
 }
+# The enhanced code for the rest of aiosmtpd's replies, by reply code (RFC 3463; the
+# choices Postfix makes for the same replies).
+_DETAIL = {
+    "221": "2.0.0",  # QUIT
+    "250": "2.0.0",  # MAIL, RSET, NOOP, HELP
+    "252": "2.0.0",  # VRFY
+    "421": "4.3.2",  # the session is ending (timeout)
+    "454": "4.7.0",  # TLS not available
+    "500": "5.5.2",  # syntax error, unknown command
+    "501": "5.5.4",  # bad arguments
+    "502": "5.5.1",  # not implemented
+    "503": "5.5.1",  # bad sequence of commands
+    "504": "5.5.4",  # parameter not implemented
+    "530": "5.7.0",  # STARTTLS or AUTH first
+    "552": "5.3.4",  # too big
+    "553": "5.1.3",  # bad address
+    "554": "5.7.0",  # refused (no TLS)
+    "555": "5.5.4",  # MAIL/RCPT parameters not recognized
+}
+_HAS_DETAIL = re.compile(r"[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def with_enhanced_code(status: str, hostname: str) -> str:
+    """``status`` with an enhanced status code (RFC 3463) in front of its text, as
+    ENHANCEDSTATUSCODES promises (RFC 2034 section 4) for every 2xx, 4xx and 5xx reply but
+    the greeting and the replies to HELO and EHLO, which are left as they are."""
+    rewritten = _REWRITE.get(status)
+    if rewritten is not None:
+        return rewritten
+    code, sep, text = status[:3], status[3:4], status[4:]
+    if (
+        sep != " "  # the lines of a multi-line reply: only EHLO's (LHLO's) come from aiosmtpd
+        or code.startswith("220")  # the greeting (STARTTLS's 220 is in _REWRITE)
+        or status in ("250 HELP", f"250 {hostname}")  # the ends of EHLO's and HELO's reply
+        or _HAS_DETAIL.match(status)
+    ):
+        return status
+    detail = _DETAIL.get(code)
+    if detail is None:
+        if code[:1] not in ("2", "4", "5"):
+            return status  # 354, 334: intermediate replies carry none
+        detail = f"{code[0]}.0.0"
+    return f"{code} {detail} {text}"
+
+
 class _ReplyCodes:
-    """Mixin that maps aiosmtpd's built-in replies onto ours before they are sent."""
+    """Mixin that gives aiosmtpd's built-in replies ours, or at least an enhanced status
+    code, before they are sent."""
+
+    hostname: str
 
     async def push(self, status: str | bytes) -> None:
         # aiosmtpd pushes str; bytes, which it also accepts, are passed on untouched.
-        rewritten = _REWRITE.get(status, status) if isinstance(status, str) else status
-        await super().push(rewritten)  # type: ignore[misc]
+        if isinstance(status, str):
+            status = with_enhanced_code(status, self.hostname)
+        await super().push(status)  # type: ignore[misc]
 
 
 # A line holding only a dot ends DATA. Searched for without its CR, which may have arrived
@@ -291,6 +346,14 @@ class Handler:
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, lines: list[str]
+    ) -> list[str]:
+        """aiosmtpd's EHLO (and LHLO) reply with the extensions it leaves out (EXTENSIONS)
+        put before its last line. With this hook, noting the client's name is left to us."""
+        session.host_name = hostname
+        return [*lines[:-1], *(f"250-{name}" for name in EXTENSIONS), lines[-1]]
 
     async def handle_RCPT(
         self,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
+import socket
 import ssl
 import subprocess
 import threading
@@ -256,3 +258,80 @@ def test_a_malformed_sender_address_is_a_syntax_error_not_our_fault(server: int)
         assert code == 553 and reply.startswith(b"5.1.3")
         code, _ = client.docmd("MAIL FROM:<anna@mueller-logistik.de>")
         assert code == 250
+
+
+# ----------------------------------------------------------------- protocol: EHLO, LHLO, replies
+
+
+def test_ehlo_advertises_pipelining_and_enhanced_status_codes(server: int) -> None:
+    with smtplib.SMTP("127.0.0.1", server) as client:
+        code, _ = client.ehlo()
+        assert code == 250
+        features = client.esmtp_features
+    assert {"pipelining", "enhancedstatuscodes", "8bitmime", "smtputf8", "size"} <= set(features)
+
+
+def test_lhlo_advertises_pipelining_and_enhanced_status_codes(lmtp_server: int) -> None:
+    """RFC 2033 section 5: an LMTP server supports and announces both."""
+    client = smtplib.LMTP("127.0.0.1", lmtp_server)
+    try:
+        code, _ = client.ehlo()  # smtplib's LMTP sends LHLO
+        assert code == 250
+        assert {"pipelining", "enhancedstatuscodes"} <= set(client.esmtp_features)
+    finally:
+        client.close()
+
+
+_ENHANCED = re.compile(rb"[245]\d\d [245]\.\d{1,3}\.\d{1,3} ")
+
+
+def _replies(sock: socket.socket, buffer: bytearray, count: int) -> list[bytes]:
+    """The next ``count`` replies, each as its last line."""
+    replies = []
+    while len(replies) < count:
+        while b"\r\n" not in buffer:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {replies}"
+            buffer += chunk
+        end = buffer.index(b"\r\n")
+        line = bytes(buffer[:end])
+        del buffer[: end + 2]
+        if line[3:4] != b"-":
+            replies.append(line)
+    return replies
+
+
+def test_pipelined_commands_are_answered_in_order_each_with_an_enhanced_code(
+    server: int, store: Store
+) -> None:
+    """A pipelining client (RFC 2920) sends whole groups; every reply but the greeting,
+    EHLO's and DATA's 354 carries an enhanced status code (RFC 2034)."""
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as sock:
+        buffer = bytearray()
+        assert _replies(sock, buffer, 1)[0].startswith(b"220 ")
+        sock.sendall(b"EHLO client.test\r\n")
+        _replies(sock, buffer, 1)
+        sock.sendall(
+            b"MAIL FROM:<anna@mueller-logistik.de>\r\nRCPT TO:<support@support.example.com>\r\n"
+            b"RCPT TO:<x@elsewhere.example.org>\r\nDATA\r\n"
+        )
+        group = _replies(sock, buffer, 4)
+        assert [r[:3] for r in group] == [b"250", b"250", b"550", b"354"]
+        sock.sendall(
+            mail().replace(b"\r\n.", b"\r\n..")
+            + b".\r\nNOOP\r\nRSET\r\nVRFY anna\r\nBOGUS\r\nMAIL FROM:<\r\nDATA\r\nQUIT\r\n"
+        )
+        rest = _replies(sock, buffer, 8)
+    assert [r[:3] for r in rest] == [
+        b"250",
+        b"250",
+        b"250",
+        b"252",
+        b"500",
+        b"553",
+        b"503",
+        b"221",
+    ]
+    for reply in group[:3] + rest:
+        assert _ENHANCED.match(reply), reply
+    assert count(store, Ticket) == 1
