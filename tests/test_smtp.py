@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from mailgate.app import ServerThread
 from mailgate.config import Config
+from mailgate.errors import ConfigError
 from mailgate.models import LedgerEntry, Ticket
 from mailgate.store import Store
 
@@ -335,3 +336,86 @@ def test_pipelined_commands_are_answered_in_order_each_with_an_enhanced_code(
     for reply in group[:3] + rest:
         assert _ENHANCED.match(reply), reply
     assert count(store, Ticket) == 1
+
+
+# ----------------------------------------------------------------- DATA: bare LF, long lines
+
+
+def test_a_mail_with_bare_lf_line_ends_is_stored_with_crlf(server: int, store: Store) -> None:
+    """smtplib sends a bytes message as it is: LF line ends, dots doubled after each LF.
+    The mail is taken as if the lines had ended in CRLF (README: "Bare LF")."""
+    crlf = mail(body="Hallo,\n.profile fehlt\n\nGruss\n")
+    lf = crlf.replace(b"\r\n", b"\n")
+    with smtplib.SMTP("127.0.0.1", server) as client:
+        client.ehlo()
+        client.mail("anna@mueller-logistik.de")
+        client.rcpt("support@support.example.com")
+        code, reply = client.data(lf)  # sent as "...Gruss\n\r\n.\r\n"
+    assert code == 250, reply
+    with store.transaction() as s:
+        entry = s.scalars(select(LedgerEntry)).one()
+        assert entry.raw == crlf + b"\r\n"  # smtplib's own CRLF before the dot
+        assert b".profile fehlt" in entry.raw
+
+
+def test_a_bare_lf_dot_line_does_not_end_the_mail(server: int, store: Store) -> None:
+    """LF.LF is no end of DATA (SMTP smuggling): what follows stays in the same mail."""
+    raw = mail(body="erste Zeile\n")
+    stream = raw + b"\n.\nMAIL FROM:<evil@elsewhere.example.org>\r\nnoch Text\r\n.\r\nNOOP\r\n"
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as sock:
+        buffer = bytearray()
+        _replies(sock, buffer, 1)
+        sock.sendall(
+            b"EHLO client.test\r\nMAIL FROM:<anna@mueller-logistik.de>\r\n"
+            b"RCPT TO:<support@support.example.com>\r\nDATA\r\n"
+        )
+        assert _replies(sock, buffer, 4)[3].startswith(b"354")
+        sock.sendall(stream)
+        data, noop = _replies(sock, buffer, 2)
+    assert data.startswith(b"250 2.0.0") and noop.startswith(b"250 2.0.0")
+    with store.transaction() as s:
+        entry = s.scalars(select(LedgerEntry)).one()
+    assert entry.raw == raw + b"\r\n\r\nMAIL FROM:<evil@elsewhere.example.org>\r\nnoch Text\r\n"
+
+
+@pytest.fixture
+def short_lines_server(
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock
+) -> Iterator[int]:
+    config, _ = make_config({"server": {"max_line_length": 2000}})
+    with ServerThread(config, store, clock) as thread:
+        assert thread.server.port is not None
+        yield thread.server.port
+
+
+def test_lines_up_to_max_line_length_are_stored_and_longer_ones_refused(
+    short_lines_server: int, store: Store
+) -> None:
+    """A line above RFC 5321's 998 is taken byte-exact up to [server] max_line_length; one
+    above that gets 500 5.6.0 naming the limit, and the session goes on."""
+    long_ok = mail(body="x" * 2000 + "\n", message_id="<long-ok@mueller-logistik.de>")
+    too_long = mail(body="y" * 2001 + "\n")
+    with smtplib.SMTP("127.0.0.1", short_lines_server) as client:
+        client.ehlo()
+        client.mail("anna@mueller-logistik.de")
+        client.rcpt("support@support.example.com")
+        code, reply = client.data(too_long)
+        assert code == 500 and reply.startswith(b"5.6.0 Line too long")
+        assert b"2000 bytes" in reply
+        assert client.noop()[0] == 250
+        client.mail("anna@mueller-logistik.de")
+        client.rcpt("support@support.example.com")
+        code, reply = client.data(long_ok)
+        assert code == 250, reply
+    with store.transaction() as s:
+        entry = s.scalars(select(LedgerEntry)).one()
+    assert entry.raw == long_ok
+
+
+@pytest.mark.parametrize("value", [997, 0, "64k", True])
+def test_max_line_length_below_rfc_5321_or_not_a_number_is_refused(
+    make_config: Callable[..., tuple[Config, Path]], value: object
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config({"server": {"max_line_length": value}})
+    assert "max_line_length" in str(info.value)
