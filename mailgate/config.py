@@ -58,6 +58,8 @@ class ServerConfig:
     hostname: str = "localhost"
     max_message_size: int = 25 * 1024 * 1024
     timeout: float = 300.0  # idle seconds before a session is closed (RFC 5321 4.5.3.2)
+    # Longest line of a mail, in bytes without its CRLF; a longer one is refused (500 5.6.0).
+    max_line_length: int = 65536
     # PEM certificate chain and key: offer STARTTLS (RFC 3207) when both are set.
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -371,6 +373,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
             "hostname",
             "max_message_size",
             "timeout",
+            "max_line_length",
             "tls_cert",
             "tls_key",
             "workers",
@@ -385,6 +388,8 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         hostname=s.get("hostname", d_server.hostname, _str),
         max_message_size=s.get("max_message_size", d_server.max_message_size, _int(1024, 2**31)),
         timeout=s.get("timeout", d_server.timeout, _number(1, 3600)),
+        # RFC 5321 4.5.3.1.6: at least 998; at most what a mail may hold.
+        max_line_length=s.get("max_line_length", d_server.max_line_length, _int(998, 2**31)),
         tls_cert=s.get("tls_cert", None, _readable_file),
         tls_key=s.get("tls_key", None, _readable_file),
         workers=s.get("workers", None, _workers),

@@ -49,28 +49,88 @@ DATA_GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
 DATA_TOO_MUCH = "552 Error: Too much mail data"  # sent as TOO_BIG, see _REWRITE
 DATA_NOT_ASCII = "500 Error: strict ASCII mode"
 DATA_OK = "250 OK"  # a handler without a DATA hook
-LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
+# RFC 5321 4.5.3.1.6 names the reply; X.6.0 (RFC 3463: the content of the message) is the
+# nearest enhanced code (X.5.6 is registered for AUTH lines only, RFC 4954).
+LINE_TOO_LONG = (
+    "500 5.6.0 Line too long: a line of the message exceeds {limit} bytes "
+    "(RFC 5321 section 4.5.3.1.6)"
+)
 # aiosmtpd's own, to MAIL FROM with a SIZE over the limit.
 SIZE_TOO_BIG = "552 Error: message size exceeds fixed maximum message size"
+TLS_READY = "220 Ready to start TLS"  # aiosmtpd's, to STARTTLS
 
-# aiosmtpd's size replies carry no enhanced status code; give them ours.
+# The extensions that aiosmtpd's EHLO (and so LHLO) reply leaves out, though they work:
+# commands are read from a buffer and answered in order, the DATA reader takes nothing
+# beyond its lone dot (RFC 2920), and every reply carries an enhanced status code (RFC 3463;
+# RFC 2033 section 5 asks an LMTP server for both).
+EXTENSIONS = ("PIPELINING", "ENHANCEDSTATUSCODES")
+
+# aiosmtpd's replies that need more than an enhanced code put in front of their text.
 _REWRITE = {
     DATA_TOO_MUCH: TOO_BIG,
     SIZE_TOO_BIG: TOO_BIG,
+    TLS_READY: "220 2.0.0 Ready to start TLS",
 }
+# The enhanced code for the rest of aiosmtpd's replies, by reply code (RFC 3463; the
+# choices Postfix makes for the same replies).
+_DETAIL = {
+    "221": "2.0.0",  # QUIT
+    "250": "2.0.0",  # MAIL, RSET, NOOP, HELP
+    "252": "2.0.0",  # VRFY
+    "421": "4.3.2",  # the session is ending (timeout)
+    "454": "4.7.0",  # TLS not available
+    "500": "5.5.2",  # syntax error, unknown command
+    "501": "5.5.4",  # bad arguments
+    "502": "5.5.1",  # not implemented
+    "503": "5.5.1",  # bad sequence of commands
+    "504": "5.5.4",  # parameter not implemented
+    "530": "5.7.0",  # STARTTLS or AUTH first
+    "552": "5.3.4",  # too big
+    "553": "5.1.3",  # bad address
+    "554": "5.7.0",  # refused (no TLS)
+    "555": "5.5.4",  # MAIL/RCPT parameters not recognized
+}
+_HAS_DETAIL = re.compile(r"[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def with_enhanced_code(status: str, hostname: str) -> str:
+    """``status`` with an enhanced status code (RFC 3463) in front of its text, as
+    ENHANCEDSTATUSCODES promises (RFC 2034 section 4) for every 2xx, 4xx and 5xx reply but
+    the greeting and the replies to HELO and EHLO, which are left as they are."""
+    rewritten = _REWRITE.get(status)
+    if rewritten is not None:
+        return rewritten
+    code, sep, text = status[:3], status[3:4], status[4:]
+    if (
+        sep != " "  # the lines of a multi-line reply: only EHLO's (LHLO's) come from aiosmtpd
+        or code.startswith("220")  # the greeting (STARTTLS's 220 is in _REWRITE)
+        or status in ("250 HELP", f"250 {hostname}")  # the ends of EHLO's and HELO's reply
+        or _HAS_DETAIL.match(status)
+    ):
+        return status
+    detail = _DETAIL.get(code)
+    if detail is None:
+        if code[:1] not in ("2", "4", "5"):
+            return status  # 354, 334: intermediate replies carry none
+        detail = f"{code[0]}.0.0"
+    return f"{code} {detail} {text}"
+
+
 class _ReplyCodes:
-    """Mixin that maps aiosmtpd's built-in replies onto ours before they are sent."""
+    """Mixin that gives aiosmtpd's built-in replies ours, or at least an enhanced status
+    code, before they are sent."""
+
+    hostname: str
 
     async def push(self, status: str | bytes) -> None:
         # aiosmtpd pushes str; bytes, which it also accepts, are passed on untouched.
-        rewritten = _REWRITE.get(status, status) if isinstance(status, str) else status
-        await super().push(rewritten)  # type: ignore[misc]
+        if isinstance(status, str):
+            status = with_enhanced_code(status, self.hostname)
+        await super().push(status)  # type: ignore[misc]
 
 
 # A line holding only a dot ends DATA. Searched for without its CR, which may have arrived
@@ -88,6 +148,21 @@ def unstuff(data: bytes) -> bytes:
     return data
 
 
+def normalise_bare_lf(data: bytes) -> bytes:
+    """``data`` with every bare LF made a CRLF, as Postfix's ``smtpd_forbid_bare_newline =
+    normalize`` does; a bare CR stays as it is. ``data`` itself when it has no bare LF.
+
+    RFC 5321 section 2.3.8 allows CR and LF only together, but scripts that write mail with
+    LF line ends (Python's smtplib with a bytes message, for one) send them anyway, and
+    the mail is theirs. The end of DATA is not touched by this: only CRLF.CRLF ends it
+    (see :class:`_ChunkedData`), so a bare-LF dot line cannot end a mail early (SMTP
+    smuggling); it becomes an empty line of the mail it is in.
+    """
+    if data.count(b"\n") == data.count(b"\r\n"):  # two scans in C; the usual case ends here
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
 def has_overlong_line(data: bytes, limit: int) -> bool:
     """Whether a line of ``data`` is longer than ``limit`` bytes with its CRLF.
 
@@ -95,9 +170,10 @@ def has_overlong_line(data: bytes, limit: int) -> bool:
     window at a time, so a big mail is not held a second time as a list of lines.
     """
     longest = limit - 2  # without the CRLF
+    window = max(_WINDOW, 2 * limit)  # a window always holds a line end unless a line is too long
     size, start = len(data), 0
     while start < size:
-        end = min(size, start + _WINDOW)
+        end = min(size, start + window)
         if end < size:
             cut = data.rfind(b"\r\n", start, end)
             if cut < 0:
@@ -109,7 +185,7 @@ def has_overlong_line(data: bytes, limit: int) -> bool:
     return False
 
 
-_WINDOW = 1 << 20  # bytes of DATA split into lines at a time (more than the line limit)
+_WINDOW = 1 << 20  # bytes of DATA split into lines at a time
 
 
 class _ChunkedData:
@@ -117,10 +193,18 @@ class _ChunkedData:
 
     aiosmtpd's reader awaits every line of a mail and keeps each as an object of its own;
     under ``bench/smtp_load.py`` that was about a seventh of the listener's CPU per mail.
-    Here the stream is cut only where the lone dot ends it. Dot-unstuffing, the size limit
-    and the line length limit give the replies aiosmtpd gives; the limits are checked once
-    the data is in, which is never more than the size limit. One difference: a mail over
-    both limits is answered 552, where aiosmtpd answers for the limit it met first.
+    Here the stream is cut only where the lone dot ends it: CRLF.CRLF and nothing else.
+    Dot-unstuffing and the size limit give the replies aiosmtpd gives; the limits are
+    checked once the data is in, which is never more than the size limit. Where it differs
+    from aiosmtpd, on purpose:
+
+    - a line may be ``max_line_length`` bytes long (without its CRLF), not aiosmtpd's 999:
+      real mail has longer lines (HTML with long links, bounces quoting them), and RFC 5321
+      section 4.5.3.1.6 wants the limit no lower than 998. Above it: 500 5.6.0, and the
+      session goes on;
+    - a bare LF is made a CRLF (:func:`normalise_bare_lf`) before the lines are measured and
+      unstuffed, where aiosmtpd saw one long line;
+    - a mail over both limits is answered 552, where aiosmtpd answers for the one it met first.
     """
 
     _reader: asyncio.StreamReader
@@ -130,6 +214,7 @@ class _ChunkedData:
     line_length_limit: int
     _decode_data: bool
     enable_SMTPUTF8: bool
+    max_line_length = 65536  # [server] max_line_length; set per listener by listen()
 
     async def smtp_DATA(self, arg: str) -> None:
         server: Any = self
@@ -159,9 +244,10 @@ class _ChunkedData:
             server._set_post_data_state()
             await server.push(DATA_TOO_MUCH)
             return
-        if has_overlong_line(data, self.line_length_limit):
+        data = normalise_bare_lf(data)
+        if has_overlong_line(data, self.max_line_length + 2):
             server._set_post_data_state()
-            await server.push(LINE_TOO_LONG)
+            await server.push(LINE_TOO_LONG.format(limit=self.max_line_length))
             return
         message = unstuff(data)
         del data
@@ -259,10 +345,13 @@ class _Addresses:
 
 
 class MailgateSMTP(_ReplyCodes, _ChunkedData, _Addresses, SMTP):
-    pass
+    def __init__(self, *args: Any, max_line_length: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if max_line_length is not None:
+            self.max_line_length = max_line_length
 
 
-class MailgateLMTP(_ReplyCodes, _ChunkedData, _Addresses, LMTP):
+class MailgateLMTP(MailgateSMTP, LMTP):
     pass
 
 
@@ -291,6 +380,14 @@ class Handler:
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, lines: list[str]
+    ) -> list[str]:
+        """aiosmtpd's EHLO (and LHLO) reply with the extensions it leaves out (EXTENSIONS)
+        put before its last line. With this hook, noting the client's name is left to us."""
+        session.host_name = hostname
+        return [*lines[:-1], *(f"250-{name}" for name in EXTENSIONS), lines[-1]]
 
     async def handle_RCPT(
         self,
@@ -371,6 +468,7 @@ async def listen(handler: Handler, cfg: ServerConfig) -> asyncio.Server:
             hostname=cfg.hostname,
             ident="mailgate",
             timeout=cfg.timeout,
+            max_line_length=cfg.max_line_length,
             loop=loop,
         )
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
+import socket
 import ssl
 import subprocess
 import threading
@@ -15,7 +17,8 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from mailgate.app import ServerThread
-from mailgate.config import Config
+from mailgate.config import Config, parse_config
+from mailgate.errors import ConfigError
 from mailgate.models import LedgerEntry, Ticket
 from mailgate.store import Store
 
@@ -256,3 +259,162 @@ def test_a_malformed_sender_address_is_a_syntax_error_not_our_fault(server: int)
         assert code == 553 and reply.startswith(b"5.1.3")
         code, _ = client.docmd("MAIL FROM:<anna@mueller-logistik.de>")
         assert code == 250
+
+
+# ----------------------------------------------------------------- protocol: EHLO, LHLO, replies
+
+
+def test_ehlo_advertises_pipelining_and_enhanced_status_codes(server: int) -> None:
+    with smtplib.SMTP("127.0.0.1", server) as client:
+        code, _ = client.ehlo()
+        assert code == 250
+        features = client.esmtp_features
+    assert {"pipelining", "enhancedstatuscodes", "8bitmime", "smtputf8", "size"} <= set(features)
+
+
+def test_lhlo_advertises_pipelining_and_enhanced_status_codes(lmtp_server: int) -> None:
+    """RFC 2033 section 5: an LMTP server supports and announces both."""
+    client = smtplib.LMTP("127.0.0.1", lmtp_server)
+    try:
+        code, _ = client.ehlo()  # smtplib's LMTP sends LHLO
+        assert code == 250
+        assert {"pipelining", "enhancedstatuscodes"} <= set(client.esmtp_features)
+    finally:
+        client.close()
+
+
+_ENHANCED = re.compile(rb"[245]\d\d [245]\.\d{1,3}\.\d{1,3} ")
+
+
+def _replies(sock: socket.socket, buffer: bytearray, count: int) -> list[bytes]:
+    """The next ``count`` replies, each as its last line."""
+    replies = []
+    while len(replies) < count:
+        while b"\r\n" not in buffer:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {replies}"
+            buffer += chunk
+        end = buffer.index(b"\r\n")
+        line = bytes(buffer[:end])
+        del buffer[: end + 2]
+        if line[3:4] != b"-":
+            replies.append(line)
+    return replies
+
+
+def test_pipelined_commands_are_answered_in_order_each_with_an_enhanced_code(
+    server: int, store: Store
+) -> None:
+    """A pipelining client (RFC 2920) sends whole groups; every reply but the greeting,
+    EHLO's and DATA's 354 carries an enhanced status code (RFC 2034)."""
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as sock:
+        buffer = bytearray()
+        assert _replies(sock, buffer, 1)[0].startswith(b"220 ")
+        sock.sendall(b"EHLO client.test\r\n")
+        _replies(sock, buffer, 1)
+        sock.sendall(
+            b"MAIL FROM:<anna@mueller-logistik.de>\r\nRCPT TO:<support@support.example.com>\r\n"
+            b"RCPT TO:<x@elsewhere.example.org>\r\nDATA\r\n"
+        )
+        group = _replies(sock, buffer, 4)
+        assert [r[:3] for r in group] == [b"250", b"250", b"550", b"354"]
+        sock.sendall(
+            mail().replace(b"\r\n.", b"\r\n..")
+            + b".\r\nNOOP\r\nRSET\r\nVRFY anna\r\nBOGUS\r\nMAIL FROM:<\r\nDATA\r\nQUIT\r\n"
+        )
+        rest = _replies(sock, buffer, 8)
+    assert [r[:3] for r in rest] == [
+        b"250",
+        b"250",
+        b"250",
+        b"252",
+        b"500",
+        b"553",
+        b"503",
+        b"221",
+    ]
+    for reply in group[:3] + rest:
+        assert _ENHANCED.match(reply), reply
+    assert count(store, Ticket) == 1
+
+
+# ----------------------------------------------------------------- DATA: bare LF, long lines
+
+
+def test_a_mail_with_bare_lf_line_ends_is_stored_with_crlf(server: int, store: Store) -> None:
+    """smtplib sends a bytes message as it is: LF line ends, dots doubled after each LF.
+    The mail is taken as if the lines had ended in CRLF (README: "Bare LF")."""
+    crlf = mail(body="Hallo,\n.profile fehlt\n\nGruss\n")
+    lf = crlf.replace(b"\r\n", b"\n")
+    with smtplib.SMTP("127.0.0.1", server) as client:
+        client.ehlo()
+        client.mail("anna@mueller-logistik.de")
+        client.rcpt("support@support.example.com")
+        code, reply = client.data(lf)  # sent as "...Gruss\n\r\n.\r\n"
+    assert code == 250, reply
+    with store.transaction() as s:
+        entry = s.scalars(select(LedgerEntry)).one()
+        assert entry.raw == crlf + b"\r\n"  # smtplib's own CRLF before the dot
+        assert b".profile fehlt" in entry.raw
+
+
+def test_a_bare_lf_dot_line_does_not_end_the_mail(server: int, store: Store) -> None:
+    """LF.LF is no end of DATA (SMTP smuggling): what follows stays in the same mail."""
+    raw = mail(body="erste Zeile\n")
+    stream = raw + b"\n.\nMAIL FROM:<evil@elsewhere.example.org>\r\nnoch Text\r\n.\r\nNOOP\r\n"
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as sock:
+        buffer = bytearray()
+        _replies(sock, buffer, 1)
+        sock.sendall(
+            b"EHLO client.test\r\nMAIL FROM:<anna@mueller-logistik.de>\r\n"
+            b"RCPT TO:<support@support.example.com>\r\nDATA\r\n"
+        )
+        assert _replies(sock, buffer, 4)[3].startswith(b"354")
+        sock.sendall(stream)
+        data, noop = _replies(sock, buffer, 2)
+    assert data.startswith(b"250 2.0.0") and noop.startswith(b"250 2.0.0")
+    with store.transaction() as s:
+        entry = s.scalars(select(LedgerEntry)).one()
+    assert entry.raw == raw + b"\r\n\r\nMAIL FROM:<evil@elsewhere.example.org>\r\nnoch Text\r\n"
+
+
+@pytest.fixture
+def short_lines_server(
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock
+) -> Iterator[int]:
+    config, _ = make_config({"server": {"max_line_length": 2000}})
+    with ServerThread(config, store, clock) as thread:
+        assert thread.server.port is not None
+        yield thread.server.port
+
+
+def test_lines_up_to_max_line_length_are_stored_and_longer_ones_refused(
+    short_lines_server: int, store: Store
+) -> None:
+    """A line above RFC 5321's 998 is taken byte-exact up to [server] max_line_length; one
+    above that gets 500 5.6.0 naming the limit, and the session goes on."""
+    long_ok = mail(body="x" * 2000 + "\n", message_id="<long-ok@mueller-logistik.de>")
+    too_long = mail(body="y" * 2001 + "\n")
+    with smtplib.SMTP("127.0.0.1", short_lines_server) as client:
+        client.ehlo()
+        client.mail("anna@mueller-logistik.de")
+        client.rcpt("support@support.example.com")
+        code, reply = client.data(too_long)
+        assert code == 500 and reply.startswith(b"5.6.0 Line too long")
+        assert b"2000 bytes" in reply
+        assert client.noop()[0] == 250
+        client.mail("anna@mueller-logistik.de")
+        client.rcpt("support@support.example.com")
+        code, reply = client.data(long_ok)
+        assert code == 250, reply
+    with store.transaction() as s:
+        entry = s.scalars(select(LedgerEntry)).one()
+    assert entry.raw == long_ok
+
+
+@pytest.mark.parametrize("value", [997, 0, "64k", True])
+def test_max_line_length_below_rfc_5321_or_not_a_number_is_refused(value: object) -> None:
+    assert parse_config({"server": {"max_line_length": 998}}).server.max_line_length == 998
+    with pytest.raises(ConfigError) as info:
+        parse_config({"server": {"max_line_length": value}})
+    assert "[server].max_line_length" in str(info.value)

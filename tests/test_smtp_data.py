@@ -1,13 +1,16 @@
 """DATA as mailgate's listener reads it (a chunk at a time) against aiosmtpd's line reader.
 
 The listener cuts the DATA stream itself instead of awaiting each line. Whatever a client
-sends, it must end the mail where aiosmtpd ends it, hand on the same bytes, give the same
-reply and leave a pipelined next command alone.
+sends, it must end the mail where aiosmtpd ends it (at CRLF.CRLF only: a bare-LF dot line
+must never end a mail early, the trick of SMTP smuggling) and leave a pipelined next
+command alone. Where it differs from aiosmtpd on purpose (a bare LF is made a CRLF, lines
+may be longer) it gives what ``reference`` below, RFC 5321 a line at a time, gives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import Iterator
 
@@ -16,11 +19,18 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailgate.smtp import MailgateSMTP, _ChunkedData, has_overlong_line, unstuff
+from mailgate.smtp import (
+    MailgateSMTP,
+    _ChunkedData,
+    has_overlong_line,
+    normalise_bare_lf,
+    unstuff,
+)
 
 from .sink import Sink
 
 SIZE_LIMIT = 6000
+LINE_LIMIT = 999  # aiosmtpd's (1001 bytes with the CRLF), so that both can be compared
 
 # Lines made of what trips a DATA reader: dots, bare CR and LF, lines at the length limit.
 _FRAGMENTS = [b".", b"..", b"", b"x", b"\r", b"\n", b"a\nb", b"a\rb", b".\n", b".\r", b" ."]
@@ -39,7 +49,11 @@ def _splits(data: bytes, cuts: list[int]) -> list[bytes]:
 
 def reference(stream: bytes, size_limit: int, line_limit: int) -> tuple[int, bytes | None, int]:
     """RFC 5321 DATA, a line at a time: the reply code, the message (None if refused) and
-    how much of the stream DATA took."""
+    how much of the stream DATA took. ``line_limit`` counts a line without its CRLF.
+
+    The lone dot is a line of its own between two CRLFs. Bare LFs are made CRLFs (as
+    Postfix's ``smtpd_forbid_bare_newline = normalize``) only then, before the lines are
+    measured and unstuffed."""
     lines, pos = [], 0
     while True:
         end = stream.index(b"\r\n", pos) + 2
@@ -49,7 +63,9 @@ def reference(stream: bytes, size_limit: int, line_limit: int) -> tuple[int, byt
         lines.append(line)
     if sum(map(len, lines)) > size_limit:
         return 552, None, pos
-    if any(len(line) > line_limit for line in lines):
+    data = re.sub(b"(?<!\r)\n", b"\r\n", b"".join(lines))
+    lines = re.findall(b"(?s).*?\r\n", data)
+    if any(len(line) > line_limit + 2 for line in lines):
         return 500, None, pos
     return 250, b"".join(line[1:] if line.startswith(b".") else line for line in lines), pos
 
@@ -84,13 +100,14 @@ def test_reader_ends_where_the_lone_dot_is_in_any_split(
     follow = b"NOOP\r\n" if after else b""
     stream = body + b".\r\n" + follow
     data, rest = asyncio.run(_read(_splits(stream, cuts), SIZE_LIMIT))
-    code, message, taken = reference(stream, SIZE_LIMIT, SMTP.line_length_limit)
+    code, message, taken = reference(stream, SIZE_LIMIT, LINE_LIMIT)
     assert rest == stream[taken:]  # nothing beyond the lone dot was taken
     if code == 552:
         assert data is None
         return
     assert data is not None
-    assert has_overlong_line(data, SMTP.line_length_limit) == (code == 500)
+    data = normalise_bare_lf(data)
+    assert has_overlong_line(data, LINE_LIMIT + 2) == (code == 500)
     if code == 250:
         assert unstuff(data) == message
 
@@ -115,10 +132,14 @@ def test_overlong_line_with_bare_line_breaks() -> None:
 # ----------------------------------------------------------------- over a socket, both servers
 
 
+class _AiosmtpdLineLimit(MailgateSMTP):
+    max_line_length = LINE_LIMIT
+
+
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[Sink, Sink]]:
     stock = Sink(SMTP, data_size_limit=SIZE_LIMIT).start()
-    ours = Sink(MailgateSMTP, data_size_limit=SIZE_LIMIT).start()
+    ours = Sink(_AiosmtpdLineLimit, data_size_limit=SIZE_LIMIT).start()
     yield stock, ours
     stock.stop()
     ours.stop()
@@ -165,18 +186,45 @@ def _session(port: int, pieces: list[bytes]) -> tuple[int, int]:
 def test_same_mail_and_replies_as_aiosmtpd(
     servers: tuple[Sink, Sink], body: bytes, cuts: list[int]
 ) -> None:
+    """Over a socket: the reply and the mail ``reference`` gives, and where no bare LF
+    makes us differ on purpose, aiosmtpd's reply and mail too."""
     stock, ours = servers
-    code, _, taken = reference(body + b".\r\n", SIZE_LIMIT, SMTP.line_length_limit)
+    code, message, taken = reference(body + b".\r\n", SIZE_LIMIT, LINE_LIMIT)
     if taken < len(body) + 3:
         return  # a line of the body is the lone dot: the rest would be commands
-    if code == 552 and has_overlong_line(body, SMTP.line_length_limit):
-        return  # both limits broken: aiosmtpd answers for whichever came first, we say 552
     pieces = _splits(body + b".\r\nNOOP\r\n", cuts)
-    before = len(stock.received), len(ours.received)
-    assert _session(ours.port, pieces) == _session(stock.port, pieces)
-    assert (len(stock.received) - before[0], len(ours.received) - before[1]) in {(0, 0), (1, 1)}
-    if len(ours.received) > before[1]:
-        assert ours.received[-1].data == stock.received[-1].data
+    before = len(ours.received)
+    assert _session(ours.port, pieces) == (code, 250)
+    assert len(ours.received) - before == (code == 250)
+    if code == 250:
+        assert ours.received[-1].data == message
+    if body.replace(b"\r\n", b"").count(b"\n"):
+        return  # a bare LF: aiosmtpd sees one long line
+    if code == 552 and has_overlong_line(body, LINE_LIMIT + 2):
+        return  # both limits broken: aiosmtpd answers for whichever came first, we say 552
+    assert _session(stock.port, pieces) == (code, 250)
+    if code == 250:
+        assert stock.received[-1].data == message
+
+
+@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r"])
+def test_a_dot_line_with_a_bare_line_break_never_ends_the_mail(
+    servers: tuple[Sink, Sink], fake_end: bytes
+) -> None:
+    """SMTP smuggling: a second mail hidden behind a dot line that ends in a bare LF or CR
+    stays inside the first mail; no second transaction is started by it."""
+    _, ours = servers
+    smuggled = (
+        b"MAIL FROM:<evil@client.test>\r\nRCPT TO:<victim@sink.test>\r\nDATA\r\n"
+        b"Subject: smuggled\r\n\r\nnot a mail of its own\r\n"
+    )
+    body = b"Subject: first\r\n\r\nhello" + fake_end + smuggled
+    before = len(ours.received)
+    assert _session(ours.port, [body + b".\r\nNOOP\r\n"]) == (250, 250)
+    assert len(ours.received) == before + 1
+    mail = ours.received[-1]
+    assert mail.mail_from == "a@client.test" and mail.rcpt_to == ["b@sink.test"]
+    assert b"not a mail of its own" in mail.data
 
 
 # ----------------------------------------------------------------- MAIL and RCPT addresses
