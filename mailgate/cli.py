@@ -28,7 +28,6 @@ EX_OK = 0
 EX_FAILURE = 1
 EX_USAGE = 2  # also: invalid configuration
 EX_DATAERR = 65  # unparseable input, kept in quarantine
-EX_NOINPUT = 66
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75  # database down: the MTA keeps the mail and retries
 
@@ -74,11 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
     # An MTA expands ``--rcpt ${recipient}`` into one or many addresses, so --rcpt takes
     # several (and may repeat); FILE goes before the options or after ``--``.
-    p = command(
-        sub,
-        "ingest",
-        help="store one mail from a file or stdin (for MTA pipes)",
-    )
+    p = command(sub, "ingest", help="store one mail from a file or stdin (for MTA pipes)")
     p.usage = "mailgate ingest [FILE] [--mail-from ADDR] [--rcpt ADDR [ADDR ...]] [-- FILE]"
     p.add_argument("file", nargs="?", default="-", help="the raw mail; '-' or absent: stdin")
     p.add_argument("--mail-from", default="", metavar="ADDR", help="envelope sender")
