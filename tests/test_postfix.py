@@ -106,6 +106,8 @@ mynetworks = 127.0.0.0/8
 relay_domains = support.example.com, pipe.example.com
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 smtpd_peername_lookup = no
+# Long queue IDs never repeat, so the log lines of one mail are found by its ID alone.
+enable_long_queue_ids = yes
 transport_maps = texthash:{base}/etc/transport
 alias_maps =
 alias_database =
