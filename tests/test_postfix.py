@@ -364,6 +364,14 @@ def test_a_plain_mail_reaches_mailgate_over_lmtp_and_through_the_pipe(site: Site
         assert ticket["organization"] == "Müller Logistik GmbH"
 
 
+def test_a_bounce_with_the_empty_sender_goes_through_the_pipe(site: Site) -> None:
+    """``MAIL FROM:<>`` reaches the pipe as ``--mail-from=MAILER-DAEMON`` and is answered 0."""
+    queue_id = site.mta.send(mail(subject="Undeliverable", to=PIPE), [PIPE], mail_from="")
+    lines = site.mta.wait_log(queue_id, r"status=sent")
+    assert no_bounce(lines), lines
+    assert any("from=<>" in x for x in lines), lines
+
+
 @pytest.mark.parametrize("transport", ["lmtp", "pipe"])
 def test_a_mail_to_two_recipients_is_one_ticket_and_no_bounce(site: Site, transport: str) -> None:
     domain = "support.example.com" if transport == "lmtp" else "pipe.example.com"
