@@ -276,6 +276,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     data = _merge(
         BASE_CONFIG,
         {
+            # As deployed: ingest worker processes answer LMTP after their commit.
             "server": {"protocol": "lmtp", "port": lmtp_port, "workers": "auto"},
             "database": {"url": f"sqlite:///{own / 'mailgate.db'}"},
             "outbound": {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": mta_port},
