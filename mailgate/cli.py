@@ -29,7 +29,6 @@ EX_OK = 0
 EX_FAILURE = 1
 EX_USAGE = 2  # also: invalid configuration
 EX_DATAERR = 65  # unparseable input, kept in quarantine
-EX_NOINPUT = 66
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75  # database down: the MTA keeps the mail and retries
 
@@ -99,10 +98,20 @@ def _parser() -> argparse.ArgumentParser:
 
     command(sub, "serve", help="run the SMTP/LMTP listener until SIGTERM/SIGINT")
 
+    # An MTA expands ``--rcpt ${recipient}`` into one or many addresses, so --rcpt takes
+    # several (and may repeat); FILE goes before the options or after ``--``.
     p = command(sub, "ingest", help="store one mail from a file or stdin (for MTA pipes)")
+    p.usage = "mailgate ingest [FILE] [--mail-from ADDR] [--rcpt ADDR [ADDR ...]] [-- FILE]"
     p.add_argument("file", nargs="?", default="-", help="the raw mail; '-' or absent: stdin")
     p.add_argument("--mail-from", default="", metavar="ADDR", help="envelope sender")
-    p.add_argument("--rcpt", action="append", default=[], metavar="ADDR", help="envelope recipient")
+    p.add_argument(
+        "--rcpt",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="ADDR",
+        help="envelope recipient(s); repeat it or list several",
+    )
 
     tickets = command(sub, "tickets", help="list, show and change tickets")
     tsub = _choice(tickets, "tickets_command", "ACTION")
@@ -279,12 +288,37 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
+    """Store one mail for an MTA's pipe, where the exit status is the whole answer.
+
+    Postfix's pipe(8) bounces on most statuses, so only two are final: 0 (stored, or a
+    duplicate) and 65 (the input is not a mail; it is kept in quarantine). A command line
+    that cannot be right exits 2 (as does an invalid config). Everything else, from an
+    unreadable input to a database that cannot be written or a bug, exits 75 (EX_TEMPFAIL):
+    the MTA keeps the mail and retries, and nothing is bounced by accident.
+    """
+    for rcpt in args.rcpt:
+        if "@" not in rcpt:
+            raise CliError(
+                f"--rcpt {rcpt!r} is not an address; give FILE before --rcpt or after --",
+                EX_USAGE,
+            )
+    try:
+        return _ingest(args, config)
+    except (CliError, ConfigError, StoreUnavailable):
+        raise
+    except Exception as exc:
+        log.debug("ingest failed", exc_info=True)
+        detail = " ".join(str(exc).split())  # one line: an MTA logs only the first
+        raise CliError(f"{type(exc).__name__}: {detail} (try again later)", EX_TEMPFAIL) from None
+
+
+def _ingest(args: argparse.Namespace, config: Config) -> int:
     from mailgate.ingest import UNPARSEABLE, InboundEnvelope, ingest
 
     try:
         raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as exc:
-        raise CliError(f"cannot read {args.file}: {exc.strerror}", EX_NOINPUT) from None
+        raise CliError(f"cannot read {args.file}: {exc.strerror}", EX_TEMPFAIL) from None
     store = _open_store(config)
     try:
         result = ingest(

@@ -229,7 +229,7 @@ def test_ingest_from_a_file(config_path: Path, tmp_path: Path) -> None:
     path.write_bytes(mail(subject="Aus Datei"))
     assert as_json(mailgate(config_path, "ingest", str(path)))["action"] == "created"
     missing = mailgate(config_path, "ingest", str(tmp_path / "nope.eml"))
-    assert missing.returncode == 66
+    assert missing.returncode == 75  # EX_TEMPFAIL: an MTA retries, never bounces
     assert b"cannot read" in missing.stderr
 
 
