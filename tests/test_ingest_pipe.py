@@ -67,6 +67,7 @@ def test_a_file_is_still_read_beside_several_recipients(
 def test_a_file_among_the_recipients_is_a_usage_error(config_path: Path, tmp_path: Path) -> None:
     """The old order ``--rcpt a FILE`` would now read FILE as a recipient and stdin as the
     mail: refused with the fix named, before anything is read or stored."""
+    assert run_cli(config_path, "init-db").returncode == 0  # so that `tickets list` can look
     path = tmp_path / "m.eml"
     path.write_bytes(mail())
     proc = run_cli(config_path, "ingest", "--rcpt", RCPTS[0], str(path), stdin=mail())
