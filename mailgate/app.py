@@ -242,15 +242,20 @@ class Scheduled:
             self._running.discard(task)
 
     async def stop(self, timeout: float) -> bool:
-        """No new runs; wait up to ``timeout`` seconds for the one in progress."""
-        self.scheduler.shutdown(wait=False)
+        """No new runs; wait up to ``timeout`` seconds for the one in progress.
+
+        Paused first and shut down only after the wait: apscheduler's shutdown cancels the
+        runs in progress.
+        """
+        self.scheduler.pause()
         running = list(self._running)
-        if not running:
-            return True
-        log.info("waiting for the %d job run(s) in progress", len(running))
-        _, pending = await asyncio.wait(running, timeout=max(0.0, timeout))
-        if pending:
-            log.warning("a job run was still in progress after %gs", timeout)
+        pending: set[asyncio.Task[Any]] = set()
+        if running:
+            log.info("waiting for the %d job run(s) in progress", len(running))
+            _, pending = await asyncio.wait(running, timeout=max(0.0, timeout))
+            if pending:
+                log.warning("a job run was still in progress after %gs", timeout)
+        self.scheduler.shutdown(wait=False)
         return not pending
 
 
