@@ -58,10 +58,13 @@ class JobThread(Executor):
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None]
         self._queue = queue.SimpleQueue()
+        self._shut = False
         self._thread = threading.Thread(target=self._work, name="mailgate-jobs", daemon=True)
         self._thread.start()
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        if self._shut:  # as ThreadPoolExecutor: nothing would ever run it
+            raise RuntimeError("cannot schedule new work after shutdown")
         future: Future[T] = Future()
         self._queue.put((future, functools.partial(fn, *args, **kwargs)))
         return future
@@ -79,6 +82,7 @@ class JobThread(Executor):
                 future.set_result(result)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shut = True
         self._queue.put(None)
         if wait:
             self._thread.join()
@@ -191,9 +195,10 @@ _POOL_STOP_MINIMUM = 5.0
 class Scheduled:
     """The outbox and auto-close jobs on apscheduler, off the event loop, one run at a time.
 
-    A run in progress is never cancelled: a job relaying a notification or closing tickets
-    is let finish (the drain waits for it), and nothing is left for ``asyncio.run`` to
-    cancel, which apscheduler logged as a job failing with ``CancelledError``.
+    On SIGTERM a run in progress is let finish, within ``drain_timeout`` (a job relaying a
+    notification or closing tickets), instead of being cancelled, which apscheduler logged
+    as a job failing with ``CancelledError``. One still running after that is abandoned
+    with a warning (:class:`JobThread`).
     """
 
     def __init__(self, server: MailServer) -> None:
@@ -285,6 +290,8 @@ async def serve_until_signalled(
                 )
             except StoreUnavailable as exc:
                 return str(exc)
+            except RuntimeError:  # the jobs' thread is shut down: the drain is under way
+                return "mailgate is stopping"
             return None
 
         http = await start_http(config.metrics.host, config.metrics.port, healthy)
@@ -306,13 +313,13 @@ async def serve_until_signalled(
     log.info("shutting down: finishing the mail in flight (drain_timeout %gs)", timeout)
     # A second SIGTERM changes nothing: the drain is already under way, and bounded.
     deadline = loop.time() + timeout
+    if http is not None:
+        http.close()  # a stopping instance is no longer healthy
     jobs = loop.create_task(scheduled.stop(timeout))
     drained = await server.stop(timeout)
     await jobs
     if reloads:
         await asyncio.wait(reloads, timeout=max(0.0, deadline - loop.time()))
-    if http is not None:
-        http.close()
     log.info("stopped" if drained else "stopped after the drain timed out")
 
 
