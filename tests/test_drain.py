@@ -27,11 +27,12 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select
 
+from mailgate.app import ServerThread
 from mailgate.config import Config
 from mailgate.models import LedgerEntry
 from mailgate.store import Store
 
-from .conftest import MAILGATE, mail
+from .conftest import MAILGATE, Clock, mail, wait_until
 from .sink import Sink, _Handler
 
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down\r\n"
@@ -318,3 +319,35 @@ def test_drain_timeout_closes_what_is_left_with_421_and_still_exits_0(
     assert "Traceback" not in stderr, stderr
     assert took < 10, took
     assert len(_stored(config)) == 1 and stuck_id not in _stored(config)  # cut short: not stored
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_lmtp_session_in_its_data_gets_a_reply_per_recipient_then_421(
+    make_config: Callable[..., tuple[Config, Path]], clock: Clock
+) -> None:
+    """The drain speaks LMTP too (in this process: the listener's part of the drain)."""
+    config, _ = make_config({"server": {"protocol": "lmtp"}})
+    store = Store(config.database.url, config.database.lock_timeout)
+    store.migrate()
+    store.sync(config, clock())
+    thread = ServerThread(config, store, clock)
+    port = thread.start()
+    try:
+        session = _Raw(port)
+        assert session.command(b"LHLO raw.test").startswith(b"250")
+        assert session.command(b"MAIL FROM:<anna@mueller-logistik.de>").startswith(b"250")
+        for rcpt in (b"support@support.example.com", b"help@support.example.com"):
+            assert session.command(b"RCPT TO:<" + rcpt + b">").startswith(b"250")
+        assert session.command(b"DATA").startswith(b"354")
+        session.sock.sendall(mail() + b"\r\n")
+        drain = asyncio.run_coroutine_threadsafe(thread.server.stop(30), thread.loop)
+        assert wait_until(lambda: thread.server.handler and thread.server.handler.draining)
+        session.sock.sendall(b".\r\n")
+        assert session.file.readline().startswith(b"250 2.0.0 Ok: created ticket")
+        assert session.file.readline().startswith(b"250 2.0.0 Ok: created ticket")
+        assert session.command(b"RSET") == SHUTTING_DOWN
+        assert session.closed()
+        assert drain.result(30) is True
+    finally:
+        thread.stop()  # after a drain, a second stop has nothing left to do
+        store.close()
