@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import queue
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -41,6 +43,50 @@ from mailgate.workers import (
 # log filters and alerts on it keep matching.
 log = logging.getLogger("mailgate.smtp")
 
+T = TypeVar("T")
+
+
+class JobThread(Executor):
+    """One daemon thread that runs the jobs (and the health check's query) in turn.
+
+    Not a :class:`~concurrent.futures.ThreadPoolExecutor`: Python waits for the threads of
+    those at exit, and a job relaying mail to a dead relay would hold the process past
+    ``drain_timeout``. A run abandoned that way leaves its outbox rows claimed; they are
+    sent again once the claim is stale (:data:`mailgate.jobs.STALE_CLAIM`).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None]
+        self._queue = queue.SimpleQueue()
+        self._shut = False
+        self._thread = threading.Thread(target=self._work, name="mailgate-jobs", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        if self._shut:  # as ThreadPoolExecutor: nothing would ever run it
+            raise RuntimeError("cannot schedule new work after shutdown")
+        future: Future[T] = Future()
+        self._queue.put((future, functools.partial(fn, *args, **kwargs)))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, call = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = call()
+            except BaseException as exc:  # handed to whoever waits for the future
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shut = True
+        self._queue.put(None)
+        if wait:
+            self._thread.join()
+
 
 class MailServer:
     """The listener's lifecycle on an event loop: start, report the bound port, stop."""
@@ -50,7 +96,7 @@ class MailServer:
         self.store = store
         self.clock = clock
         # Jobs relay mail over the network: they must never hold up storing inbound mail.
-        self.jobs_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-jobs")
+        self.jobs_executor = JobThread()
         self.ingestor: Ingestor | None = None
         self.handler: Handler | None = None
         self.server: asyncio.base_events.Server | None = None
@@ -108,74 +154,132 @@ class MailServer:
         )
         return True
 
-    async def stop(self, grace: float = 30.0) -> None:
-        """Stop accepting, let messages being stored finish their transaction, then close."""
+    async def stop(self, timeout: float | None = None) -> bool:
+        """The drain: stop accepting, answer the mails in flight, close the sessions, then
+        stop the ingestor's processes; within ``timeout`` seconds (``[server]
+        drain_timeout``). False if sessions had to be cut short.
+
+        The pool processes are told to stop only after every session is closed, so no mail
+        reaches one that is on its way out (that was a 451 for a mail that had arrived).
+        """
+        loop = asyncio.get_running_loop()
+        if timeout is None:
+            timeout = self.config.server.drain_timeout.total_seconds()
+        deadline = loop.time() + timeout
         if self.server is not None:
             self.server.close()
-        if self.handler is not None and not await self.handler.wait_idle(grace):
-            log.warning("shutdown: gave up waiting for messages still being stored")
+        drained = True
+        if self.handler is not None:
+            drained = await self.handler.drain(timeout)
+            if not drained:
+                log.warning(
+                    "drain timed out after %gs: sessions still busy were closed with 421",
+                    timeout,
+                )
         if self.server is not None:
-            close_clients = getattr(self.server, "close_clients", None)  # Python 3.13+
-            if close_clients is not None:
-                close_clients()
-            # From Python 3.12 on this waits for idle clients too; do not let one hold us.
+            # From Python 3.12 on this waits for the clients, all closed by now.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.server.wait_closed(), 5)
-        loop = asyncio.get_running_loop()
         if self.ingestor is not None:
-            await loop.run_in_executor(None, self.ingestor.close)
-        await loop.run_in_executor(None, self.jobs_executor.shutdown, True)
+            # What a worker still holds after a timed-out drain it stores before it stops.
+            left = max(_POOL_STOP_MINIMUM, deadline - loop.time())
+            await loop.run_in_executor(None, self.ingestor.close, left)
+        self.jobs_executor.shutdown(wait=False)  # a job run in progress: see Scheduled.stop
+        return drained
 
 
-def start_scheduler(server: MailServer) -> AsyncIOScheduler:
-    """The outbox and auto-close jobs on apscheduler, off the event loop, one run at a time."""
-    loop = asyncio.get_running_loop()
+# Seconds the pool processes get to store what they hold and exit, however late the drain.
+_POOL_STOP_MINIMUM = 5.0
 
-    built: dict[str, Jobs] = {}  # one Jobs (renderer, hours, relay) per config in force
 
-    async def run(name: str) -> None:
-        jobs = built.get("jobs")
+class Scheduled:
+    """The outbox and auto-close jobs on apscheduler, off the event loop, one run at a time.
+
+    On SIGTERM a run in progress is let finish, within ``drain_timeout`` (a job relaying a
+    notification or closing tickets), instead of being cancelled, which apscheduler logged
+    as a job failing with ``CancelledError``. One still running after that is abandoned
+    with a warning (:class:`JobThread`).
+    """
+
+    def __init__(self, server: MailServer) -> None:
+        self.server = server
+        self._built: dict[str, Jobs] = {}  # one Jobs (renderer, hours, relay) per config
+        self._running: set[asyncio.Task[Any]] = set()
+        loop = asyncio.get_running_loop()
+        self.scheduler = AsyncIOScheduler(event_loop=loop, timezone="UTC")
+        intervals = {
+            "deliver": server.config.jobs.outbox_interval,
+            "close": server.config.jobs.close_interval,
+        }
+        for name, interval in intervals.items():
+            self.scheduler.add_job(
+                self._run,
+                "interval",
+                args=[name],
+                seconds=interval.total_seconds(),
+                max_instances=1,
+                coalesce=True,
+                next_run_time=server.clock(),
+                id=name,
+            )
+        self.scheduler.start()
+
+    async def _run(self, name: str) -> None:
+        server = self.server
+        jobs = self._built.get("jobs")
         if jobs is None or jobs.config is not server.config:  # new, or reloaded by SIGHUP
-            jobs = built["jobs"] = Jobs(server.store, server.config)
+            jobs = self._built["jobs"] = Jobs(server.store, server.config)
         job = jobs.deliver_outbox if name == "deliver" else jobs.close_solved
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
         try:
-            await loop.run_in_executor(server.jobs_executor, job, server.clock())
+            await asyncio.get_running_loop().run_in_executor(
+                server.jobs_executor, job, server.clock()
+            )
         except StoreUnavailable as exc:
             log.warning("job %s skipped, database unavailable: %s", name, exc)
         except Exception:
             log.exception("job %s failed", name)
+        except asyncio.CancelledError:  # only at exit, after stop() gave up waiting
+            log.warning("job %s abandoned in progress: mailgate is exiting", name)
+        finally:
+            self._running.discard(task)
 
-    scheduler = AsyncIOScheduler(event_loop=loop, timezone="UTC")
-    intervals = {
-        "deliver": server.config.jobs.outbox_interval,
-        "close": server.config.jobs.close_interval,
-    }
-    for name, interval in intervals.items():
-        scheduler.add_job(
-            run,
-            "interval",
-            args=[name],
-            seconds=interval.total_seconds(),
-            max_instances=1,
-            coalesce=True,
-            next_run_time=server.clock(),
-            id=name,
-        )
-    scheduler.start()
-    return scheduler
+    async def stop(self, timeout: float) -> bool:
+        """No new runs; wait up to ``timeout`` seconds for the one in progress.
+
+        Paused first and shut down only after the wait: apscheduler's shutdown cancels the
+        runs in progress.
+        """
+        self.scheduler.pause()
+        running = list(self._running)
+        pending: set[asyncio.Task[Any]] = set()
+        if running:
+            log.info("waiting for the %d job run(s) in progress", len(running))
+            _, pending = await asyncio.wait(running, timeout=max(0.0, timeout))
+            if pending:
+                log.warning("a job run was still in progress after %gs", timeout)
+        self.scheduler.shutdown(wait=False)
+        return not pending
 
 
 async def serve_until_signalled(
     config: Config, store: Store, load: Callable[[], Config] | None = None
 ) -> None:
-    """``mailgate serve``: run until SIGTERM/SIGINT; SIGHUP reloads the config via ``load``."""
+    """``mailgate serve``: run until SIGTERM/SIGINT; SIGHUP reloads the config via ``load``.
+
+    The signal starts the drain (:meth:`MailServer.stop`); the process exits 0 after it,
+    also after one cut short by ``drain_timeout`` (a warning says so): the senders of the
+    mails cut short got 421 and keep them, nothing was lost.
+    """
     # With workers = 0 a mail passes through the store thread and back; at the default
     # switch interval (5 ms) each hand-over could wait that long for the event loop to
     # yield the interpreter (the jobs' thread, too).
     sys.setswitchinterval(SWITCH_INTERVAL)
     server = MailServer(config, store)
     await server.start()
-    scheduler = start_scheduler(server)
+    scheduled = Scheduled(server)
     http = None
     if config.metrics.port is not None:
 
@@ -186,6 +290,8 @@ async def serve_until_signalled(
                 )
             except StoreUnavailable as exc:
                 return str(exc)
+            except RuntimeError:  # the jobs' thread is shut down: the drain is under way
+                return "mailgate is stopping"
             return None
 
         http = await start_http(config.metrics.host, config.metrics.port, healthy)
@@ -203,12 +309,18 @@ async def serve_until_signalled(
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
-    log.info("shutting down: finishing messages in flight")
-    scheduler.shutdown(wait=False)
+    timeout = server.config.server.drain_timeout.total_seconds()
+    log.info("shutting down: finishing the mail in flight (drain_timeout %gs)", timeout)
+    # A second SIGTERM changes nothing: the drain is already under way, and bounded.
+    deadline = loop.time() + timeout
     if http is not None:
-        http.close()
-    await server.stop()
-    log.info("stopped")
+        http.close()  # a stopping instance is no longer healthy
+    jobs = loop.create_task(scheduled.stop(timeout))
+    drained = await server.stop(timeout)
+    await jobs
+    if reloads:
+        await asyncio.wait(reloads, timeout=max(0.0, deadline - loop.time()))
+    log.info("stopped" if drained else "stopped after the drain timed out")
 
 
 class ServerThread:

@@ -72,6 +72,9 @@ class ServerConfig:
     parsers: int | None = None
     # At most this many mails that arrive together are committed in one transaction.
     batch_size: int = 32
+    # On SIGTERM/SIGINT: how long the mails in flight may take to be answered before the
+    # sessions still open are closed with 421 (a service manager's stop timeout must be longer).
+    drain_timeout: timedelta = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +382,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
             "workers",
             "parsers",
             "batch_size",
+            "drain_timeout",
         },
     )
     server = ServerConfig(
@@ -395,6 +399,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         workers=s.get("workers", None, _workers),
         parsers=s.get("parsers", None, _workers),
         batch_size=s.get("batch_size", d_server.batch_size, _int(1, 1000)),
+        drain_timeout=s.get("drain_timeout", d_server.drain_timeout, _duration),
     )
     if len(problems) == before and (server.tls_cert is None) != (server.tls_key is None):
         problems.append("[server].tls_key: tls_cert and tls_key go together; give both")

@@ -41,6 +41,8 @@ STORED = "250 2.0.0 Ok: {detail}"
 TEMPFAIL = "451 4.3.0 Cannot store the message right now, please try again later"
 TOO_BIG = "552 5.3.4 Message size exceeds the fixed maximum message size"
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"  # RFC 5321 4.5.3.1.10: the client retries
+# RFC 5321 section 3.8: to a command during a shutdown, or unasked to an idle session.
+SHUTTING_DOWN = "421 4.3.2 Service shutting down"
 
 # aiosmtpd's texts, which the DATA reader below gives as aiosmtpd's own reader does.
 DATA_NEEDS_RCPT = "503 Error: need RCPT command"
@@ -344,7 +346,74 @@ class _Addresses:
         return addr, rest
 
 
-class MailgateSMTP(_ReplyCodes, _ChunkedData, _Addresses, SMTP):
+class _Drained:
+    """A session the handler can drain: its commands are counted while they run, and once
+    the handler drains, a new command is answered 421 and the session closed.
+
+    A command that began before the drain (a DATA being received or stored) runs to its
+    real answer. QUIT still gets its 221. Every command passes through one wrapper, put
+    in aiosmtpd's table of command methods, so no command is missed. With a handler other
+    than :class:`Handler` (a test's sink) the session is aiosmtpd's, unchanged.
+    """
+
+    transport: asyncio.BaseTransport | None
+    _smtp_methods: dict[str, Any]
+
+    def __init__(self, handler: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(handler, *args, **kwargs)  # type: ignore[call-arg]
+        self._drain = handler if isinstance(handler, Handler) else None
+        if self._drain is not None:
+            self._smtp_methods = {
+                name: self._counted(self._drain, name, method)
+                for name, method in self._smtp_methods.items()
+            }
+
+    def _counted(
+        self, handler: Handler, name: str, method: Callable[[str | None], Any]
+    ) -> Callable[[str | None], Any]:
+        async def command(arg: str | None) -> None:
+            if handler.draining and name != "QUIT":
+                await self.push(SHUTTING_DOWN)  # type: ignore[attr-defined]
+                self.close_session()
+                return
+            handler.command_started()
+            try:
+                await method(arg)
+            finally:
+                handler.command_ended()
+
+        # HELP reads a command's syntax from attributes of its method.
+        command.__dict__.update(getattr(method, "__func__", method).__dict__)
+        return command
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        if self._drain is not None:
+            self._drain.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._drain is not None:
+            self._drain.session_ended(self)
+        super().connection_lost(error)  # type: ignore[misc]
+
+    def close_session(self, goodbye: bool = False, force: bool = False) -> None:
+        """Close the connection; with ``goodbye``, send the 421 unasked first (an idle
+        session, or one still busy when the drain timed out). ``force`` drops a connection
+        already closing whose peer does not read what is left to send."""
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.is_closing():
+            if force:
+                transport.abort()  # type: ignore[attr-defined]
+            return
+        if goodbye:
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(SHUTTING_DOWN.encode() + b"\r\n")
+        transport.close()  # what is buffered is still sent; then the session task ends
+
+
+class MailgateSMTP(_ReplyCodes, _Drained, _ChunkedData, _Addresses, SMTP):
     def __init__(self, *args: Any, max_line_length: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if max_line_length is not None:
@@ -380,6 +449,12 @@ class Handler:
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # The drain (SIGTERM): the open sessions, how many are inside a command, and an
+        # event set whenever one of those changes, for the drain to look again.
+        self.draining = False
+        self.sessions: set[_Drained] = set()
+        self.busy = 0
+        self._changed = asyncio.Event()
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, lines: list[str]
@@ -437,6 +512,43 @@ class Handler:
         """Our faults are temporary for the sender: 451, never aiosmtpd's default 500."""
         log.exception("SMTP session error", exc_info=error)
         return TEMPFAIL
+
+    def command_started(self) -> None:
+        self.busy += 1
+
+    def command_ended(self) -> None:
+        self.busy -= 1
+        self._changed.set()
+
+    def session_ended(self, session: _Drained) -> None:
+        self.sessions.discard(session)
+        self._changed.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Finish the commands in progress, then close every session; False on timeout.
+
+        The listener no longer accepts connections. From now on a new command is answered
+        421 (RFC 5321 section 3.8), so each session ends after the command it is in, which
+        for a mail whose data was received is its real answer (250 once stored). Once no
+        command runs, the sessions left are idle and get an unasked 421 before they are
+        closed. After ``timeout`` seconds the busy ones are closed the same way: their
+        senders keep the mail and retry.
+        """
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.sessions:
+            if self.busy == 0:
+                for session in list(self.sessions):
+                    session.close_session(goodbye=True)
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                for session in list(self.sessions):
+                    session.close_session(goodbye=True, force=True)
+                return False
+        return True
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no DATA is being stored (graceful shutdown); False on timeout."""

@@ -167,7 +167,7 @@ class Ingestor(Protocol):
 
     def reload(self, config: Config) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, timeout: float = 30.0) -> None: ...
 
 
 def parser_count(config: Config) -> int:
@@ -316,22 +316,46 @@ class InlineIngestor:
             if stopped:
                 return
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Store what was submitted, then stop the store thread (up to ``timeout`` seconds)."""
         self._queue.put(Stop())
-        self._thread.join(60)
+        self._thread.join(timeout)
 
 
 # --------------------------------------------------------------------------- processes
+
+
+# The signals that stop ``serve``. A terminal's Ctrl-C goes to the whole process group, and
+# a service manager may send SIGTERM to every process of the service: a pool process must
+# not die of either while it holds mail. The parent stops it with a Stop message once the
+# mails in flight are answered.
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _start_shielded(process: BaseProcess) -> None:
+    """Start a pool process with the stop signals blocked, in this thread only.
+
+    The blocked set survives fork and exec, so the new interpreter holds such a signal
+    pending, instead of dying of it, until :func:`_child_setup` ignores both (which
+    discards it). A signal for the SMTP process meanwhile goes to its main thread.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _child_setup(log_level: int) -> None:
     """Signals and logging of a pool process.
 
     The parent stops its children with a stop message after the mails in flight are
-    answered, so the signals a terminal sends the whole process group are not theirs.
+    answered, so the SIGINT and SIGTERM sent to the whole process group or service are not
+    theirs: ignored, and only then unblocked (see :func:`_start_shielded`).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     # A writer's flusher thread, its fsync done, must not wait the default 5 ms for the
     # interpreter lock while the writer stores the next group: that would be every reply.
     sys.setswitchinterval(POOL_SWITCH_INTERVAL)
@@ -525,7 +549,8 @@ class WorkerPool:
             name=f"mailgate-{role}-{index}",
             daemon=True,
         )
-        await loop.run_in_executor(None, process.start)  # writes the config to the child
+        # Writes the config to the child, from a thread where the stop signals are blocked.
+        await loop.run_in_executor(None, _start_shielded, process)
         child.close()
         log.info("ingest %s %d is pid %s", role, index, process.pid)
         worker = _Worker(index, process, role=role)
