@@ -192,7 +192,14 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    args = _parse(argv)
+    try:
+        args = _parse(argv)
+    except SystemExit as exc:
+        # The pipe from an MTA: a mistake in its command line is the admin's to mend, and
+        # until then the MTA must keep the mail (75), not bounce it (argparse's 2).
+        if exc.code == EX_USAGE and "ingest" in (sys.argv[1:] if argv is None else argv):
+            return EX_TEMPFAIL
+        raise
     level = args.log_level or ("info" if args.command in ("serve", "init-db") else "warning")
     setup_logging(logging.getLevelName(level.upper()))
     try:
@@ -209,7 +216,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         every = getattr(exc, "problems", ()) if args.command == "check-config" else ()
         for problem in every or [str(exc)]:
             _error(f"config error: {problem}")
-        return EX_USAGE
+        # ingest behind an MTA: the mail waits in its queue until the config is mended.
+        return EX_TEMPFAIL if args.command == "ingest" else EX_USAGE
     except StoreUnavailable as exc:
         _error(f"{exc} (try again later)")
         return EX_TEMPFAIL
@@ -300,7 +308,7 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
         if "@" not in rcpt:
             raise CliError(
                 f"--rcpt {rcpt!r} is not an address; give FILE before --rcpt or after --",
-                EX_USAGE,
+                EX_TEMPFAIL,  # the MTA keeps the mail until its command line is mended
             )
     try:
         return _ingest(args, config)

@@ -270,12 +270,13 @@ def test_unreachable_postgresql_exits_75(tmp_path: Path) -> None:
     assert proc.stderr.decode().startswith("mailgate: error: database unavailable")
 
 
-def test_ingest_with_a_bad_config_exits_2(tmp_path: Path) -> None:
-    """An invalid config is the admin's to fix (EX_USAGE), not a reason for the MTA to retry."""
+def test_ingest_with_a_bad_config_defers_the_mail(tmp_path: Path) -> None:
+    """An invalid config is the admin's to fix; until then the MTA keeps the mail (75), it
+    does not bounce it. Other commands say the same and exit 2."""
     path = tmp_path / "bad.toml"
     path.write_text("[server]\nport = 'kaputt'\n")
     proc = mailgate_process(path, "ingest", stdin=mail())
-    assert proc.returncode == 2
+    assert proc.returncode == 75
     assert proc.stdout == b""
     assert proc.stderr.decode().startswith(f"mailgate: error: config error: {path}: ")
     assert len(proc.stderr.splitlines()) == 1
@@ -538,7 +539,8 @@ def test_a_sqlite_path_that_does_not_exist_is_named(tmp_path: Path) -> None:
     path.write_text(f'[database]\nurl = "sqlite:///{missing_dir}/mailgate.db"\n')
     for argv in (("init-db",), ("ingest",), ("tickets", "list"), ("stats",)):
         proc = mailgate(path, *argv, stdin=mail())
-        assert proc.returncode == 2, (argv, proc.stderr)
+        # ingest behind an MTA defers the mail until the URL is mended (75); the others: 2
+        assert proc.returncode == (75 if argv == ("ingest",) else 2), (argv, proc.stderr)
         assert proc.stderr.decode() == (
             f"mailgate: error: config error: [database].url: the directory {missing_dir} does "
             f"not exist (database file {missing_dir}/mailgate.db); create it, or correct the URL\n"
