@@ -202,6 +202,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         raise
     level = args.log_level or ("info" if args.command in ("serve", "init-db") else "warning")
     setup_logging(logging.getLevelName(level.upper()))
+    config: Config | None = None
     try:
         config = load_config(args.config)
         code = COMMANDS[args.command](args, config)
@@ -219,7 +220,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         # ingest behind an MTA: the mail waits in its queue until the config is mended.
         return EX_TEMPFAIL if args.command == "ingest" else EX_USAGE
     except StoreUnavailable as exc:
-        _error(f"{exc} (try again later)")
+        # Name the database: behind an MTA this line is all an admin sees of the failure.
+        where = _database_name(config.database.url) if config is not None else "?"
+        _error(f"{exc} (database {where}; try again later)")
         return EX_TEMPFAIL
     except CliError as exc:
         _error(str(exc))
@@ -233,6 +236,16 @@ def run(argv: Sequence[str] | None = None) -> int:
         log.debug("internal error", exc_info=True)
         _error(f"internal error: {type(exc).__name__}: {exc}")
         return EX_SOFTWARE
+
+
+def _database_name(url: str) -> str:
+    """The database URL as an admin may read it in a log: without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparseable URL fails earlier, in the config check
+        return "?"
 
 
 def _silence_stdout() -> None:

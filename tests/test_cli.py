@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from mailgate.config import Config
 
@@ -256,6 +257,9 @@ def test_ingest_with_database_down_exits_75_and_loses_nothing(
         proc = mailgate_process(path, "ingest", stdin=raw)
     assert proc.returncode == 75, proc.stderr
     assert b"try again later" in proc.stderr and b"Traceback" not in proc.stderr
+    # the admin reading the MTA's log learns which database it was, never its password
+    named = make_url(config.database.url).render_as_string(hide_password=True)
+    assert f"(database {named}; try again later)".encode() in proc.stderr
     assert as_json(mailgate(path, "ingest", stdin=raw))["action"] == "created"
     assert len(as_json(mailgate(path, "tickets", "list", "--json"))) == 1
 
