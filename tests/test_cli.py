@@ -54,9 +54,12 @@ def as_json(proc: CliResult | subprocess.CompletedProcess[bytes]) -> Any:
 class Daemon:
     """`mailgate serve` as a subprocess; its log lines are collected as they come."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, own_group: bool = False) -> None:
+        """``own_group``: in a process group of its own, so a test can signal all of it."""
         self.proc = subprocess.Popen(
-            [*MAILGATE, "--config", str(config_path), "serve"], stderr=subprocess.PIPE
+            [*MAILGATE, "--config", str(config_path), "serve"],
+            stderr=subprocess.PIPE,
+            start_new_session=own_group,
         )
         self.lines: list[str] = []
         self._news = threading.Condition()
@@ -523,17 +526,6 @@ def test_a_duplicate_names_the_ticket_of_the_first_copy(config_path: Path) -> No
     mailgate(config_path, "ingest", stdin=b"\x00\xff kein Mail")
     again = json.loads(mailgate(config_path, "ingest", stdin=b"\x00\xff kein Mail").stdout)
     assert (again["action"], again["ticket"], again["organization"]) == ("duplicate", None, None)
-
-
-def test_a_duplicate_over_smtp_names_the_ticket(server: int) -> None:
-    raw = mail(message_id="<twice-2@mueller-logistik.de>")
-    send(server, raw)
-    with smtplib.SMTP("127.0.0.1", server) as client:
-        client.ehlo()
-        client.mail("anna@mueller-logistik.de")
-        client.rcpt("support@support.example.com")
-        code, reply = client.data(raw)
-    assert (code, reply) == (250, b"2.0.0 Ok: duplicate ticket #1")
 
 
 def test_a_sqlite_path_that_does_not_exist_is_named(tmp_path: Path) -> None:

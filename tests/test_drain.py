@@ -15,7 +15,6 @@ import re
 import signal
 import smtplib
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -32,50 +31,18 @@ from mailgate.config import Config
 from mailgate.models import LedgerEntry
 from mailgate.store import Store
 
-from .conftest import MAILGATE, Clock, mail, wait_until
+from .conftest import Clock, mail, wait_until
 from .sink import Sink, _Handler
+from .test_cli import Daemon
 
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down\r\n"
 
 
-class Serve:
+class Serve(Daemon):
     """``mailgate serve`` in a process group of its own; its log lines as they come."""
 
     def __init__(self, config_path: Path) -> None:
-        self.proc = subprocess.Popen(
-            [*MAILGATE, "--config", str(config_path), "serve"],
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        self.lines: list[str] = []
-        self._news = threading.Condition()
-        self._closed = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.port = int(self.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._news:
-                self.lines.append(line.decode())
-                self._news.notify_all()
-        with self._news:
-            self._closed = True
-            self._news.notify_all()
-
-    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
-        """The first log line that matches, woken by each new line."""
-        deadline = time.monotonic() + timeout
-        with self._news:
-            while True:
-                for line in self.lines:
-                    if match := re.search(pattern, line):
-                        return match
-                left = deadline - time.monotonic()
-                if left <= 0 or self._closed:
-                    raise AssertionError(f"no log line {pattern!r}:\n{''.join(self.lines)}")
-                self._news.wait(left)
+        super().__init__(config_path, own_group=True)
 
     def signal_group(self, signum: int) -> None:
         """As a terminal or ``KillMode=control-group`` does: to every process of serve."""
