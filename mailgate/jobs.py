@@ -113,7 +113,7 @@ class Jobs:
             for row in rows:
                 if row.message is None:
                     try:
-                        self._render(session, row)
+                        self._render(session, row, now)
                     except Exception as exc:  # a template bug must not block the queue
                         log.exception("outbox %s: cannot render %s", row.id, row.kind)
                         row.status, row.last_error = OutboxStatus.FAILED.value, f"render: {exc}"
@@ -154,8 +154,11 @@ class Jobs:
             stats.errors.append(f"outbox {claim.id}: {error}")
             log.warning("outbox %s: %s (%s)", claim.id, verdict.value, error)
 
-    def _render(self, session: Session, row: Outbox) -> None:
-        """Render and build the message once; retries send the very same bytes."""
+    def _render(self, session: Session, row: Outbox, now: datetime) -> None:
+        """Render and build the message once; retries send the very same bytes.
+
+        ``Date`` is ``now``, the time of building: the time the mail was written.
+        """
         config = self.config
         ticket = session.get(Ticket, row.ticket_id) if row.ticket_id is not None else None
         if ticket is None:
@@ -206,7 +209,7 @@ class Jobs:
             if row.kind == NotificationKind.TICKET_CREATED
             else "auto-generated",
         )
-        message = build_message(config, envelope, rendered.text, rendered.html)
+        message = build_message(config, envelope, rendered.text, rendered.html, now=now)
         row.message_id = str(message["Message-ID"]).strip().strip("<>")
         row.message = message.as_bytes()
 

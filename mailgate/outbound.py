@@ -12,16 +12,19 @@ import contextlib
 import enum
 import mailbox
 import os
+import re
 import smtplib
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import formataddr, make_msgid
+from email.policy import SMTP, SMTPUTF8
+from email.utils import format_datetime, make_msgid
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, cast
+from zoneinfo import ZoneInfo
 
 from mailgate.config import Config
 
@@ -78,31 +81,120 @@ class OutboundEnvelope:
     auto_submitted: str  # "auto-replied" for acknowledgements, else "auto-generated"
 
 
+class _MessageIdList(UnstructuredHeader):
+    """``In-Reply-To``/``References``: msg-ids folded between ids, never as encoded-words.
+
+    The stdlib treats these headers as unstructured text and turns an id longer than a
+    line into ``=?utf-8?q?…?=``, which no mail client matches to the thread (RFC 5322
+    section 3.6.4 allows only ``<id-left@id-right>`` there).
+    """
+
+    name: str  # set by BaseHeader, which the registry mixes in
+
+    def fold(self, *, policy: Any) -> str:
+        lines = [f"{self.name}:"]
+        for msg_id in str(self).split():
+            if len(lines[-1]) + 1 + len(msg_id) > 78 and lines[-1] != f"{self.name}:":
+                lines.append("")
+            lines[-1] += " " + msg_id
+        return str(policy.linesep).join(lines) + str(policy.linesep)
+
+
+_HEADERS = HeaderRegistry()
+_HEADERS.map_to_type("in-reply-to", cast("type[BaseHeader]", _MessageIdList))
+_HEADERS.map_to_type("references", cast("type[BaseHeader]", _MessageIdList))
+# SMTP: ASCII headers, CRLF, lines at 78. SMTPUTF8 (RFC 6532): addresses stay UTF-8.
+POLICY_ASCII = SMTP.clone(header_factory=_HEADERS)
+POLICY_UTF8 = SMTPUTF8.clone(header_factory=_HEADERS)
+
+# What may stand between < and > of a message id we put into our headers: RFC 5322's
+# dot-atom-text on both sides, or a domain literal on the right. Anything else (spaces,
+# control characters, raw UTF-8 from a sloppy sender) is left out of the thread headers.
+_MSG_ID = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+|\[[!-Z^-~]*\])$"
+)
+
+
+def ascii_domain(domain: str) -> str:
+    """A domain as IDNA A-labels (``xn--…``), for headers and envelopes of ASCII-only relays."""
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise ValueError(f"domain {domain!r} is not a valid internationalised name") from exc
+
+
+def split_address(address: str) -> tuple[str, str]:
+    local, _, domain = address.rpartition("@")
+    return local, domain
+
+
+def ascii_address(address: str) -> str:
+    """The address with its domain in A-labels; the local part must already be ASCII."""
+    local, domain = split_address(address)
+    return f"{local}@{ascii_domain(domain)}" if domain else address
+
+
+def needs_smtputf8(address: str) -> bool:
+    """Whether only an SMTPUTF8 relay can carry it (RFC 6531): a non-ASCII local part."""
+    return not split_address(address)[0].isascii()
+
+
+def _header_address(address: str, utf8: bool, display_name: str = "") -> Address:
+    local, domain = split_address(address)
+    if not utf8:
+        domain = ascii_domain(domain)
+    return Address(display_name=display_name, username=local, domain=domain)
+
+
+def _msg_ids(ids: Sequence[str]) -> list[str]:
+    return [f"<{i}>" for i in ids if _MSG_ID.match(i)]
+
+
 def build_message(
     config: Config,
     envelope: OutboundEnvelope,
     text: str,
     html: str,
     message_id: str | None = None,
+    now: datetime | None = None,
 ) -> EmailMessage:
-    """A UTF-8 notification with our headers; pure, so it can be tested and stored."""
-    domain = config.mail.address.rpartition("@")[2]
-    message = EmailMessage(policy=SMTP)
-    message["From"] = formataddr(("Support", config.mail.address))
-    message["To"] = ", ".join(envelope.to)
+    """One RFC 5322 notification with our headers; pure, so it can be tested and stored.
+
+    ``now`` (aware) is the time of building and becomes ``Date`` in the offset of
+    ``[hours] timezone``, the zone the support team and its customers read. Addresses go
+    out in A-labels unless a local part is non-ASCII or the mail goes to a maildir: then
+    the message is UTF-8 throughout (RFC 6532) and a relay must offer SMTPUTF8.
+    """
+    addresses = [config.mail.address, envelope.reply_to, *envelope.to]
+    utf8 = any(needs_smtputf8(a) for a in addresses) or (
+        config.outbound.transport == "maildir" and not all(a.isascii() for a in addresses)
+    )
+    domain = ascii_domain(split_address(config.mail.address)[1])
+    when = (now or datetime.now(UTC)).astimezone(ZoneInfo(config.hours.timezone))
+    message = EmailMessage(policy=POLICY_UTF8 if utf8 else POLICY_ASCII)
+    message["Date"] = format_datetime(when)
+    message["From"] = _header_address(config.mail.address, utf8, "Support")
+    message["To"] = [_header_address(a, utf8) for a in envelope.to]
     message["Subject"] = one_line(envelope.subject)
-    message["Reply-To"] = envelope.reply_to
+    message["Reply-To"] = _header_address(envelope.reply_to, utf8)
     message["Message-ID"] = message_id or make_msgid(domain=domain)
-    if envelope.in_reply_to:
-        message["In-Reply-To"] = f"<{envelope.in_reply_to}>"
-    if envelope.references:
-        message["References"] = " ".join(f"<{ref}>" for ref in envelope.references)
+    in_reply_to = _msg_ids([envelope.in_reply_to] if envelope.in_reply_to else [])
+    if in_reply_to:
+        message["In-Reply-To"] = in_reply_to[0]
+    references = _msg_ids(envelope.references)
+    if references:
+        message["References"] = " ".join(references)
     # RFC 3834: mark what robots sent, so other robots do not answer it.
     message["Auto-Submitted"] = envelope.auto_submitted
     message["X-Auto-Response-Suppress"] = "All"
     message[LOOP_HEADER] = domain
-    message.set_content(text, charset="utf-8")
-    message.add_alternative(html, subtype="html", charset="utf-8")
+    # Quoted-printable keeps every body line within 78 characters and the body 7-bit.
+    message.set_content(text, charset="utf-8", cte="quoted-printable")
+    message.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
+    for part in message.iter_parts():  # MIME-Version belongs to the top only (RFC 2045 4)
+        del part["MIME-Version"]
     return message
 
 
@@ -154,12 +246,32 @@ class SmtpTransport:
         return client
 
     def send(self, message: bytes, sender: str, recipients: Sequence[str]) -> None:
+        """Send with SMTPUTF8 only when an address or the message needs it (RFC 6531).
+
+        Otherwise domains go out as A-labels, which every relay accepts. A mail that needs
+        SMTPUTF8 on a relay without it fails at once (553): no retry would change that.
+        """
+        utf8 = not message.isascii() or any(map(needs_smtputf8, [sender, *recipients]))
         for attempt in (1, 2):
             fresh = self._client is None
             try:
                 if self._client is None:
                     self._client = self._connect()
-                refused = self._client.sendmail(sender, list(recipients), message)
+                self._client.ehlo_or_helo_if_needed()
+                if utf8 and not self._client.has_extn("smtputf8"):
+                    raise DeliveryError(
+                        553,
+                        "relay does not offer SMTPUTF8, which a non-ASCII address needs: "
+                        + ", ".join(a for a in [sender, *recipients] if not a.isascii()),
+                    )
+                if utf8:
+                    refused = self._client.sendmail(
+                        sender, list(recipients), message, mail_options=["SMTPUTF8"]
+                    )
+                else:
+                    refused = self._client.sendmail(
+                        ascii_address(sender), [ascii_address(r) for r in recipients], message
+                    )
                 break
             except smtplib.SMTPServerDisconnected as exc:
                 self._drop()
@@ -173,6 +285,8 @@ class SmtpTransport:
                     self._drop()
                 code = exc.smtp_code
                 raise DeliveryError(code, _reply_text(code, exc.smtp_error)) from exc
+            except ValueError as exc:  # an address IDNA cannot encode: permanent
+                raise DeliveryError(553, f"cannot encode address: {exc}") from exc
             except (smtplib.SMTPException, OSError) as exc:
                 self._drop()
                 raise DeliveryError(None, f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,126 @@
+"""Every notification kind, in every language, is a correct RFC 5322 message on the wire.
+
+The bytes are the ones the outbox stores and sends (``Jobs._render`` through
+``build_message``), parsed with the stdlib's strict policy, which raises on any defect.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import strict
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import select
+
+from mailgate.config import Config
+from mailgate.ingest import InboundEnvelope, ingest
+from mailgate.jobs import Jobs
+from mailgate.models import Comment, NotificationKind, Outbox, OutboxStatus
+from mailgate.render import LANGUAGES
+from mailgate.store import Store
+
+from .conftest import Clock, mail
+
+# A message id longer than a header line: the stdlib would fold it as an encoded-word.
+LONG_ID = "CAH" + "x" * 70 + ".4711@mail.mueller-logistik.de"
+MSG_ID_LIST = re.compile(r"^(?:\s*<[!-;=?-~]+@[!-;=?-~]+>)+\s*$")
+MESSAGE_ID = re.compile(r"^<[!-;=?-~]+@support\.example\.com>$")
+
+
+def _queue_every_kind(store: Store, ticket: int, now: datetime) -> None:
+    """One pending row of each kind for the ticket, as the pipeline would write it."""
+    with store.transaction() as session:
+        comment = session.scalars(select(Comment).where(Comment.ticket_id == ticket)).first()
+        assert comment is not None
+        for kind in NotificationKind:
+            session.add(
+                Outbox(
+                    kind=kind.value,
+                    ticket_id=ticket,
+                    recipients=["anna@mueller-logistik.de"],
+                    subject=f"[#{ticket}] Re: Lieferung – Übergabe {kind.value} " + "lang " * 20,
+                    payload={"comment": comment.id, "errors": ["#status bogus: unknown"]},
+                    status=OutboxStatus.PENDING.value,
+                    created_at=now,
+                    next_attempt_at=now,
+                )
+            )
+
+
+def _wire(store: Store) -> dict[str, bytes]:
+    with store.transaction() as session:
+        rows = session.scalars(select(Outbox).order_by(Outbox.id)).all()
+        assert all(r.status == OutboxStatus.SENT.value for r in rows), [r.last_error for r in rows]
+        return {r.kind: r.message for r in rows if r.message is not None}
+
+
+def _check(data: bytes, now: datetime, zone: ZoneInfo) -> EmailMessage:
+    """Checks that hold for every message we send; returns the strictly parsed message."""
+    assert b"\n" not in data.replace(b"\r\n", b""), "bare LF or CR"
+    assert b"\r" not in data.replace(b"\r\n", b""), "bare CR"
+    lines = data.split(b"\r\n")
+    assert all(len(line) <= 998 for line in lines)
+    # Wrapped at 78 wherever a line has a place to fold: only one unbreakable token is longer.
+    long = [line for line in lines if len(line) > 78]
+    assert all(b" " not in line.strip().split(b": ", 1)[-1] for line in long), long
+    assert data.isascii()  # ASCII addresses: no SMTPUTF8 needed, headers encoded
+    message = BytesParser(policy=strict).parsebytes(data)
+    assert isinstance(message, EmailMessage)
+    assert not message.defects
+    head = data.split(b"\r\n\r\n", 1)[0]
+    assert data.count(b"MIME-Version:") == 1 and head.count(b"\r\nMIME-Version: 1.0") == 1
+    for name in ("Date", "From", "To", "Subject", "Message-ID", "Auto-Submitted", "Reply-To"):
+        assert len(message.get_all(name, [])) == 1, name
+    date = parsedate_to_datetime(str(message["Date"]))
+    assert date == now and date.utcoffset() == now.astimezone(zone).utcoffset()
+    assert MESSAGE_ID.match(str(message["Message-ID"]).strip())
+    for name in ("From", "To", "Reply-To"):
+        addresses = message[name].addresses
+        assert addresses and all(a.username and a.domain for a in addresses), name
+    assert b"=?" not in b"".join(
+        line for line in head.split(b"\r\n") if not line.startswith(b"Subject:")
+    ).replace(b"\r\n ", b" ")
+    for name in ("In-Reply-To", "References"):
+        assert len(message.get_all(name, [])) == 1, name
+        assert MSG_ID_LIST.match(str(message[name])), name
+    assert message["Auto-Submitted"] in ("auto-replied", "auto-generated")
+    assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
+    for part in message.iter_parts():
+        assert part["Content-Transfer-Encoding"] == "quoted-printable"
+        assert "MIME-Version" not in part
+        assert part.get_content().strip()
+    return message
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_kind_is_rfc5322(
+    make_config: Callable[..., tuple[Config, Path]], clock: Clock, language: str
+) -> None:
+    config, _ = make_config({"mail": {"language": language}})
+    store = Store(config.database.url, config.database.lock_timeout)
+    try:
+        store.migrate()
+        store.sync(config, clock())
+        raw = mail(subject="Lieferung – Übergabe", message_id=f"<{LONG_ID}>")
+        created = ingest(store, config, raw, InboundEnvelope(), clock())
+        assert created.ticket is not None
+        _queue_every_kind(store, created.ticket, clock())
+        clock.advance(minutes=5)
+        Jobs(store, config).deliver_outbox(clock())
+        wire = _wire(store)
+    finally:
+        store.close()
+    assert set(wire) == set(NotificationKind)
+    zone = ZoneInfo(config.hours.timezone)
+    for kind, data in wire.items():
+        message = _check(data, clock(), zone)
+        assert message["In-Reply-To"] == f"<{LONG_ID}>", kind
+        assert message["Subject"].startswith(f"[#{created.ticket}] "), kind
+        assert "Übergabe" in message["Subject"]
