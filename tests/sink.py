@@ -52,9 +52,13 @@ class _Handler:
 class Sink:
     """An aiosmtpd server on a free port in its own thread."""
 
-    def __init__(self, protocol: type[SMTP] = SMTP, data_size_limit: int = 33554432) -> None:
+    def __init__(
+        self, protocol: type[SMTP] = SMTP, data_size_limit: int = 33554432, smtputf8: bool = False
+    ) -> None:
         self.protocol = protocol  # mailgate's own listener class, to hold it against aiosmtpd's
         self.data_size_limit = data_size_limit
+        # Offer SMTPUTF8 (RFC 6531) in the EHLO reply, or withhold it like an old relay.
+        self.smtputf8 = smtputf8
         self.handler = _Handler()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -78,6 +82,7 @@ class Sink:
                     hostname="sink.test",
                     data_size_limit=self.data_size_limit,
                     loop=self.loop,
+                    **({"enable_SMTPUTF8": True} if self.smtputf8 else {}),
                 ),
                 host="127.0.0.1",
                 port=0,
