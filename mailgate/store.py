@@ -37,7 +37,7 @@ from mailgate.models import Meta
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-# Serialises migrations and config sync between instances sharing one PostgreSQL.
+# Serialises migrations and config sync between instances sharing one PostgreSQL schema.
 _PG_LOCK_KEY = 0x6D61696C67617465  # "mailgate"
 
 # The errors that mean "the database cannot take this write now; try again later".
@@ -230,7 +230,13 @@ class Store:
             self.engine.begin() as conn,
         ):
             if self.dialect == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+                # One lock per schema: instances sharing a schema take turns; a database
+                # holding several mailgate schemas (one per test, or per tenant) does not
+                # make them wait for each other.
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtextextended(current_schema(), :k))"),
+                    {"k": _PG_LOCK_KEY},
+                )
             yield conn
 
     # --- schema -------------------------------------------------------------------------
