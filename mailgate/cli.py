@@ -161,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     jsub = _choice(jobs, "jobs_command", "ACTION")
     p = command(jsub, "run", help="run every due job once: close solved tickets, send outbox")
     p.add_argument("--now", metavar="ISO8601", help="pretend it is this time (default: now)")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
 
     quarantine = command(sub, "quarantine", help="mail kept aside, and processing it again")
     qsub = _choice(quarantine, "quarantine_command", "ACTION")
@@ -546,7 +547,12 @@ def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
         result = Jobs(store, config).run_once(when)
     finally:
         store.close()
+    # The run ran: rows that failed are in the outbox with their errors, not in the status.
+    # stdout keeps its JSON (cron scripts read it); people read the summary on stderr.
     print(json.dumps(result))
+    if not args.json:
+        summary = f"sent {result['sent']}, retrying {result['retry']}, failed {result['failed']}"
+        print(summary, file=sys.stderr)
     return EX_OK
 
 

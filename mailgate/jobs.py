@@ -32,6 +32,7 @@ from mailgate.outbound import (
     build_message,
     classify,
     make_transport,
+    one_line,
 )
 from mailgate.pipeline import notify
 from mailgate.pipeline.facts import TicketFacts
@@ -54,6 +55,32 @@ class DeliveryStats:
 
     def as_json(self) -> dict[str, Any]:
         return {"sent": self.sent, "retry": self.retry, "failed": self.failed}
+
+    def count(self, verdict: Verdict, row: int, error: str | None) -> None:
+        """One row's outcome: the totals, the metric and, for a failure, its error."""
+        setattr(self, verdict.value, getattr(self, verdict.value) + 1)
+        DELIVERIES.labels(verdict.value).inc()
+        if error:
+            self.errors.append(f"outbox {row}: {error}")
+            log.warning("outbox %s: %s (%s)", row, verdict.value, error)
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line for ``last_error``: its type, then its message."""
+    return one_line(f"{type(exc).__name__}: {exc}")
+
+
+def judge_unexpected(exc: Exception) -> Verdict:
+    """What an exception other than a :class:`DeliveryError` means for its row.
+
+    Network trouble (``OSError``: a reset, a timeout, an smtplib error the transport let
+    through) may pass: retried with backoff until ``[outbound] max_age``, like a 4yz. Any
+    other exception (an address smtplib cannot encode, a template or programming error) is
+    in the row or in mailgate and comes back on every try, since a retry sends the very same
+    bytes to the very same recipients: the row fails at once, so it neither blocks nor
+    hammers the relay, and its ``last_error`` says why.
+    """
+    return Verdict.RETRY if isinstance(exc, OSError) else Verdict.FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +105,15 @@ class Jobs:
     # --- outbox -------------------------------------------------------------------------
 
     def deliver_outbox(self, now: datetime) -> DeliveryStats:
-        """Send every due row once; retry transient failures with backoff."""
+        """Send every due row once; retry transient failures with backoff.
+
+        One row's trouble, whatever it is, ends in that row (``last_error``, ``retry`` or
+        ``failed``) and the others are delivered; only the database failing stops the run.
+        """
         stats = DeliveryStats()
         try:
             while True:
-                claims = self._claim(now)
+                claims = self._claim(now, stats)
                 if not claims:
                     return stats
                 for claim in claims:
@@ -90,7 +121,7 @@ class Jobs:
         finally:
             self.transport.close()
 
-    def _claim(self, now: datetime) -> list[_Claim]:
+    def _claim(self, now: datetime, stats: DeliveryStats) -> list[_Claim]:
         due = or_(
             and_(
                 Outbox.status.in_((OutboxStatus.PENDING.value, OutboxStatus.RETRY.value)),
@@ -113,10 +144,17 @@ class Jobs:
             for row in rows:
                 if row.message is None:
                     try:
-                        self._render(session, row, now)
+                        # A savepoint: a failed render leaves nothing half-written behind
+                        # (on PostgreSQL an error would otherwise abort the whole batch).
+                        with session.begin_nested():
+                            self._render(session, row, now)
                     except Exception as exc:  # a template bug must not block the queue
-                        log.exception("outbox %s: cannot render %s", row.id, row.kind)
-                        row.status, row.last_error = OutboxStatus.FAILED.value, f"render: {exc}"
+                        # Logged as one line by stats.count; the traceback only for debugging.
+                        log.debug("outbox %s: cannot render %s", row.id, row.kind, exc_info=True)
+                        error = f"render: {describe(exc)}"
+                        row.status, row.last_error = OutboxStatus.FAILED.value, error
+                        row.claimed_at = None
+                        stats.count(Verdict.FAILED, row.id, error)
                         continue
                 assert row.message is not None
                 row.status = OutboxStatus.SENDING.value
@@ -133,6 +171,17 @@ class Jobs:
             verdict, error = Verdict.SENT, None
         except DeliveryError as exc:
             verdict, error = classify(exc.code), str(exc)
+        except Exception as exc:  # anything unforeseen ends in this row, never in the run
+            log.debug("outbox %s: cannot send", claim.id, exc_info=True)
+            verdict, error = judge_unexpected(exc), describe(exc)
+            # The relay session may be left mid-transaction (MAIL sent, RCPT not): the next
+            # row starts on a fresh connection.
+            try:
+                self.transport.close()
+            except Exception as close_exc:
+                log.warning(
+                    "outbox %s: closing the relay connection: %s", claim.id, describe(close_exc)
+                )
         if verdict is Verdict.RETRY and now - claim.created_at >= self.config.outbound.max_age:
             verdict, error = Verdict.FAILED, f"gave up after {claim.attempts} attempts: {error}"
         with self.store.transaction() as session:
@@ -148,11 +197,7 @@ class Jobs:
                 row.next_attempt_at = now + backoff(claim.attempts)
             attempt = {"at": now.isoformat(), "result": verdict.value, "error": error}
             row.payload = {**row.payload, "attempts": [*row.payload.get("attempts", []), attempt]}
-        setattr(stats, verdict.value, getattr(stats, verdict.value) + 1)
-        DELIVERIES.labels(verdict.value).inc()
-        if error:
-            stats.errors.append(f"outbox {claim.id}: {error}")
-            log.warning("outbox %s: %s (%s)", claim.id, verdict.value, error)
+        stats.count(verdict, claim.id, error)
 
     def _render(self, session: Session, row: Outbox, now: datetime) -> None:
         """Render and build the message once; retries send the very same bytes.

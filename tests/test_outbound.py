@@ -193,8 +193,8 @@ def test_jobs_run_with_simulated_time(relayed: tuple[Config, Path], sink: Sink) 
 
     ticket = cli("ingest", stdin=mail())["ticket"]
     assert run_cli(path, "tickets", "set", str(ticket), "--status", "solved").returncode == 0
-    assert cli("jobs", "run") == {"closed": 0, "sent": 2, "retry": 0, "failed": 0}
-    assert cli("jobs", "run", "--now", "2099-01-01T00:00:00+00:00") == {
+    assert cli("jobs", "run", "--json") == {"closed": 0, "sent": 2, "retry": 0, "failed": 0}
+    assert cli("jobs", "run", "--json", "--now", "2099-01-01T00:00:00+00:00") == {
         "closed": 1,
         "sent": 1,
         "retry": 0,
@@ -245,7 +245,7 @@ def test_two_job_runners_deliver_each_row_exactly_once(
     expected = len(rows(store))
     procs = [
         subprocess.Popen(
-            [*MAILGATE, "--config", str(path), "jobs", "run"],
+            [*MAILGATE, "--config", str(path), "jobs", "run", "--json"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
