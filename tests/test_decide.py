@@ -130,7 +130,7 @@ class Row:
     expect: type
     reason: str  # a regular expression the whole reason must match
     facts: Facts = Facts()
-    envelope: InboundEnvelope = InboundEnvelope("", (SUPPORT,))
+    envelope: InboundEnvelope = InboundEnvelope(None, (SUPPORT,))
     router: Router = ROUTER
     dkim: DkimResult | None = None
     told: tuple[tuple[str, tuple[str, ...]], ...] | None = None  # (kind, to); followers: "*"
@@ -173,6 +173,13 @@ ROWS: list[Row] = [
     # --- input that is no mail, no sender, our own mail, bounces -------------------------
     Row("not a mail", None, Quarantine, "unparseable: .+"),
     Row("no sender at all", NO_FROM, Quarantine, lit("no sender address (From)")),
+    Row(
+        "no From and a null envelope sender",
+        NO_FROM,
+        Quarantine,
+        lit("no sender address (From)"),
+        envelope=InboundEnvelope("", (SUPPORT,)),
+    ),
     Row(
         "no From, envelope sender asks",
         NO_FROM,
