@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     p = command(sub, "ingest", help="store one mail from a file or stdin (for MTA pipes)")
     p.usage = "mailgate ingest [FILE] [--mail-from ADDR] [--rcpt ADDR [ADDR ...]] [-- FILE]"
     p.add_argument("file", nargs="?", default="-", help="the raw mail; '-' or absent: stdin")
-    p.add_argument("--mail-from", default="", metavar="ADDR", help="envelope sender")
+    p.add_argument("--mail-from", default=None, metavar="ADDR", help="envelope sender")
     p.add_argument(
         "--rcpt",
         action="extend",

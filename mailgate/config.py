@@ -136,6 +136,13 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HygieneConfig:
+    """Machine reports (ARF, DMARC, TLS-RPT): robots read them, so by default no ticket."""
+
+    reports: str = "ignore"  # "ignore": ledger only; "ticket": a ticket, never acknowledged
+
+
+@dataclass(frozen=True, slots=True)
 class SecurityConfig:
     verify_dkim: bool = False  # check DKIM on inbound mail and record the result
     # Honour agents' email commands only from DKIM-verified mail of the agent's domain.
@@ -251,6 +258,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    hygiene: HygieneConfig = field(default_factory=HygieneConfig)
     source: str = "built-in defaults"  # where the config came from, for messages
 
     def organization(self, name: str) -> OrganizationConfig | None:
@@ -360,6 +368,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         "limits",
         "metrics",
         "security",
+        "hygiene",
     }
     for name in sorted(set(data) - sections):
         problems.append(f"[{name}]: unknown section")
@@ -493,6 +502,9 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         verify_dkim=s.get("verify_dkim", False, _bool) or require, require_dkim_for_commands=require
     )
 
+    s = section(data.get("hygiene", {}), "hygiene", {"reports"})
+    hygiene = HygieneConfig(reports=s.get("reports", "ignore", _choice("ignore", "ticket")))
+
     d_jobs = JobsConfig()
     s = section(data.get("jobs", {}), "jobs", {"outbox_interval", "close_interval"})
     jobs = JobsConfig(
@@ -624,5 +636,6 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         limits=limits,
         metrics=metrics,
         security=security,
+        hygiene=hygiene,
         source=source,
     )

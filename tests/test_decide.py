@@ -130,7 +130,7 @@ class Row:
     expect: type
     reason: str  # a regular expression the whole reason must match
     facts: Facts = Facts()
-    envelope: InboundEnvelope = InboundEnvelope("", (SUPPORT,))
+    envelope: InboundEnvelope = InboundEnvelope(None, (SUPPORT,))
     router: Router = ROUTER
     dkim: DkimResult | None = None
     told: tuple[tuple[str, tuple[str, ...]], ...] | None = None  # (kind, to); followers: "*"
@@ -167,12 +167,67 @@ NO_FROM = (
     b"Message-ID: <nofrom@x>\r\n\r\nHallo\r\n"
 )
 MEMBER = "sender is a member of Müller Logistik GmbH"
+NULL = InboundEnvelope("", (SUPPORT,))
+NOT_ACKED = "; not acknowledged: "
+HYGIENE_TICKET = Router(_config(hygiene={"reports": "ticket"}))
+
+
+def report_mail(
+    report_type: str | None,
+    part_type: str,
+    part: str,
+    sender: str = "Feedback <feedback@arf.mail.example>",
+    subject: str = "Complaint",
+    filename: str = "",
+) -> bytes:
+    """A multipart mail (a multipart/report when ``report_type``) with one machine part."""
+    outer = f"multipart/report; report-type={report_type}" if report_type else "multipart/mixed"
+    name = f'; name="{filename}"\r\nContent-Disposition: attachment; filename="{filename}"'
+    return (
+        f"From: {sender}\r\nTo: {SUPPORT}\r\nSubject: {subject}\r\n"
+        "Message-ID: <report@mail.example>\r\nDate: Thu, 26 Nov 2026 10:00:00 +0100\r\n"
+        f'MIME-Version: 1.0\r\nContent-Type: {outer}; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain\r\n\r\nThis is a report.\r\n"
+        f"--b\r\nContent-Type: {part_type}{name if filename else ''}\r\n\r\n{part}\r\n"
+        "--b--\r\n"
+    ).encode()
+
+
+ARF = report_mail("feedback-report", "message/feedback-report", "Feedback-Type: abuse\r\n")
+FORENSIC = report_mail(
+    "feedback-report",
+    "message/feedback-report",
+    "Feedback-Type: auth-failure\r\nAuth-Failure: dmarc\r\n",
+    sender="dmarc@mail.example",
+)
+TLSRPT = report_mail("tlsrpt", "application/tlsrpt+json", '{"policies": []}')
+TLSRPT_PART = report_mail(None, "application/tlsrpt+gzip", "x", filename="r.json.gz")
+DMARC_SUBJECT = mail(
+    sender="noreply-dmarc-support@google.com",
+    subject="Report domain: support.example.com Submitter: google.com Report-ID: 1",
+)
+DMARC_ZIP = report_mail(
+    None,
+    "application/zip",
+    "UEsDBA==",
+    sender="dmarc-reports@mail.example",
+    subject="DMARC aggregate",
+    filename="mail.example!support.example.com!1700000000!1700086400.zip",
+)
+
 UNKNOWN = "no organization: sender is unknown"
 
 ROWS: list[Row] = [
     # --- input that is no mail, no sender, our own mail, bounces -------------------------
     Row("not a mail", None, Quarantine, "unparseable: .+"),
     Row("no sender at all", NO_FROM, Quarantine, lit("no sender address (From)")),
+    Row(
+        "no From and a null envelope sender",
+        NO_FROM,
+        Quarantine,
+        lit("no sender address (From)"),
+        envelope=InboundEnvelope("", (SUPPORT,)),
+    ),
     Row(
         "no From, envelope sender asks",
         NO_FROM,
@@ -224,6 +279,123 @@ ROWS: list[Row] = [
         lit("bounce for 0 notification(s): weg@kunde.example 5.1.1"),
         check=lambda d: d.returned == (),
     ),
+    # --- never answered (RFC 3834 §2) and machine reports ---------------------------------
+    Row(
+        "a null envelope sender opens a ticket, unacknowledged",
+        mail(),
+        NewTicket,
+        lit(MEMBER + NOT_ACKED + "null return path (RFC 3834 §2)"),
+        envelope=NULL,
+        told=(FOLLOWERS,),
+    ),
+    Row(
+        "pipe(8) passes MAILER-DAEMON for a null sender",
+        mail(),
+        NewTicket,
+        lit(MEMBER + NOT_ACKED + "null return path (RFC 3834 §2)"),
+        envelope=InboundEnvelope("MAILER-DAEMON", (SUPPORT,)),
+        told=(FOLLOWERS,),
+    ),
+    Row(
+        "Return-Path: <> in pipe mode",
+        mail(extra="Return-Path: <>\r\n"),
+        NewTicket,
+        lit(MEMBER + NOT_ACKED + "null Return-Path (RFC 3834 §2)"),
+        told=(FOLLOWERS,),
+    ),
+    *(
+        Row(
+            f"a {local} sender is never answered",
+            mail(sender=f"{local}@gmail.com"),
+            NewTicket,
+            lit(f"{UNKNOWN}{NOT_ACKED}robot sender {local}@gmail.com (RFC 3834 §2)"),
+            envelope=InboundEnvelope(f"{local}@gmail.com", (SUPPORT,)),
+            told=(),
+        )
+        for local in (
+            "postmaster",
+            "noreply",
+            "no-reply",
+            "do-not-reply",
+            "donotreply",
+            "bounces+x=y",
+            "MAILER-DAEMON",
+        )
+    ),
+    Row(
+        "a null sender's credentials are masked, but no warning goes back",
+        mail(sender=STRANGER, body=SECRET),
+        NewTicket,
+        lit(UNKNOWN + NOT_ACKED + "null return path (RFC 3834 §2)"),
+        envelope=NULL,
+        told=(),
+        check=lambda d: "geheim123" not in d.body,
+    ),
+    Row(
+        "a follow-up from a null sender is not acknowledged",
+        reply(),
+        FollowUp,
+        lit("follow-up of closed ticket #7" + NOT_ACKED + "null return path (RFC 3834 §2)"),
+        envelope=NULL,
+        facts=Facts(tag=CLOSED),
+        told=(FOLLOWERS,),
+    ),
+    Row(
+        "an ARF feedback report is no ticket",
+        ARF,
+        Ignore,
+        lit("report (ARF feedback report abuse, RFC 5965)"),
+        envelope=NULL,
+    ),
+    Row(
+        "a DMARC failure report (ARF auth-failure)",
+        FORENSIC,
+        Ignore,
+        lit("report (DMARC failure report, RFC 7489)"),
+    ),
+    Row(
+        "a DMARC aggregate report by its subject",
+        DMARC_SUBJECT,
+        Ignore,
+        lit("report (DMARC aggregate report, RFC 7489)"),
+    ),
+    Row(
+        "a DMARC aggregate report by its zip",
+        DMARC_ZIP,
+        Ignore,
+        lit("report (DMARC aggregate report, RFC 7489)"),
+    ),
+    Row(
+        "a TLS-RPT report",
+        TLSRPT,
+        Ignore,
+        lit("report (TLS-RPT report, RFC 8460)"),
+    ),
+    Row(
+        "a TLS-RPT report as a gzip part",
+        TLSRPT_PART,
+        Ignore,
+        lit("report (TLS-RPT report, RFC 8460)"),
+    ),
+    Row(
+        'with [hygiene] reports = "ticket" a report opens an unacknowledged ticket',
+        ARF,
+        NewTicket,
+        lit(
+            "no organization: sender is unknown"
+            + NOT_ACKED
+            + "report (ARF feedback report abuse, RFC 5965)"
+        ),
+        router=HYGIENE_TICKET,
+        told=(),
+    ),
+    Row(
+        "a report that answers a ticket is still only a report",
+        ARF,
+        Ignore,
+        lit("report (ARF feedback report abuse, RFC 5965)"),
+        facts=TAGGED,
+    ),
     # --- robots --------------------------------------------------------------------------
     Row(
         "out-of-office to no ticket",
@@ -242,6 +414,24 @@ ROWS: list[Row] = [
         mail(extra="List-Id: <news.example>\r\n"),
         Ignore,
         lit("auto-reply (List-Id header (list mail)) to no ticket"),
+    ),
+    Row(
+        "List-Unsubscribe mail",
+        mail(extra="List-Unsubscribe: <mailto:u@news.example>\r\n"),
+        Ignore,
+        lit("auto-reply (List-Unsubscribe header (list mail)) to no ticket"),
+    ),
+    Row(
+        "Precedence: list",
+        mail(extra="Precedence: list\r\n"),
+        Ignore,
+        lit("auto-reply (Precedence: list) to no ticket"),
+    ),
+    Row(
+        "Precedence: junk",
+        mail(extra="Precedence: junk\r\n"),
+        Ignore,
+        lit("auto-reply (Precedence: junk) to no ticket"),
     ),
     Row(
         "out-of-office subject only",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import smtplib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +23,7 @@ from mailgate.jobs import Jobs
 from mailgate.models import LedgerEntry, Outbox
 from mailgate.store import Store
 
-from .conftest import CliResult, Clock, mail, run_cli
+from .conftest import CORPUS, CliResult, Clock, corpus_files, corpus_missing, mail, run_cli
 
 
 def test_own_notifications_coming_back_are_ignored(
@@ -270,3 +271,29 @@ def test_fuzzed_mail_never_raises_and_the_ledger_balances(
         after = len(s.scalars(select(LedgerEntry.id)).all())
     assert result.action in ("created", "commented", "ignored", "quarantined", "duplicate")
     assert after == before + (0 if result.action == "duplicate" else 1)
+
+
+def test_sisimai_corpus_from_a_null_sender_is_never_acknowledged(
+    store: Store, config: Config, clock: Clock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every sisimai message sent with ``MAIL FROM:<>`` (bounces, reports, auto-replies):
+    no acknowledgement at all (RFC 3834 §2), and the reports are recorded as reports."""
+    files = [path for path, _ in corpus_files() if path.startswith("sisimai")]
+    if not files:
+        pytest.skip(corpus_missing())
+    envelope = InboundEnvelope("", ("support@support.example.com",))
+    actions: Counter[str] = Counter()
+    reports = 0
+    for path in files:
+        result = ingest(store, config, (CORPUS / path).read_bytes(), envelope, clock())
+        actions[result.action] += 1
+        reports += result.action == "ignored" and result.reason.startswith("report (")
+    with store.transaction() as s:
+        acks = [o.recipients for o in s.scalars(select(Outbox)) if o.kind == "ticket_created"]
+    with capsys.disabled():
+        print(
+            f"\nsisimai, null sender: {len(files)} mails, {dict(actions)}, "
+            f"acknowledgements {len(acks)}, reports ignored {reports}"
+        )
+    assert acks == []
+    assert reports > 0

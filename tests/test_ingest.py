@@ -182,7 +182,10 @@ def test_real_world_corpus_ends_in_the_ledger(store: Store, config: Config, cloc
         if result.action == "quarantined":
             reasons[result.reason.split(":")[0]] += 1
         if result.action == "ignored":
-            assert result.reason.startswith(("auto-reply", "bounce", "own mail")), (path, result)
+            assert result.reason.startswith(("auto-reply", "bounce", "own mail", "report")), (
+                path,
+                result,
+            )
         if result.action == "duplicate":  # byte variants (CRLF/CR copies) of a stored mail
             with store.transaction() as s:
                 assert s.scalar(

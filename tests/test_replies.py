@@ -27,7 +27,7 @@ OUTSIDER = "Mallory <mallory@evil.example>"
 def run(store: Store, config: Config, clock: Clock, raw: bytes, *rcpt: str) -> IngestResult:
     clock.advance(minutes=1)
     return ingest(
-        store, config, raw, InboundEnvelope("", rcpt or ("support@support.example.com",)), clock()
+        store, config, raw, InboundEnvelope(None, rcpt or ("support@support.example.com",)), clock()
     )
 
 

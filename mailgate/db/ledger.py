@@ -109,7 +109,7 @@ def _insert(
     values = {
         "message_id": message_id,
         "dedup_key": key,
-        "mail_from": envelope.mail_from,
+        "mail_from": envelope.mail_from or "",
         "rcpt_to": list(envelope.rcpt_to),
         "raw": b"" if large or raw_later else raw,
         "size": len(raw),

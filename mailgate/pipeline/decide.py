@@ -85,6 +85,19 @@ def own_loop(case: Case) -> Decision | None:
     return Ignore(loop) if loop is not None else None
 
 
+def report(case: Case) -> Decision | None:
+    """A machine report (ARF, DMARC, TLS-RPT) is recorded as one and, by default, no ticket."""
+    kind = case.mail.report
+    if kind is None or case.config.hygiene.reports != "ignore":
+        return None
+    return Ignore(f"report ({kind})")
+
+
+def not_acknowledged(mail: Mail) -> str:
+    """The note a ticket's reason gets when its mail must not be answered, else ""."""
+    return f"; not acknowledged: {mail.no_answer}" if mail.no_answer else ""
+
+
 def reply(case: Case) -> Decision | None:
     """A mail that continues an open ticket becomes a comment on it."""
     ticket = case.ticket
@@ -163,14 +176,15 @@ def follow_up(case: Case) -> Decision | None:
     if mail.auto_reply:
         return Ignore(f"auto-reply ({mail.auto_reply}) to closed ticket #{closed.id}")
     body, secret = reply_text(mail, case.hints)
+    answer = mail.no_answer is None
     return FollowUp(
-        reason=f"follow-up of closed ticket #{closed.id}",
+        reason=f"follow-up of closed ticket #{closed.id}{not_acknowledged(mail)}",
         closed=closed,
         author=mail.sender,
         author_name=mail.name,
         body=body,
         notify=notify.on_new_ticket(
-            closed.requester, closed.organization, mail.sender, True, secret
+            closed.requester, closed.organization, mail.sender, answer, secret and answer
         ),
     )
 
@@ -202,6 +216,8 @@ def new_ticket(case: Case) -> Decision:
     quiet = case.facts.recent_tickets >= config.limits.acks_per_hour
     if quiet:
         reason += f"; no acknowledgement (more than {config.limits.acks_per_hour} this hour)"
+    reason += not_acknowledged(mail)
+    answer = not quiet and mail.no_answer is None
     route = plan.decision
     return NewTicket(
         reason=reason,
@@ -215,17 +231,23 @@ def new_ticket(case: Case) -> Decision:
         tags=route.tags,
         participants=notify.participant_addresses(mail.message, plan.requester, config),
         notify=notify.on_new_ticket(
-            plan.requester, route.organization, mail.sender, not quiet, plan.secret
+            plan.requester,
+            route.organization,
+            mail.sender,
+            answer,
+            plan.secret and mail.no_answer is None,
         ),
     )
 
 
 # The ladder, first hit wins. Order matters: a bounce may have no usable sender; our own
-# mail coming back must not thread onto its ticket; a robot may comment but never opens.
+# mail coming back must not thread onto its ticket; a report is no reply; a robot may
+# comment but never opens.
 STAGES: tuple[Stage, ...] = (
     bounce,
     no_sender,
     own_loop,
+    report,
     reply,
     follow_up,
     robot_to_no_ticket,

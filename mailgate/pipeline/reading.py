@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from mailgate.bounces import BounceReport, analyse_bounce, is_bounce
 from mailgate.dkim_check import DkimResult
 from mailgate.parser import InboundMessage
+from mailgate.pipeline.answer import must_not_answer, report_kind
 from mailgate.pipeline.filters import auto_reply_reason
 
 NO_SUBJECT = "(no subject)"
@@ -19,9 +20,13 @@ NO_SUBJECT = "(no subject)"
 
 @dataclass(frozen=True, slots=True)
 class InboundEnvelope:
-    """The SMTP envelope: who handed the mail to us and for whom."""
+    """The SMTP envelope: who handed the mail to us and for whom.
 
-    mail_from: str = ""
+    ``mail_from`` is None when nobody said (``mailgate ingest`` without ``--mail-from``);
+    "" is the null sender of ``MAIL FROM:<>``, which must never be answered (RFC 3834 §2).
+    """
+
+    mail_from: str | None = None
     rcpt_to: tuple[str, ...] = ()
 
 
@@ -37,6 +42,8 @@ class Mail:
     auto_reply: str | None  # why a robot wrote it (RFC 3834 and friends), else None
     bounce: BounceReport | None = None  # a delivery report for mail we sent
     dkim: DkimResult | None = None
+    no_answer: str | None = None  # why no automatic answer may go to the sender (RFC 3834)
+    report: str | None = None  # the machine report it is (ARF, DMARC, TLS-RPT), else None
 
     @property
     def subject(self) -> str:
@@ -54,7 +61,7 @@ def requester_address(message: InboundMessage, envelope: InboundEnvelope) -> tup
     """Who asks: the From header, else the envelope sender; None when there is neither."""
     if message.from_ is not None and message.from_.email:
         return message.from_.email, message.from_.name
-    if envelope.mail_from and "@" in envelope.mail_from:
+    if envelope.mail_from is not None and "@" in envelope.mail_from:
         return envelope.mail_from.lower(), ""
     return None
 
@@ -63,8 +70,21 @@ def read(
     message: InboundMessage, envelope: InboundEnvelope, dkim: DkimResult | None = None
 ) -> Mail:
     """The :class:`Mail` of a parsed message; pure, and cheap next to parsing."""
-    bounce = analyse_bounce(message) if is_bounce(message, envelope.mail_from) else None
+    bounce = analyse_bounce(message) if is_bounce(message, envelope.mail_from or "") else None
     sender = requester_address(message, envelope) or ("", "")
     recipients = (*envelope.rcpt_to, *(a.email for a in (*message.to, *message.cc)))
     auto_reply = auto_reply_reason(message) if bounce is None else None
-    return Mail(message, envelope, sender[0], sender[1], recipients, auto_reply, bounce, dkim)
+    no_answer = must_not_answer(message, envelope.mail_from)
+    report = report_kind(message) if bounce is None else None
+    return Mail(
+        message,
+        envelope,
+        sender[0],
+        sender[1],
+        recipients,
+        auto_reply,
+        bounce,
+        dkim,
+        no_answer,
+        report,
+    )
