@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from mailgate.parser import InboundMessage
+from mailgate.pipeline.filters import mailing_list, precedence
 
 # What an envelope sender looks like when it is null: SMTP's "MAIL FROM:<>" (stored as
 # "" or "<>") and Postfix pipe(8)'s ${sender}, which is "MAILER-DAEMON" for the null sender.
@@ -106,12 +107,10 @@ def must_not_answer(message: InboundMessage, mail_from: str | None) -> str | Non
         local = address.rpartition("@")[0] if "@" in address else address
         if local and _ROBOT_LOCAL.search(local):
             return f"robot sender {address} (RFC 3834 §2)"
-    for name in ("List-Id", "List-Unsubscribe"):
-        if message.header(name) is not None:
-            return f"list mail, {name} (RFC 3834 §2)"
-    precedence = (message.header("Precedence") or "").strip().lower()
-    if precedence in ("bulk", "list", "junk"):
-        return f"Precedence: {precedence} (RFC 3834 §2)"
+    for check in (mailing_list, precedence):  # the robot checks' own: one definition
+        found = check(message)
+        if found is not None:
+            return f"{found} (RFC 3834 §2)"
     report = report_kind(message)
     if report is not None:
         return f"report ({report})"
