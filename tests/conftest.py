@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -91,8 +92,17 @@ _PG_PROBLEM = _pg_reachable()
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database URL for an empty database, on each backend."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'mailgate.db'}"
+    with empty_database(request.param, tmp_path) as url:
+        yield url
+
+
+@contextmanager
+def empty_database(backend: str, directory: Path) -> Iterator[str]:
+    """The URL of an empty database: a SQLite file in ``directory``, or a fresh PostgreSQL
+    schema that is dropped afterwards (skipped when PostgreSQL is unreachable, unless it
+    is required)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{directory / 'mailgate.db'}"
         return
     if _PG_PROBLEM is not None:
         if REQUIRE_PG:

@@ -20,7 +20,6 @@ import ast
 import importlib
 import importlib.util
 import pkgutil
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Table, create_engine, event, insert, select, text
+from sqlalchemy import Connection, Table, event, insert, select, text
 
 import mailgate
 from mailgate.db import apply, fastexec, gather, ledger, outbox, records
@@ -50,7 +49,7 @@ from mailgate.models import (
 )
 from mailgate.store import Store
 
-from .conftest import _PG_PROBLEM, PG_URL, REQUIRE_PG
+from .conftest import empty_database
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 BLOB = "b" * 64  # the seeded blob's SHA-256
@@ -539,32 +538,15 @@ def seeded(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Store]:
     """One seeded database per backend for the whole module; every run is rolled back."""
-    schema = None
-    admin = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('fastexec') / 'mailgate.db'}"
-    else:
-        if _PG_PROBLEM is not None:
-            if REQUIRE_PG:
-                pytest.fail(f"PostgreSQL required but unreachable: {_PG_PROBLEM}")
-            pytest.skip(f"PostgreSQL unreachable: {_PG_PROBLEM}")
-        schema = f"mgtest_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(PG_URL)
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = f"{PG_URL}?options=-csearch_path%3D{schema}"
-    store = Store(url, lock_timeout=5.0)
-    try:
-        store.migrate()
-        with store.engine.begin() as conn:
-            _seed(conn)
-        yield store
-    finally:
-        store.close()
-        if admin is not None:
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            admin.dispose()
+    with empty_database(request.param, tmp_path_factory.mktemp("fastexec")) as url:
+        store = Store(url, lock_timeout=5.0)
+        try:
+            store.migrate()
+            with store.engine.begin() as conn:
+                _seed(conn)
+            yield store
+        finally:
+            store.close()
 
 
 def _snapshot(conn: Connection) -> dict[str, list[tuple[Any, ...]]]:

@@ -57,19 +57,13 @@ def _relayed(make_config: Callable[..., tuple[Config, Path]], sink: Sink) -> Con
 
 
 def test_non_ascii_local_part(
-    make_config: Callable[..., tuple[Config, Path]], sink: Sink, clock: Clock
+    make_config: Callable[..., tuple[Config, Path]], store: Store, sink: Sink, clock: Clock
 ) -> None:
     """SMTPUTF8 when the relay offers it; else failed at once with a clear reason."""
     config = _relayed(make_config, sink)
-    store = Store(config.database.url, config.database.lock_timeout)
-    try:
-        store.migrate()
-        store.sync(config, clock())
-        _ticket_for(store, config, clock, JOERG)
-        stats = Jobs(store, config).deliver_outbox(clock())
-        (row,) = _outbox(store)
-    finally:
-        store.close()
+    _ticket_for(store, config, clock, JOERG)
+    stats = Jobs(store, config).deliver_outbox(clock())
+    (row,) = _outbox(store)
     if sink.smtputf8:
         assert (stats.sent, stats.failed) == (1, 0)
         (got,) = sink.received
@@ -87,18 +81,12 @@ def test_non_ascii_local_part(
 
 
 def test_idn_domain_goes_out_as_a_labels(
-    make_config: Callable[..., tuple[Config, Path]], sink: Sink, clock: Clock
+    make_config: Callable[..., tuple[Config, Path]], store: Store, sink: Sink, clock: Clock
 ) -> None:
     """An ASCII local part at a Unicode domain needs no SMTPUTF8: A-labels everywhere."""
     config = _relayed(make_config, sink)
-    store = Store(config.database.url, config.database.lock_timeout)
-    try:
-        store.migrate()
-        store.sync(config, clock())
-        _ticket_for(store, config, clock, IDN_ONLY)
-        stats = Jobs(store, config).deliver_outbox(clock())
-    finally:
-        store.close()
+    _ticket_for(store, config, clock, IDN_ONLY)
+    stats = Jobs(store, config).deliver_outbox(clock())
     assert (stats.sent, stats.failed) == (1, 0)
     (got,) = sink.received
     assert got.rcpt_to == ["anna@xn--mller-logistik-gsb.de"]
@@ -107,18 +95,12 @@ def test_idn_domain_goes_out_as_a_labels(
 
 
 def test_maildir_carries_the_utf8_address(
-    make_config: Callable[..., tuple[Config, Path]], clock: Clock, tmp_path: Path
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock, tmp_path: Path
 ) -> None:
     """A maildir file has the address in UTF-8 (RFC 6532), never as encoded-words."""
     config = make_config()[0]
-    store = Store(config.database.url, config.database.lock_timeout)
-    try:
-        store.migrate()
-        store.sync(config, clock())
-        _ticket_for(store, config, clock, JOERG)
-        stats = Jobs(store, config).deliver_outbox(clock())
-    finally:
-        store.close()
+    _ticket_for(store, config, clock, JOERG)
+    stats = Jobs(store, config).deliver_outbox(clock())
     assert stats.sent >= 1
     files = [m.as_bytes() for m in mailbox.Maildir(config.outbound.maildir, create=False)]
     (ack,) = [f for f in files if JOERG.encode() in f]
