@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from mailgate.config import Config
 from mailgate.db.fastexec import Prebuilt
-from mailgate.db.gather import participant_emails, ticket_facts
+from mailgate.db.gather import ticket_facts
 from mailgate.db.outbox import queue_notification
 from mailgate.db.records import ensure_blob, update_ticket, user_id
 from mailgate.errors import NotFound, Refused
@@ -157,13 +157,8 @@ def _follow_up(
         _INSERT_PARTICIPANT.run(conn, {"ticket_id": ticket_id, "user_id": person})
     author = user_id(conn, decision.author, decision.author_name, now)
     comment = _add_comment(conn, ticket_id, author, decision.body, True, message, entry, now)
-    facts = replace(
-        closed,
-        id=ticket_id,
-        status=Status.NEW.value,
-        participants=participant_emails(conn, ticket_id),
-        members=frozenset(),
-    )
+    # The participants copied above are the closed ticket's, already read for deciding.
+    facts = replace(closed, id=ticket_id, status=Status.NEW.value, members=frozenset())
     _notify(conn, config, facts, decision.notify, now, comment)
     return Applied(ticket_id, closed.organization)
 
