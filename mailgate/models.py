@@ -87,6 +87,17 @@ class NotificationKind(enum.StrEnum):
     TICKET_CLOSED = "ticket_closed"  # to the requester, when a solved ticket is closed
     COMMAND_ERROR = "command_error"  # to the agent whose email command was refused
     SECRET_WARNING = "secret_warning"  # to a sender who pasted credentials
+    AGENT_UNVERIFIED = "agent_unverified"  # to an agent address whose mail was not authenticated
+    TICKET_MOVED = "ticket_moved"  # to the new organization's followers after a move
+
+
+class AuthorKind(enum.StrEnum):
+    """Who wrote a comment, as far as mailgate can tell (``comments.author_kind``)."""
+
+    CUSTOMER = "customer"
+    AGENT = "agent"  # an agent address, and the mail authenticated for its domain
+    UNVERIFIED_AGENT = "unverified_agent"  # an agent's From, not authenticated: kept internal
+    SYSTEM = "system"  # written by mailgate itself: bounce notes, moves
 
 
 class Base(DeclarativeBase):
@@ -184,6 +195,9 @@ class Participant(Base):
     __tablename__ = "participants"
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    # False once a move to another organization left them outside it: kept in the history,
+    # sent nothing more (an agent's ``#cc add`` makes them active again).
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
     user: Mapped[User] = relationship()
 
 
@@ -216,6 +230,9 @@ class Comment(Base):
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     body: Mapped[str] = mapped_column(Text)
     public: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Who wrote it and how we know (issue: a forged From never speaks for the team).
+    author_kind: Mapped[str] = mapped_column(String(20), default="customer")
+    authentication: Mapped[str | None] = mapped_column(String(300))  # the verdict that counted
     message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     inbound_message_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
