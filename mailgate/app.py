@@ -122,6 +122,8 @@ class MailServer:
             cfg.protocol,
             self.store.engine.url.render_as_string(hide_password=True),
         )
+        for warning in self.config.security.warnings(bool(self.config.agents.addresses)):
+            log.warning("%s", warning)
         return self.port
 
     async def reload(self, load: Callable[[], Config]) -> bool:

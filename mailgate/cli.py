@@ -670,6 +670,8 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     print(f"accepting mail for: {', '.join(config.mail.domains)}; from {config.mail.address}")
     print(f"outbound: {config.outbound.transport}")
     print(f"organizations: {len(config.organizations)}; agents: {len(config.agents.addresses)}")
+    for warning in config.security.warnings(bool(config.agents.addresses)):
+        print(f"warning: {warning}")
     return EX_OK
 
 
@@ -781,8 +783,10 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
             print(f"  {key.replace('_', ' ')}: {detail[key]}")
     for comment in detail["comments"]:
         visibility = "public" if comment["public"] else "internal"
+        who = comment["author_kind"].replace("_", " ")
+        how = f": {comment['authentication']}" if comment["authentication"] else ""
         print()
-        print(f"--- {comment['author']} at {comment['created_at']} ({visibility})")
+        print(f"--- {comment['author']} at {comment['created_at']} ({visibility}; {who}{how})")
         print(comment["body"])
         for a in comment["attachments"]:
             print(

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from mailgate.confvalues import (
     ConfigProblems,
+    _authserv_id,
     _bool,
     _choice,
     _clock_time,
@@ -142,11 +143,60 @@ class HygieneConfig:
     reports: str = "ignore"  # "ignore": ledger only; "ticket": a ticket, never acknowledged
 
 
+# How a mail from an agent address may prove it was written by that agent.
+AGENT_AUTH_METHODS = ("authentication-results", "dkim", "from-header")
+
+
 @dataclass(frozen=True, slots=True)
 class SecurityConfig:
-    verify_dkim: bool = False  # check DKIM on inbound mail and record the result
+    """Whom mailgate believes: a forged From must never speak for the support team."""
+
+    verify_dkim: bool = False  # check DKIM on every inbound mail and record the result
     # Honour agents' email commands only from DKIM-verified mail of the agent's domain.
     require_dkim_for_commands: bool = False
+    # Any of these authenticates an agent's mail; "authentication-results" counts only once
+    # authserv_id names our MTA, "from-header" trusts a forgeable header (closed networks).
+    agent_auth: tuple[str, ...] = ("authentication-results", "dkim")
+    authserv_id: str | None = None  # our MTA's authserv-id in Authentication-Results
+    # Received "by" hosts an Authentication-Results header may stand below (default: the
+    # authserv-id); one of another host ends the headers we believe.
+    trusted_hosts: tuple[str, ...] = ()
+
+    def warnings(self, agents: bool) -> tuple[str, ...]:
+        """What an admin must know about these settings (check-config, serve's start)."""
+        out: list[str] = []
+        if "from-header" in self.agent_auth:
+            out.append(
+                '[security] agent_auth includes "from-header": anyone who writes an agent\'s '
+                "address into From acts as that agent (answers customers, applies commands). "
+                "Use it only where no mail from outside can reach mailgate."
+            )
+        if self.authserv_id is not None and "authentication-results" in self.agent_auth:
+            out.append(
+                f"[security] authserv_id = {self.authserv_id!r}: your MTA must remove incoming "
+                f"Authentication-Results headers that carry {self.authserv_id!r} (RFC 8601 "
+                "section 5), or anyone can forge one; see the README, \"Trusting your MTA's "
+                'Authentication-Results"'
+            )
+        elif "authentication-results" in self.agent_auth and agents:
+            out.append(
+                '[security] agent_auth "authentication-results" is inactive until '
+                "[security] authserv_id names your MTA's authserv-id"
+            )
+        if agents and not self.methods_active():
+            out.append(
+                "[security] no method of agent_auth is active: every agent's mail is kept as "
+                "an internal note and nothing it asks is done"
+            )
+        return tuple(out)
+
+    def methods_active(self) -> tuple[str, ...]:
+        """The agent_auth methods that can authenticate a mail with these settings."""
+        return tuple(
+            m
+            for m in self.agent_auth
+            if m != "authentication-results" or self.authserv_id is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,10 +546,22 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         host=s.get("host", "127.0.0.1", _str), port=s.get("port", None, _int(0, 65535))
     )
 
-    s = section(data.get("security", {}), "security", {"verify_dkim", "require_dkim_for_commands"})
+    s = section(
+        data.get("security", {}),
+        "security",
+        {"verify_dkim", "require_dkim_for_commands", "agent_auth", "authserv_id", "trusted_hosts"},
+    )
     require = s.get("require_dkim_for_commands", False, _bool)
+    d_security = SecurityConfig()
+    authserv_id = s.get("authserv_id", None, _authserv_id)
     security = SecurityConfig(
-        verify_dkim=s.get("verify_dkim", False, _bool) or require, require_dkim_for_commands=require
+        verify_dkim=s.get("verify_dkim", False, _bool) or require,
+        require_dkim_for_commands=require,
+        agent_auth=s.get("agent_auth", d_security.agent_auth, _list(_choice(*AGENT_AUTH_METHODS))),
+        authserv_id=authserv_id,
+        trusted_hosts=s.get(
+            "trusted_hosts", (authserv_id,) if authserv_id else (), _list(_authserv_id)
+        ),
     )
 
     s = section(data.get("hygiene", {}), "hygiene", {"reports"})

@@ -254,3 +254,15 @@ def _tag(value: Any) -> str:
 
 def _lower(value: Any) -> str:
     return _str(value).lower()
+
+
+_AUTHSERV_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-_]*")
+
+
+def _authserv_id(value: Any) -> str:
+    """An authserv-id (RFC 8601 section 2.5) as MTAs write it: a host name, compared
+    case-insensitively."""
+    text = _str(value)
+    if not _AUTHSERV_ID.fullmatch(text):
+        raise ValueError("must be a host name like 'mx.example.com' (your MTA's authserv-id)")
+    return text.lower().rstrip(".")

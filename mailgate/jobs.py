@@ -46,6 +46,10 @@ STALE_CLAIM = timedelta(minutes=10)  # a claim older than this belongs to a dead
 BATCH = 50
 
 
+# Kinds that may belong to no ticket: an agent's unauthenticated mail kept in quarantine.
+TICKETLESS = frozenset({NotificationKind.AGENT_UNVERIFIED.value})
+
+
 @dataclass
 class DeliveryStats:
     sent: int = 0
@@ -206,22 +210,29 @@ class Jobs:
         """
         config = self.config
         ticket = session.get(Ticket, row.ticket_id) if row.ticket_id is not None else None
-        if ticket is None:
+        if ticket is None and (row.ticket_id is not None or row.kind not in TICKETLESS):
             raise ValueError("the ticket is gone")
         comment_id = row.payload.get("comment")
         comment = session.get(Comment, comment_id) if comment_id is not None else None
-        org_cfg = config.organization(ticket.organization.name) if ticket.organization else None
+        agents = set(config.agents.addresses)
+        if comment is not None and not comment.public and not agents.issuperset(row.recipients):
+            # Queueing never writes such a row; should one exist, it is never sent.
+            raise ValueError("an internal comment is for agents only")
+        organization = ticket.organization if ticket is not None else None
+        org_cfg = config.organization(organization.name) if organization else None
         language = (org_cfg.language if org_cfg else None) or config.mail.language
         context = {
             "ticket": {
                 "id": ticket.id,
                 "subject": ticket.subject,
                 "status": ticket.status,
-                "organization": ticket.organization.name if ticket.organization else None,
+                "organization": organization.name if organization else None,
                 "requester": ticket.requester.email,
                 "requester_name": ticket.requester.name,
-            },
-            "tag": config.tickets.tag_for(ticket.id),
+            }
+            if ticket is not None
+            else None,
+            "tag": config.tickets.tag_for(ticket.id) if ticket is not None else "",
             "recipient": row.recipients[0] if row.recipients else "",
             "support": {
                 "address": config.mail.address,
@@ -239,14 +250,20 @@ class Jobs:
                 else None
             ),
             "errors": list(row.payload.get("errors", [])),
+            "about": str(row.payload.get("about", "")),
         }
         rendered = self.renderer.render(row.kind, language, context)
-        thread = [c.message_id for c in ticket.comments if c.message_id]
+        if ticket is not None:
+            thread = [c.message_id for c in ticket.comments if c.message_id]
+        else:  # the answer to the one mail it is about
+            thread = [str(row.payload["about_id"])] if row.payload.get("about_id") else []
         secret = config.mail.secret or ensure_secret(session)
         envelope = OutboundEnvelope(
             to=tuple(row.recipients),
             subject=row.subject,
-            reply_to=reply_address(ticket.id, config.mail.address, secret),
+            reply_to=reply_address(ticket.id, config.mail.address, secret)
+            if ticket is not None
+            else config.mail.address,
             in_reply_to=(comment.message_id if comment and comment.message_id else None)
             or (thread[-1] if thread else None),
             references=tuple(dict.fromkeys(thread[:1] + thread[-1:])),

@@ -8,13 +8,16 @@ context and sends the result.
 The context contract (every template may rely on exactly these names):
 
 ``ticket``     mapping: id, subject, status, organization (str or None), requester,
-               requester_name
+               requester_name; None for a notification that belongs to no ticket
+               (agent_unverified for a quarantined mail)
 ``tag``        the ticket's subject tag, e.g. ``"[#12]"``
 ``recipient``  the address this copy goes to
 ``support``    mapping: address, hours (:meth:`SupportHours.describe`), open_now (bool)
 ``comment``    mapping: author, author_name, body — for ticket_created,
                new_ticket_follower, agent_reply, customer_reply; None otherwise
-``errors``     list of str — the refused commands for command_error; else empty
+``errors``     list of str — the refused commands for command_error, what each
+               authentication method found for agent_unverified; else empty
+``about``      the subject of the mail a notification without ticket is about, else ""
 """
 
 from __future__ import annotations
@@ -47,7 +50,15 @@ KINDS: tuple[str, ...] = tuple(NotificationKind)
 LANGUAGES: tuple[str, ...] = ("de", "en")
 # Tried in this order after the requested language: German first, as mailgate's teams are.
 FALLBACK_LANGUAGES: tuple[str, ...] = ("de", "en")
-CONTEXT_KEYS: tuple[str, ...] = ("ticket", "tag", "recipient", "support", "comment", "errors")
+CONTEXT_KEYS: tuple[str, ...] = (
+    "ticket",
+    "tag",
+    "recipient",
+    "support",
+    "comment",
+    "errors",
+    "about",
+)
 
 # A language is a folder name; anything else (a path, "..") must never reach the loader.
 _LANGUAGE = re.compile(r"^[a-z]{2,3}$")

@@ -546,12 +546,22 @@ class Router:
                 return RouteDecision(
                     owner, f"sender's domain {domain} belongs to {owner}", subject=subject
                 )
+        return self.unknown(subject)
+
+    def unknown(self, subject: str, why: str = "") -> RouteDecision:
+        """Where mail from a sender nobody knows goes: the default organization, or none."""
+        routing = self.config.routing
         if routing.default_organization:
             name = self._by_casefold.get(
                 routing.default_organization.casefold(), routing.default_organization
             )
-            return RouteDecision(name, "routing.default_organization", subject=subject)
-        return RouteDecision(None, "no organization: sender is unknown", subject=subject)
+            return RouteDecision(name, f"{why}routing.default_organization", subject=subject)
+        return RouteDecision(None, f"{why}no organization: sender is unknown", subject=subject)
+
+    def stranger(self, subject: str, verdict: str) -> RouteDecision:
+        """A sender whose From domain failed DMARC may be anyone: no membership, no
+        domain, no prefix counts for it."""
+        return self.unknown(subject, f"{verdict}, treated as a stranger: ")
 
 
 def _with(decision: RouteDecision, **changes: object) -> RouteDecision:

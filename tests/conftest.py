@@ -126,6 +126,8 @@ BASE_CONFIG: dict[str, Any] = {
     "mail": {"domains": ["support.example.com"], "address": "support@support.example.com"},
     "database": {"lock_timeout": 1.0},
     "agents": {"addresses": ["tech@support.example.com"]},
+    # The MTA in front of mailgate (as tests play it) stamps its verdicts with this id.
+    "security": {"authserv_id": "mx.test"},
     "organizations": [
         {
             "name": "Müller Logistik GmbH",
@@ -261,6 +263,11 @@ def mail(
         f"{extra}\r\n"
     )
     return head.encode() + body.replace("\n", "\r\n").encode("utf-8")
+
+
+# What the MTA in front of mailgate adds to an agent's genuine mail (authserv-id mx.test):
+# with it, a mail From an agent address acts as the agent's (see mailgate/pipeline/trust.py).
+AUTHENTICATED = "Authentication-Results: mx.test; dmarc=pass header.from=support.example.com\r\n"
 
 
 def send(

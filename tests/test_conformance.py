@@ -124,3 +124,37 @@ def test_every_kind_is_rfc5322(
         assert message["In-Reply-To"] == f"<{LONG_ID}>", kind
         assert message["Subject"].startswith(f"[#{created.ticket}] "), kind
         assert "Übergabe" in message["Subject"]
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_a_notification_without_ticket_is_rfc5322(
+    make_config: Callable[..., tuple[Config, Path]], clock: Clock, language: str
+) -> None:
+    """An agent's unauthenticated mail that names no ticket waits in quarantine; the agent
+    is told, in an answer to that mail (In-Reply-To its Message-ID)."""
+    config, _ = make_config({"mail": {"language": language}})
+    store = Store(config.database.url, config.database.lock_timeout)
+    try:
+        store.migrate()
+        store.sync(config, clock())
+        raw = mail(
+            sender="Tech <tech@support.example.com>",
+            subject="Rundschreiben – Wartung",
+            message_id=f"<{LONG_ID}>",
+        )
+        kept = ingest(store, config, raw, InboundEnvelope(), clock())
+        assert (kept.action, kept.reason) == ("quarantined", "unauthenticated agent mail")
+        clock.advance(minutes=5)
+        Jobs(store, config).deliver_outbox(clock())
+        wire = _wire(store)
+    finally:
+        store.close()
+    assert set(wire) == {NotificationKind.AGENT_UNVERIFIED}
+    message = _check(
+        wire[NotificationKind.AGENT_UNVERIFIED], clock(), ZoneInfo(config.hours.timezone)
+    )
+    assert message["To"] == "tech@support.example.com"
+    assert message["In-Reply-To"] == f"<{LONG_ID}>"
+    assert message["Subject"] == "Rundschreiben – Wartung"
+    text = message.get_body(("plain",)).get_content()
+    assert "Rundschreiben" in text and "authserv_id" in text

@@ -20,7 +20,7 @@ from mailgate.config import Config, parse_config
 from mailgate.dkim_check import DkimResult
 from mailgate.parser import UnparseableMessage, parse
 from mailgate.pipeline.commands import Change
-from mailgate.pipeline.decide import STAGES, decide
+from mailgate.pipeline.decide import STAGES, UNAUTHENTICATED, decide
 from mailgate.pipeline.decision import (
     Bounce,
     Comment,
@@ -36,7 +36,7 @@ from mailgate.pipeline.inputs import prefetch
 from mailgate.pipeline.reading import InboundEnvelope, Mail, Unreadable, read
 from mailgate.routing import Router
 
-from .conftest import mail
+from .conftest import AUTHENTICATED, mail
 from .test_hygiene import dsn
 
 ANNA = "anna@mueller-logistik.de"
@@ -49,6 +49,7 @@ MUELLER_MEMBERS = frozenset({ANNA, CHEF, "berater@agentur.de"})
 
 BASE: dict[str, Any] = {
     "mail": {"domains": ["support.example.com"], "address": SUPPORT},
+    "security": {"authserv_id": "mx.test"},
     "agents": {"addresses": [AGENT]},
     "limits": {"acks_per_hour": 2, "tickets_per_hour": 4},
     "routing": {
@@ -96,6 +97,8 @@ def _config(**overlay: Any) -> Config:
 ROUTER = Router(_config())
 DEFAULT_ORG = Router(_config(routing={"default_organization": "Agentur Blau"}))
 DKIM_ONLY = Router(_config(security={"require_dkim_for_commands": True}))
+NO_AUTHSERV = Router(parse_config({k: v for k, v in BASE.items() if k != "security"}))
+FROM_HEADER = Router(_config(security={"agent_auth": ["from-header"]}))
 
 
 def ticket(
@@ -142,7 +145,25 @@ def lit(text: str) -> str:
 
 
 def agent(body: str, subject: str = "Re: [#5] Drucker kaputt", **kw: Any) -> bytes:
+    """An agent's mail as our MTA hands it over: authenticated (see ``AUTHENTICATED``)."""
+    kw["extra"] = AUTHENTICATED + kw.get("extra", "")
     return mail(sender=f"Tech <{AGENT}>", subject=subject, body=body, **kw)
+
+
+def forged(body: str, subject: str = "Re: [#5] Drucker kaputt", **kw: Any) -> bytes:
+    """A mail From the agent's address that nobody authenticated (``extra`` may add some)."""
+    return mail(sender=f"Tech <{AGENT}>", subject=subject, body=body, **kw)
+
+
+AR_OTHER = (
+    "Authentication-Results: mx.other.example; dmarc=pass header.from=support.example.com\r\n"
+)
+AR_DKIM = "Authentication-Results: mx.test; dkim=pass header.d=example.com header.s=s1\r\n"
+DMARC_FAIL = "Authentication-Results: mx.test; dmarc=fail header.from=mueller-logistik.de\r\n"
+OUR_HOP = (
+    "Received: from relay.example.net by mx.test (Postfix) with ESMTPS id 1; Thu, 26 Nov 2026\r\n"
+)
+FOREIGN_HOP = "Received: from pc by relay.example.net with ESMTP id 2; Thu, 26 Nov 2026\r\n"
 
 
 def reply(sender: str = f"Anna Schmidt <{ANNA}>", body: str = "Danke!\n", **kw: Any) -> bytes:
@@ -572,9 +593,10 @@ ROWS: list[Row] = [
         "an agent's reply to a closed ticket opens a follow-up too",
         agent("Nachtrag.\n", subject="Re: [#7] Drucker kaputt"),
         FollowUp,
-        lit("follow-up of closed ticket #7"),
+        lit(f"follow-up of closed ticket #7, opened by agent {AGENT}"),
         facts=Facts(tag=CLOSED),
-        check=lambda d: d.author == AGENT,
+        told=(("agent_reply", (ANNA,)),),
+        check=lambda d: d.author == AGENT and d.public,
     ),
     Row(
         "a follow-up with a password warns the sender",
@@ -863,13 +885,6 @@ ROWS: list[Row] = [
         r"not authorised",
     ),
     Row(
-        "an agent opens a ticket for a customer",
-        agent("Bitte prüfen.\n", subject="Bäckerei Groß: Ofen"),
-        NewTicket,
-        r"subject names Bäckerei Groß \(\d+\); sender is an agent",
-        told=(("ticket_created", (AGENT,)), FOLLOWERS),
-    ),
-    Row(
         "a stranger names a customer",
         mail(sender=STRANGER, subject="Müller Logistik: Rechnung"),
         NewTicket,
@@ -966,6 +981,150 @@ ROWS: list[Row] = [
         NewTicket,
         lit(MEMBER),
         check=lambda d: d.subject == "(no subject)",
+    ),
+    # --- agents must be authenticated (mailgate/pipeline/trust.py) -------------------------
+    Row(
+        "a forged agent From is an internal note, and its commands are not done",
+        forged("#requester mallory@evil.example\nErledigt.\n"),
+        InternalNote,
+        lit(f"subject tag [#5]; {UNAUTHENTICATED}, kept as an internal note on ticket [#5]"),
+        facts=TAGGED,
+        told=(("agent_unverified", (AGENT,)),),
+        check=lambda d: (
+            d.changes == ()
+            and d.status == "open"
+            and d.author_kind == "unverified_agent"
+            and d.notify[0].errors[0].startswith("authentication-results: no pass")
+        ),
+    ),
+    Row(
+        "a forged agent mail that names no ticket waits in quarantine",
+        forged("Bitte an alle Kunden.\n", subject="Rundschreiben"),
+        Quarantine,
+        lit(UNAUTHENTICATED),
+        told=(("agent_unverified", (AGENT,)),),
+    ),
+    Row(
+        "an Authentication-Results header of another server proves nothing",
+        forged("Nachtrag.\n", extra=f"{AR_OTHER}"),
+        InternalNote,
+        rf".*{UNAUTHENTICATED}.*",
+        facts=TAGGED,
+    ),
+    Row(
+        "our authserv-id below a foreign relay's Received header proves nothing",
+        forged("Nachtrag.\n", extra=f"{FOREIGN_HOP}{AUTHENTICATED}"),
+        InternalNote,
+        rf".*{UNAUTHENTICATED}.*",
+        facts=TAGGED,
+    ),
+    Row(
+        "our verdict above our own Received header authenticates the agent",
+        forged("Nachtrag.\n", extra=f"{AUTHENTICATED}{OUR_HOP}{FOREIGN_HOP}"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        told=(("agent_reply", (ANNA,)),),
+        check=lambda d: d.authentication == "dmarc=pass header.from=support.example.com",
+    ),
+    Row(
+        "a milter's verdict just below our own Received header counts as well",
+        forged("Nachtrag.\n", extra=f"{OUR_HOP}{AR_DKIM}{FOREIGN_HOP}"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        check=lambda d: (
+            d.author_kind == "agent" and d.authentication == "dkim=pass header.d=example.com"
+        ),
+    ),
+    Row(
+        "without [security] authserv_id no Authentication-Results header counts",
+        agent("Nachtrag.\n"),
+        InternalNote,
+        rf".*{UNAUTHENTICATED}.*",
+        facts=TAGGED,
+        router=NO_AUTHSERV,
+        check=lambda d: "authserv_id is not set" in d.notify[0].errors[0],
+    ),
+    Row(
+        "mailgate's own DKIM check authenticates an agent (aligned signature)",
+        forged("#status pending\nWir warten.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        dkim=DkimResult("pass", "support.example.com"),
+        check=lambda d: d.changes == (Change("status", "pending", "#status pending"),),
+    ),
+    Row(
+        "a DKIM signature of another domain does not",
+        forged("Nachtrag.\n"),
+        InternalNote,
+        rf".*{UNAUTHENTICATED}.*",
+        facts=TAGGED,
+        dkim=DkimResult("pass", "evil.example"),
+    ),
+    Row(
+        'agent_auth "from-header" trusts the From alone (closed networks)',
+        forged("#status solved\nErledigt.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        router=FROM_HEADER,
+        check=lambda d: d.changes == (Change("status", "solved", "#status solved"),),
+    ),
+    Row(
+        "an authenticated agent's own mail that names no ticket is ours: never a ticket",
+        agent("Bitte prüfen.\n", subject="Bäckerei Groß: Ofen"),
+        Ignore,
+        lit(f"own mail (agent {AGENT}) names no ticket, a loop"),
+    ),
+    Row(
+        "an agent's note to a closed ticket opens a follow-up that stays internal",
+        agent("#note\nKunde hat angerufen, intern.\n", subject="Re: [#7] Drucker kaputt"),
+        FollowUp,
+        lit(f"follow-up of closed ticket #7, opened by agent {AGENT}"),
+        facts=Facts(tag=CLOSED),
+        told=(),
+        check=lambda d: not d.public and d.author_kind == "agent",
+    ),
+    Row(
+        "an agent's answer to a closed ticket reaches the customer on the follow-up",
+        agent("#status pending\nBitte testen.\n", subject="Re: [#7] Drucker kaputt"),
+        FollowUp,
+        lit(f"follow-up of closed ticket #7, opened by agent {AGENT}"),
+        facts=Facts(tag=CLOSED),
+        told=(("agent_reply", (ANNA,)),),
+        check=lambda d: (
+            d.public
+            and d.status == "open"
+            and d.changes == (Change("status", "pending", "#status pending"),)
+        ),
+    ),
+    Row(
+        "a customer whose domain failed DMARC is a stranger: the tag does not thread",
+        mail(subject="Re: [#5] Drucker kaputt", extra=DMARC_FAIL),
+        NewTicket,
+        lit(
+            "dmarc=fail header.from=mueller-logistik.de, treated as a stranger: no "
+            "organization: sender is unknown; tag and references ignored: "
+            "dmarc=fail header.from=mueller-logistik.de"
+        ),
+        facts=TAGGED,
+        check=lambda d: d.organization is None,
+    ),
+    Row(
+        "a customer whose domain failed DMARC may still use the reply token",
+        mail(subject="Re: Drucker kaputt", extra=DMARC_FAIL),
+        Comment,
+        lit("reply token for ticket #5"),
+        facts=Facts(token=OPEN),
+    ),
+    Row(
+        "a customer whose domain failed DMARC names no organization by prefix",
+        mail(subject="Müller Logistik: Rechnung", extra=DMARC_FAIL),
+        NewTicket,
+        r"dmarc=fail .*, treated as a stranger: no organization: sender is unknown",
+        check=lambda d: d.organization is None,
     ),
     Row(
         "another ticket's tag leaves a new ticket's subject",

@@ -17,7 +17,7 @@ from mailgate.ingest import InboundEnvelope, ingest
 from mailgate.models import LedgerEntry, Outbox
 from mailgate.store import Store
 
-from .conftest import Clock, mail
+from .conftest import AUTHENTICATED, Clock, mail
 
 AGENT = "Tech <tech@support.example.com>"
 
@@ -49,12 +49,62 @@ def signed(raw: bytes, private: bytes) -> bytes:
     return signature + raw
 
 
+def test_agent_mail_is_authenticated_by_its_dkim_signature(
+    store: Store, config: Config, clock: Clock, keys: tuple[bytes, bytes]
+) -> None:
+    """agent_auth "dkim" (a default): mailgate checks the agent's signature itself, with
+    the key served through dkimpy's DNS hook. Unsigned or tampered, the mail From the
+    agent's address is an internal note, its commands undone, and the agent is told."""
+    private, record = keys
+
+    def dns(name: bytes, timeout: int = 5) -> bytes | None:
+        return record if name == b"mg._domainkey.support.example.com." else None
+
+    created = ingest(store, config, mail(), InboundEnvelope(), clock(), dkim_dns=dns)
+    tid = created.ticket
+    assert tid is not None
+    forged = mail(sender=AGENT, subject=f"Re: [#{tid}] x", body="#status solved\n\nErledigt.")
+    result = ingest(store, config, forged, InboundEnvelope(), clock(), dkim_dns=dns)
+    assert "unauthenticated agent mail" in result.reason
+    tampered = signed(
+        mail(sender=AGENT, subject=f"Re: [#{tid}] y", body="#status solved\n\nA"), private
+    ).replace(b"\r\nA", b"\r\nB")
+    ingest(store, config, tampered, InboundEnvelope(), clock(), dkim_dns=dns)
+    with store.transaction() as s:
+        detail = ticket_detail(s, get_ticket(s, tid))
+        assert detail["status"] == "new"  # as before: no agent has answered
+        kinds = [(o.kind, o.recipients) for o in s.scalars(select(Outbox).order_by(Outbox.id))]
+    assert kinds.count(("agent_unverified", ["tech@support.example.com"])) == 2
+    assert "agent_reply" not in {kind for kind, _ in kinds}
+    assert [(c["author_kind"], c["public"]) for c in detail["comments"][1:]] == [
+        ("unverified_agent", False),
+        ("unverified_agent", False),
+    ]
+    genuine = signed(
+        mail(sender=AGENT, subject=f"Re: [#{tid}] x", body="#status solved\n\nJa."), private
+    )
+    ingest(store, config, genuine, InboundEnvelope(), clock(), dkim_dns=dns)
+    with store.transaction() as s:
+        detail = ticket_detail(s, get_ticket(s, tid))
+        results = [r.dkim for r in s.scalars(select(LedgerEntry).order_by(LedgerEntry.id))]
+    assert detail["status"] == "solved"
+    last = detail["comments"][-1]
+    assert (last["author_kind"], last["public"], last["authentication"]) == (
+        "agent",
+        True,
+        "dkim=pass d=support.example.com (checked by mailgate)",
+    )
+    # Checked only where it counts (an agent's From): customers' mail costs no DNS query.
+    assert results == [None, "none", "fail d=support.example.com", "pass d=support.example.com"]
+
+
 def test_agent_commands_need_dkim(
     make_config: Callable[..., tuple[Config, Path]],
     store: Store,
     clock: Clock,
     keys: tuple[bytes, bytes],
 ) -> None:
+    """require_dkim_for_commands: on top of agent_auth, commands only from signed mail."""
     private, record = keys
 
     def dns(name: bytes, timeout: int = 5) -> bytes | None:
@@ -64,8 +114,13 @@ def test_agent_commands_need_dkim(
     created = ingest(store, config, mail(), InboundEnvelope(), clock(), dkim_dns=dns)
     tid = created.ticket
     assert tid is not None
-    forged = mail(sender=AGENT, subject=f"Re: [#{tid}] x", body="#status solved\n\nErledigt.")
-    ingest(store, config, forged, InboundEnvelope(), clock(), dkim_dns=dns)
+    vouched = mail(
+        sender=AGENT,
+        subject=f"Re: [#{tid}] x",
+        body="#status solved\n\nErledigt.",
+        extra=AUTHENTICATED,
+    )
+    ingest(store, config, vouched, InboundEnvelope(), clock(), dkim_dns=dns)
     with store.transaction() as s:
         assert ticket_detail(s, get_ticket(s, tid))["status"] == "open"
         [error] = [o for o in s.scalars(select(Outbox)) if o.kind == "command_error"]
@@ -74,11 +129,7 @@ def test_agent_commands_need_dkim(
         mail(sender=AGENT, subject=f"Re: [#{tid}] x", body="#status solved\n\nJa."), private
     )
     ingest(store, config, genuine, InboundEnvelope(), clock(), dkim_dns=dns)
-    tampered = signed(
-        mail(sender=AGENT, subject=f"Re: [#{tid}] y", body="#status open\n\nA"), private
-    ).replace(b"\r\nA", b"\r\nB")
-    ingest(store, config, tampered, InboundEnvelope(), clock(), dkim_dns=dns)
     with store.transaction() as s:
         assert ticket_detail(s, get_ticket(s, tid))["status"] == "solved"
         results = [r.dkim for r in s.scalars(select(LedgerEntry).order_by(LedgerEntry.id))]
-    assert results == ["none", "none", "pass d=support.example.com", "fail d=support.example.com"]
+    assert results == ["none", "none", "pass d=support.example.com"]

@@ -21,7 +21,7 @@ from mailgate.models import Attachment, Blob, LedgerEntry, Outcome, Ticket
 from mailgate.routing import Router
 from mailgate.store import Store
 
-from .conftest import BASE_CONFIG, CORPUS, Clock, corpus_files, corpus_missing, mail
+from .conftest import AUTHENTICATED, BASE_CONFIG, CORPUS, Clock, corpus_files, corpus_missing, mail
 
 LEDGER = {o.value for o in Outcome}
 
@@ -347,9 +347,12 @@ def _conversation() -> list[Callable[[dict[str, int]], bytes]]:
             body="Passwort: neu456789!\n\nAm Montag schrieb Support:\n> alt\n> älter\n",
         ),
         lambda t: mail(
-            sender=agent, subject=f"Re: [#{t['vpn']}] VPN", body="#status solved\n\nErledigt.\n"
+            sender=agent,
+            subject=f"Re: [#{t['vpn']}] VPN",
+            body="#status solved\n\nErledigt.\n",
+            extra=AUTHENTICATED,
         ),
-        lambda t: mail(sender=agent, subject="Fwd: Drucker", body=forwarded),
+        lambda t: mail(sender=agent, subject="Fwd: Drucker", body=forwarded, extra=AUTHENTICATED),
         lambda t: mail(sender="fremd@other.example", subject="Agentur Blau: Angebot"),
         lambda t: mail(subject="Urlaub", extra="Auto-Submitted: auto-replied\r\n"),
         lambda t: mail(subject=f"Re: [#{t['vpn']}] VPN", extra="Auto-Submitted: auto-replied\r\n"),

@@ -20,7 +20,7 @@ from mailgate.db.queries import get_ticket, ticket_detail
 from mailgate.db.records import update_ticket
 from mailgate.ingest import InboundEnvelope, ingest
 from mailgate.jobs import Jobs
-from mailgate.models import Outbox
+from mailgate.models import Comment, Outbox
 from mailgate.outbound import OutboundEnvelope, Verdict, build_message, classify
 from mailgate.store import Store
 
@@ -291,6 +291,7 @@ def test_notifications_never_leave_the_ticket(
             "database": {"url": f"sqlite:///{tmp_path_factory.mktemp('prop') / 'p.db'}"},
             "mail": {"domains": ["support.example.com"], "address": "support@support.example.com"},
             "agents": {"addresses": agents},
+            "security": {"authserv_id": "mx.test"},
             "organizations": orgs,
         }
     )
@@ -300,20 +301,37 @@ def test_notifications_never_leave_the_ticket(
     store.sync(config, clock())
     everyone = POOL + OUTSIDERS + agents
     try:
-        for step in range(3):
+        for step in range(4):
             sender = data.draw(st.sampled_from(everyone))
             ccs = data.draw(st.lists(st.sampled_from(everyone), max_size=3))
-            subject = data.draw(st.sampled_from(["Kunde 1: Hilfe", "Frage", "[#1] Re: Frage"]))
-            extra = f"Cc: {', '.join(ccs)}\r\n" if ccs else ""
-            ingest(
-                store,
-                config,
-                mail(sender=sender, subject=subject, extra=extra, message_id=f"<p{step}@x>"),
-                InboundEnvelope(),
-                clock(),
+            subject = data.draw(
+                st.sampled_from(["Kunde 1: Hilfe", "Frage", "[#1] Re: Frage", "Re: [#2] x"])
             )
+            body = data.draw(
+                st.sampled_from(
+                    ["Text\n", "#note\nIntern\n", "#private\nX\n", "#status solved\nFertig.\n"]
+                )
+            )
+            extra = f"Cc: {', '.join(ccs)}\r\n" if ccs else ""
+            if data.draw(st.booleans()):  # the MTA vouches for the From domain, or does not
+                domain = sender.rpartition("@")[2]
+                extra += f"Authentication-Results: mx.test; dmarc=pass header.from={domain}\r\n"
+            raw = mail(
+                sender=sender, subject=subject, body=body, extra=extra, message_id=f"<p{step}@x>"
+            )
+            ingest(store, config, raw, InboundEnvelope(), clock())
+            if data.draw(st.booleans()):
+                clock.advance(days=4)  # solved tickets close: replies open follow-ups
+                Jobs(store, config).close_solved(clock())
         with store.transaction() as s:
             for row in s.scalars(select(Outbox)):
+                comment = s.get(Comment, row.payload.get("comment") or 0)
+                if comment is not None and not comment.public:
+                    # Internal text (a #note, an unauthenticated agent) reaches agents only.
+                    assert set(row.recipients) <= set(agents), (row.kind, row.recipients)
+                if row.ticket_id is None:  # an agent's mail kept in quarantine
+                    assert set(row.recipients) <= set(agents), (row.kind, row.recipients)
+                    continue
                 ticket = get_ticket(s, row.ticket_id)
                 members = set()
                 if ticket.organization is not None:

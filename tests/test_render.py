@@ -60,9 +60,10 @@ def make_context(
         ),
         "errors": (
             ["#status done: status must be open, pending or solved", "#frobnicate: unknown command"]
-            if kind == "command_error"
+            if kind in ("command_error", "agent_unverified")
             else []
         ),
+        "about": "",
     }
 
 

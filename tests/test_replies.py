@@ -17,7 +17,7 @@ from mailgate.models import Meta, Outbox
 from mailgate.pipeline.threads import reply_address
 from mailgate.store import Store
 
-from .conftest import Clock, mail, send
+from .conftest import AUTHENTICATED, Clock, mail, send
 
 ANNA = "Anna Schmidt <anna@mueller-logistik.de>"
 AGENT = "Tech Support <tech@support.example.com>"
@@ -193,7 +193,10 @@ def test_agent_reply_with_commands(store: Store, config: Config, clock: Clock) -
     tid = first_ticket(store, config, clock)
     body = "#status solved\n#org agentur blau\n\nIst erledigt, der Toner war leer.\n"
     result = run(
-        store, config, clock, mail(sender=AGENT, subject=f"Re: [#{tid}] Drucker kaputt", body=body)
+        store,
+        config,
+        clock,
+        mail(sender=AGENT, extra=AUTHENTICATED, subject=f"Re: [#{tid}] Drucker kaputt", body=body),
     )
     assert (result.action, result.ticket) == ("commented", tid)
     after = detail(store, tid)
@@ -214,7 +217,12 @@ def test_agent_bad_commands_change_nothing_and_are_explained(
 ) -> None:
     tid = first_ticket(store, config, clock)
     body = "#status erledigt\n#frobnicate now\n#org Gibtsnicht AG\n\nText\n"
-    run(store, config, clock, mail(sender=AGENT, subject=f"Re: [#{tid}] x", body=body))
+    run(
+        store,
+        config,
+        clock,
+        mail(sender=AGENT, extra=AUTHENTICATED, subject=f"Re: [#{tid}] x", body=body),
+    )
     after = detail(store, tid)
     assert (after["status"], after["organization"]) == ("open", "Müller Logistik GmbH")
     [error] = [o for o in outbox(store) if o[0] == "command_error"]
@@ -231,7 +239,10 @@ def test_private_note_reaches_nobody_and_customer_commands_are_text(
 ) -> None:
     tid = first_ticket(store, config, clock)
     run(
-        store, config, clock, mail(sender=AGENT, subject=f"[#{tid}] x", body="#note\nKunde ruft an")
+        store,
+        config,
+        clock,
+        mail(sender=AGENT, extra=AUTHENTICATED, subject=f"[#{tid}] x", body="#note\nKunde ruft an"),
     )
     note = detail(store, tid)["comments"][-1]
     assert (note["public"], note["body"]) == (False, "Kunde ruft an")
@@ -268,7 +279,12 @@ def test_agent_forward_makes_the_customer_requester(
         "From: Anna Schmidt <anna@mueller-logistik.de>\nDate: Thu, 26 Nov 2026\n"
         "Subject: Drucker\n\nDer Drucker ist kaputt.\n"
     )
-    fwd = run(store, config, clock, mail(sender=AGENT, subject="Fwd: Drucker", body=inline))
+    fwd = run(
+        store,
+        config,
+        clock,
+        mail(sender=AGENT, extra=AUTHENTICATED, subject="Fwd: Drucker", body=inline),
+    )
     assert fwd.action == "created" and fwd.ticket is not None
     ticket = detail(store, fwd.ticket)
     assert (ticket["requester"], ticket["organization"], ticket["subject"]) == (
@@ -280,7 +296,8 @@ def test_agent_forward_makes_the_customer_requester(
 
     attached = (
         b"From: Tech Support <tech@support.example.com>\r\nTo: support@support.example.com\r\n"
-        b"Subject: WG: Rechnung\r\nMessage-ID: <fwd2@support>\r\nMIME-Version: 1.0\r\n"
+        + AUTHENTICATED.encode()
+        + b"Subject: WG: Rechnung\r\nMessage-ID: <fwd2@support>\r\nMIME-Version: 1.0\r\n"
         b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
         b"Content-Type: text/plain\r\n\r\nsiehe unten\r\n"
         b"--b\r\nContent-Type: message/rfc822\r\n\r\n"

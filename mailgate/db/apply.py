@@ -24,6 +24,7 @@ from mailgate.db.records import ensure_blob, update_ticket, user_id
 from mailgate.errors import NotFound, Refused
 from mailgate.models import (
     Attachment,
+    AuthorKind,
     NotificationKind,
     Organization,
     Outbox,
@@ -36,6 +37,7 @@ from mailgate.models import (
 )
 from mailgate.models import Comment as CommentRow
 from mailgate.parser import InboundMessage
+from mailgate.pipeline.commands import Change
 from mailgate.pipeline.decision import (
     Bounce,
     Comment,
@@ -43,6 +45,7 @@ from mailgate.pipeline.decision import (
     FollowUp,
     NewTicket,
     Notify,
+    Quarantine,
 )
 from mailgate.pipeline.facts import TicketFacts
 
@@ -76,13 +79,16 @@ def apply(
         return _new_ticket(session.connection(), config, decision, message, entry, now)
     if isinstance(decision, FollowUp):
         assert message is not None
-        return _follow_up(session.connection(), config, decision, message, entry, now)
+        return _follow_up(session, config, decision, message, entry, now)
     if isinstance(decision, Comment):  # and InternalNote
         assert message is not None
         return _comment(session, config, decision, message, entry, now)
     if isinstance(decision, Bounce):
         assert message is not None
         return _bounce(session, config, decision, message, entry, now)
+    if isinstance(decision, Quarantine):
+        for note in decision.notify:  # to agents only: it belongs to no ticket
+            queue_notification(session.connection(), config, None, None, note, now)
     return Applied()  # Ignore, Quarantine: the ledger row says it all
 
 
@@ -115,7 +121,8 @@ def _new_ticket(
     }
     ticket_id = _insert_ticket(conn, values)
     participants = _add_participants(conn, ticket_id, decision.participants, now)
-    comment = _add_comment(conn, ticket_id, requester_id, decision.body, True, message, entry, now)
+    author = Author(requester_id, AuthorKind.CUSTOMER, decision.authentication)
+    comment = _add_comment(conn, ticket_id, author, decision.body, True, message, entry, now)
     facts = TicketFacts(
         id=ticket_id,
         status=Status.NEW.value,
@@ -131,17 +138,20 @@ def _new_ticket(
 
 
 def _follow_up(
-    conn: Connection,
+    session: Session,
     config: Config,
     decision: FollowUp,
     message: InboundMessage,
     entry: int,
     now: datetime,
 ) -> Applied:
+    """A new ticket with the closed one's requester and organization; an agent's commands
+    apply to it, as to any open ticket."""
+    conn = session.connection()
     closed = decision.closed
     values = {
         "subject": closed.subject,
-        "status": Status.NEW.value,
+        "status": decision.status,
         "organization_id": closed.organization_id,
         "requester_id": closed.requester_id,
         "created_at": now,
@@ -155,12 +165,21 @@ def _follow_up(
     ticket_id = _insert_ticket(conn, values)
     for person in _PARTICIPANT_IDS.run(conn, {"ticket": closed.id}).scalars():
         _INSERT_PARTICIPANT.run(conn, {"ticket_id": ticket_id, "user_id": person})
-    author = user_id(conn, decision.author, decision.author_name, now)
-    comment = _add_comment(conn, ticket_id, author, decision.body, True, message, entry, now)
+    author = Author(
+        user_id(conn, decision.author, decision.author_name, now),
+        decision.author_kind,
+        decision.authentication,
+    )
+    comment = _add_comment(
+        conn, ticket_id, author, decision.body, decision.public, message, entry, now
+    )
     # The participants copied above are the closed ticket's, already read for deciding.
-    facts = replace(closed, id=ticket_id, status=Status.NEW.value, members=frozenset())
-    _notify(conn, config, facts, decision.notify, now, comment)
-    return Applied(ticket_id, closed.organization)
+    facts = replace(closed, id=ticket_id, status=decision.status, members=frozenset())
+    notify = decision.notify
+    if decision.changes:
+        facts, notify = _commands(session, ticket_id, decision.changes, decision, now)
+    _notify(conn, config, facts, notify, now, comment, decision.public)
+    return Applied(ticket_id, facts.organization)
 
 
 def _comment(
@@ -174,7 +193,11 @@ def _comment(
     """A comment on an open ticket, its status and participants, and an agent's commands."""
     conn = session.connection()
     ticket = decision.ticket
-    author = user_id(conn, decision.author, decision.author_name, now)
+    author = Author(
+        user_id(conn, decision.author, decision.author_name, now),
+        decision.author_kind,
+        decision.authentication,
+    )
     comment = _add_comment(
         conn, ticket.id, author, decision.body, decision.public, message, entry, now
     )
@@ -183,27 +206,43 @@ def _comment(
         changes.update(status=decision.status, solved_at=None)
     _UPDATE_TICKET.run(conn, {"ticket": ticket.id, **changes})
     added = _add_participants(conn, ticket.id, decision.participants, now)
-    refused: list[str] = []
     if decision.changes:
-        # Commands are rare and go through the store's rules on the ORM ticket, read afresh
-        # because the statements above changed the row behind the session's back.
-        orm_ticket = session.get(Ticket, ticket.id, populate_existing=True)
-        assert orm_ticket is not None
-        for change in decision.changes:
-            try:
-                update_ticket(session, orm_ticket, now, **{change.field: change.value})
-            except (Refused, NotFound) as exc:
-                refused.append(f"{change.line}: {exc}")
-        session.flush()
-        facts = ticket_facts(conn, ticket.id)  # its requester or organization may have moved
-        assert facts is not None
+        facts, notify = _commands(session, ticket.id, decision.changes, decision, now)
     else:
         facts = replace(ticket, status=decision.status, participants=(*ticket.participants, *added))
+        notify = decision.notify
+    _notify(conn, config, facts, notify, now, comment, decision.public)
+    return Applied(ticket.id, facts.organization)
+
+
+def _commands(
+    session: Session,
+    ticket_id: int,
+    changes: tuple[Change, ...],
+    decision: Comment | FollowUp,
+    now: datetime,
+) -> tuple[TicketFacts, tuple[Notify, ...]]:
+    """An agent's commands, through the store's rules on the ORM ticket: the ticket's facts
+    afterwards and the notifications, with what the store refused explained to the agent.
+
+    The ticket is read afresh because the statements before changed the row behind the
+    session's back; its requester or organization may move here.
+    """
+    orm_ticket = session.get(Ticket, ticket_id, populate_existing=True)
+    assert orm_ticket is not None
+    refused: list[str] = []
+    for change in changes:
+        try:
+            update_ticket(session, orm_ticket, now, **{change.field: change.value})
+        except (Refused, NotFound) as exc:
+            refused.append(f"{change.line}: {exc}")
+    session.flush()
+    facts = ticket_facts(session.connection(), ticket_id)
+    assert facts is not None
     notify = decision.notify
     if refused:  # the store refused what decide allowed: the agent is told all the same
         notify = _with_errors(notify, decision.author, tuple(refused))
-    _notify(conn, config, facts, notify, now, comment)
-    return Applied(ticket.id, facts.organization)
+    return facts, notify
 
 
 def _with_errors(
@@ -237,7 +276,7 @@ def _bounce(
                 f"Notification {sent.kind} to {', '.join(sent.recipients)} bounced: "
                 f"{decision.failed}"
             )
-            system = user_id(conn, config.mail.address, "mailgate", now)
+            system = Author(user_id(conn, config.mail.address, "mailgate", now), AuthorKind.SYSTEM)
             _add_comment(conn, sent.ticket_id, system, note, False, message, entry, now)
             ticket_id = sent.ticket_id
     for email, status in decision.suppress:
@@ -258,9 +297,10 @@ def _notify(
     notify: tuple[Notify, ...],
     now: datetime,
     comment: int,
+    public: bool = True,
 ) -> None:
     for note in notify:
-        queue_notification(conn, config, ticket, ticket.organization_id, note, now, comment)
+        queue_notification(conn, config, ticket, ticket.organization_id, note, now, comment, public)
 
 
 def _insert_ticket(conn: Connection, values: dict[str, Any]) -> int:
@@ -278,10 +318,19 @@ def _add_participants(
     return tuple(email for email, _ in people)
 
 
+@dataclass(frozen=True, slots=True)
+class Author:
+    """Who wrote a comment: the user row, what kind of author, and how we know."""
+
+    id: int
+    kind: AuthorKind = AuthorKind.CUSTOMER
+    authentication: str | None = None
+
+
 def _add_comment(
     conn: Connection,
     ticket_id: int,
-    author_id: int,
+    author: Author,
     body: str,
     public: bool,
     message: InboundMessage,
@@ -291,7 +340,9 @@ def _add_comment(
     """The comment with the mail's attachments (content stored once per hash); its id."""
     values = {
         "ticket_id": ticket_id,
-        "author_id": author_id,
+        "author_id": author.id,
+        "author_kind": author.kind.value,
+        "authentication": author.authentication,
         "body": body,
         "public": public,
         "message_id": message.message_id,

@@ -11,6 +11,7 @@ transaction of the event that caused it, so no notification is lost when the rel
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -33,22 +34,32 @@ _OUTBOX = table_of(Outbox)
 def queue_notification(
     conn: Connection,
     config: Config,
-    ticket: TicketFacts,
+    ticket: TicketFacts | None,
     organization_id: int | None,
     note: Notify,
     now: datetime,
     comment: int | None = None,
+    public: bool = True,
 ) -> int:
     """Queue ``note`` about ``ticket`` (facts as they are after the event); rows written.
 
     ``organization_id`` is the ticket's, for its followers; ``comment`` the comment the
-    event wrote, for notifications that carry it.
+    event wrote, for notifications that carry it, and ``public`` whether customers may
+    read it: an internal comment goes to agents only, whoever asked. Without a ticket
+    (an agent's mail kept in quarantine) the mail goes to agents only.
     """
     payload: dict[str, Any] = {}
     if note.with_comment:
         payload["comment"] = comment
     if note.errors:
         payload["errors"] = list(note.errors)
+    if note.about or note.about_id:
+        payload.update(about=note.about, about_id=note.about_id)
+    if ticket is None or (note.with_comment and not public):
+        agents = frozenset(config.agents.addresses)
+        note = replace(note, to=tuple(r for r in note.to if r in agents), followers=False)
+    if ticket is None:
+        return _queue(conn, config, note.kind, None, note.to, note.exclude, payload, now)
     queued = 0
     if note.to:
         queued += _queue(conn, config, note.kind, ticket, note.to, note.exclude, payload, now)
@@ -86,7 +97,7 @@ def _queue(
     conn: Connection,
     config: Config,
     kind: str,
-    ticket: TicketFacts,
+    ticket: TicketFacts | None,
     recipients: Sequence[str],
     exclude: Sequence[str],
     payload: dict[str, Any],
@@ -101,15 +112,18 @@ def _queue(
         and r not in exclude
         and r not in suppressed  # hard-bounced recently: mail would only bounce again
         and (r in agents or not is_ours(r, config))  # never to ourselves; agents may share it
-        and ticket.knows(r, agents)
+        and (r in agents if ticket is None else ticket.knows(r, agents))
     ]
     if not to:
         return 0
+    about = str(payload.get("about", ""))
     row = {
         "kind": kind,
-        "ticket_id": ticket.id,
+        "ticket_id": ticket.id if ticket is not None else None,
         "recipients": to,
-        "subject": f"{config.tickets.tag_for(ticket.id)} {ticket.subject}",
+        "subject": f"{config.tickets.tag_for(ticket.id)} {ticket.subject}"
+        if ticket is not None
+        else about,
         "payload": payload,
         "status": OutboxStatus.PENDING.value,
         "created_at": now,

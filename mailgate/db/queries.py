@@ -48,6 +48,8 @@ def ticket_detail(session: Session, ticket: Ticket) -> dict[str, Any]:
             "comments": [
                 {
                     "author": c.author.email,
+                    "author_kind": c.author_kind,
+                    "authentication": c.authentication,
                     "public": c.public,
                     "body": c.body,
                     "created_at": iso(c.created_at),

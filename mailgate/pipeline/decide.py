@@ -13,9 +13,9 @@ from collections.abc import Callable
 from functools import cached_property
 
 from mailgate.config import Config
-from mailgate.models import Status
+from mailgate.models import AuthorKind, NotificationKind, Status
 from mailgate.pipeline import notify
-from mailgate.pipeline.commands import check_commands, is_private, split_commands
+from mailgate.pipeline.commands import Change, check_commands, is_private, split_commands
 from mailgate.pipeline.decision import (
     Bounce,
     Comment,
@@ -24,6 +24,7 @@ from mailgate.pipeline.decision import (
     Ignore,
     InternalNote,
     NewTicket,
+    Notify,
     Quarantine,
 )
 from mailgate.pipeline.facts import Facts, TicketFacts
@@ -31,10 +32,12 @@ from mailgate.pipeline.filters import own_mail
 from mailgate.pipeline.inputs import Hints, agent_text, mask_secrets, planned_ticket, reply_text
 from mailgate.pipeline.reading import Mail, Unreadable
 from mailgate.pipeline.threads import NO_REFERENCE, ThreadMatch, match_thread, status_after_reply
+from mailgate.pipeline.trust import Authentication, authenticate
 from mailgate.routing import Router, domain_of
 
 NO_SENDER = "no sender address (From)"
 RATE_LIMITED = "rate_limited"  # reason prefix: too many new tickets from one sender
+UNAUTHENTICATED = "unauthenticated agent mail"  # quarantine reason (contract)
 
 
 class Case:
@@ -49,11 +52,30 @@ class Case:
         self.hints = hints
 
     @cached_property
+    def auth(self) -> Authentication:
+        """What authenticates the sender's domain (see :mod:`mailgate.pipeline.trust`)."""
+        mail = self.mail
+        agent = mail.sender in self.router.agents
+        return authenticate(mail.message.headers, mail.sender, mail.dkim, self.config, agent)
+
+    @property
+    def by_agent(self) -> bool:
+        """An agent's address in From, and the mail authenticated for its domain."""
+        return self.mail.sender in self.router.agents and self.auth.verdict is not None
+
+    @cached_property
     def match(self) -> ThreadMatch:
-        facts = self.facts
-        return match_thread(
-            self.mail.sender, self.router.agents, facts.token, facts.references, facts.tag
-        )
+        facts, stranger = self.facts, self.auth.dmarc_fail
+        if stranger is None:
+            return match_thread(
+                self.mail.sender, self.router.agents, facts.token, facts.references, facts.tag
+            )
+        # The From domain failed DMARC: the sender may be anyone, so only the unforgeable
+        # reply token threads; a tag or a reference proves nothing.
+        found = match_thread(self.mail.sender, frozenset(), facts.token, (), None)
+        if found.ticket is None and (facts.references or facts.tag is not None):
+            return ThreadMatch(None, "new", f"tag and references ignored: {stranger}")
+        return found
 
     @property
     def ticket(self) -> TicketFacts | None:
@@ -98,19 +120,51 @@ def not_acknowledged(mail: Mail) -> str:
     return f"; not acknowledged: {mail.no_answer}" if mail.no_answer else ""
 
 
-def reply(case: Case) -> Decision | None:
-    """A mail that continues an open ticket becomes a comment on it."""
-    ticket = case.ticket
-    if ticket is None or ticket.status == Status.CLOSED:
+def unverified_agent(case: Case) -> Decision | None:
+    """An agent's address in From without authentication: it may be forged, so nothing of
+    it reaches a customer and none of its commands is done. It is kept as an internal note
+    on the ticket it names (else quarantined), and the agent address is told why."""
+    mail = case.mail
+    if mail.sender not in case.router.agents or case.by_agent or mail.auto_reply:
         return None
-    mail, config, router = case.mail, case.config, case.router
-    by_agent = mail.sender in router.agents
-    if by_agent:  # only agents' commands count; a customer's "#status solved" is text
-        commands, text = split_commands(agent_text(mail, case.hints))
-        body, secret = mask_secrets(text)
-    else:
-        commands = ()
-        body, secret = reply_text(mail, case.hints)
+    ticket = case.ticket
+    kept = (
+        f"kept as an internal note on ticket {case.config.tickets.tag_for(ticket.id)}"
+        if ticket is not None
+        else "quarantined: it names no ticket"
+    )
+    notify = (
+        Notify(
+            NotificationKind.AGENT_UNVERIFIED,
+            (mail.sender,),
+            errors=(*case.auth.tried, kept),
+            about=mail.subject,
+            about_id=mail.message.message_id,
+        ),
+    )
+    if ticket is None:
+        return Quarantine(UNAUTHENTICATED, notify)
+    body, _ = mask_secrets(agent_text(mail, case.hints))
+    return InternalNote(
+        reason=f"{case.match.reason}; {UNAUTHENTICATED}, {kept}",
+        ticket=ticket,
+        author=mail.sender,
+        author_name=mail.name,
+        body=body,
+        status=ticket.status,
+        participants=(),
+        changes=(),
+        notify=notify,
+        author_kind=AuthorKind.UNVERIFIED_AGENT,
+    )
+
+
+def agent_commands(case: Case) -> tuple[tuple[Change, ...], tuple[str, ...], str, bool, bool]:
+    """An authenticated agent's mail: checked commands, refusals, masked text, whether it
+    is public and whether it held credentials."""
+    mail, config = case.mail, case.config
+    commands, text = split_commands(agent_text(mail, case.hints))
+    body, secret = mask_secrets(text)
     public = not (mail.auto_reply or is_private(commands))
     errors: tuple[str, ...] = ()
     if (
@@ -118,7 +172,7 @@ def reply(case: Case) -> Decision | None:
         and config.security.require_dkim_for_commands
         and not (mail.dkim is not None and mail.dkim.signed_by(mail.sender))
     ):
-        # A forged From of an agent must not solve or move tickets.
+        # Required on top of agent_auth: commands only from DKIM-signed mail.
         errors = tuple(
             f"{c.line}: refused: commands need a valid DKIM signature of "
             f"{domain_of(mail.sender)} (this mail: {mail.dkim or 'not checked'})"
@@ -126,8 +180,29 @@ def reply(case: Case) -> Decision | None:
             if c.name not in ("note", "private")
         )
         commands = tuple(c for c in commands if c.name in ("note", "private"))
-    changes, refused = check_commands(commands, router)
-    errors += refused
+    changes, refused = check_commands(commands, case.router)
+    return changes, (*errors, *refused), body, public, secret
+
+
+def new_requester(changes: tuple[Change, ...]) -> str | None:
+    """The requester an agent's ``#requester`` sets, if any (the last one counts)."""
+    return next((c.value for c in reversed(changes) if c.field == "requester"), None)
+
+
+def reply(case: Case) -> Decision | None:
+    """A mail that continues an open ticket becomes a comment on it."""
+    ticket = case.ticket
+    if ticket is None or ticket.status == Status.CLOSED:
+        return None
+    mail, config, router = case.mail, case.config, case.router
+    by_agent = case.by_agent
+    changes: tuple[Change, ...] = ()
+    errors: tuple[str, ...] = ()
+    if by_agent:  # only agents' commands count; a customer's "#status solved" is text
+        changes, errors, body, public, secret = agent_commands(case)
+    else:
+        body, secret = reply_text(mail, case.hints)
+        public = not mail.auto_reply
     participants: tuple[tuple[str, str], ...] = ()
     if by_agent or mail.sender == ticket.requester:
         known = {ticket.requester, *ticket.participants}
@@ -136,9 +211,8 @@ def reply(case: Case) -> Decision | None:
             for email, name in notify.participant_addresses(mail.message, ticket.requester, config)
             if email not in known
         )
-    requester = next((c.value for c in reversed(changes) if c.field == "requester"), None)
     audience = (
-        requester or ticket.requester,
+        new_requester(changes) or ticket.requester,
         *ticket.participants,
         *(email for email, _ in participants),
     )
@@ -165,6 +239,8 @@ def reply(case: Case) -> Decision | None:
             errors,
             secret,
         ),
+        author_kind=AuthorKind.AGENT if by_agent else AuthorKind.CUSTOMER,
+        authentication=case.auth.verdict,
     )
 
 
@@ -175,10 +251,37 @@ def follow_up(case: Case) -> Decision | None:
         return None
     if mail.auto_reply:
         return Ignore(f"auto-reply ({mail.auto_reply}) to closed ticket #{closed.id}")
+    reason = f"follow-up of closed ticket #{closed.id}"
+    if case.by_agent:
+        # Opened by the agent's answer: no acknowledgement, the customer gets the answer.
+        changes, errors, body, public, secret = agent_commands(case)
+        audience = (new_requester(changes) or closed.requester, *closed.participants)
+        return FollowUp(
+            reason=f"{reason}, opened by agent {mail.sender}",
+            closed=closed,
+            author=mail.sender,
+            author_name=mail.name,
+            body=body,
+            notify=notify.on_comment(
+                mail.sender,
+                True,
+                public,
+                False,
+                audience,
+                tuple(case.router.agents),
+                errors,
+                secret,
+            ),
+            author_kind=AuthorKind.AGENT,
+            authentication=case.auth.verdict,
+            public=public,
+            status=status_after_reply(Status.NEW.value, True, False),
+            changes=changes,
+        )
     body, secret = reply_text(mail, case.hints)
     answer = mail.no_answer is None
     return FollowUp(
-        reason=f"follow-up of closed ticket #{closed.id}{not_acknowledged(mail)}",
+        reason=f"{reason}{not_acknowledged(mail)}",
         closed=closed,
         author=mail.sender,
         author_name=mail.name,
@@ -186,7 +289,20 @@ def follow_up(case: Case) -> Decision | None:
         notify=notify.on_new_ticket(
             closed.requester, closed.organization, mail.sender, answer, secret and answer
         ),
+        authentication=case.auth.verdict,
     )
+
+
+def agent_without_ticket(case: Case) -> Decision | None:
+    """An agent's own mail that names no ticket and forwards no customer's mail: ours,
+    never a ticket nor acknowledged (a ticket asked by ourselves helps nobody)."""
+    mail = case.mail
+    if not case.by_agent or mail.auto_reply:
+        return None
+    plan = planned_ticket(case.router, mail, case.hints)
+    if plan.requester != mail.sender:
+        return None  # a forwarded customer's mail: the ticket is the customer's
+    return Ignore(f"own mail (agent {mail.sender}) names no ticket, a loop")
 
 
 def robot_to_no_ticket(case: Case) -> Decision | None:
@@ -220,6 +336,7 @@ def new_ticket(case: Case) -> Decision:
     answer = not quiet and mail.no_answer is None
     route = plan.decision
     return NewTicket(
+        authentication=case.auth.verdict,
         reason=reason,
         requester=plan.requester,
         requester_name=plan.name,
@@ -241,15 +358,17 @@ def new_ticket(case: Case) -> Decision:
 
 
 # The ladder, first hit wins. Order matters: a bounce may have no usable sender; our own
-# mail coming back must not thread onto its ticket; a report is no reply; a robot may
-# comment but never opens.
+# mail coming back must not thread onto its ticket; a report is no reply; an agent's mail
+# that is not authenticated never reaches a reply; a robot may comment but never opens.
 STAGES: tuple[Stage, ...] = (
     bounce,
     no_sender,
     own_loop,
     report,
+    unverified_agent,
     reply,
     follow_up,
+    agent_without_ticket,
     robot_to_no_ticket,
     rate_limited,
     new_ticket,

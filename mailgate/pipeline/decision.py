@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mailgate.models import NotificationKind, Outcome
+from mailgate.models import AuthorKind, NotificationKind, Outcome
 from mailgate.pipeline.commands import Change
 from mailgate.pipeline.facts import SentNotification, TicketFacts
 
@@ -31,6 +31,10 @@ class Notify:
     exclude: tuple[str, ...] = ()
     with_comment: bool = False
     errors: tuple[str, ...] = ()
+    # For a notification that belongs to no ticket: the subject and Message-ID of the mail
+    # it is about (it answers that mail).
+    about: str = ""
+    about_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +47,14 @@ class Ignore:
 
 @dataclass(frozen=True, slots=True)
 class Quarantine:
-    """Kept aside for an admin (``mailgate quarantine``): no mail, no sender, too many."""
+    """Kept aside for an admin (``mailgate quarantine``): no mail, no sender, too many.
+
+    ``notify`` goes to agents only (it belongs to no ticket): an agent whose mail was
+    not authenticated hears why it was kept aside.
+    """
 
     reason: str
+    notify: tuple[Notify, ...] = ()
     outcome = Outcome.QUARANTINED
 
 
@@ -75,12 +84,18 @@ class NewTicket:
     tags: tuple[str, ...]
     participants: tuple[tuple[str, str], ...]  # To/Cc people copied on it: (email, name)
     notify: tuple[Notify, ...]
+    authentication: str | None = None  # the verdict that authenticated the sender, if any
     outcome = Outcome.CREATED
 
 
 @dataclass(frozen=True, slots=True)
 class FollowUp:
-    """A reply to a closed ticket opens a new one: closed tickets are locked (user rule)."""
+    """A reply to a closed ticket opens a new one: closed tickets are locked (user rule).
+
+    An agent's reply to a closed ticket opens it too: its commands apply to the follow-up,
+    its public text goes to the customer as an agent reply, and ``#note`` text stays
+    internal (``public`` False).
+    """
 
     reason: str
     closed: TicketFacts
@@ -88,6 +103,11 @@ class FollowUp:
     author_name: str
     body: str
     notify: tuple[Notify, ...]
+    author_kind: AuthorKind = AuthorKind.CUSTOMER
+    authentication: str | None = None
+    public: bool = True
+    status: str = "new"  # the follow-up's status before the agent's commands
+    changes: tuple[Change, ...] = ()
     outcome = Outcome.CREATED
 
 
@@ -104,6 +124,8 @@ class Comment:
     participants: tuple[tuple[str, str], ...]  # To/Cc people to copy on the ticket
     changes: tuple[Change, ...]  # an agent's commands, checked
     notify: tuple[Notify, ...]
+    author_kind: AuthorKind = AuthorKind.CUSTOMER
+    authentication: str | None = None  # the verdict that authenticated the author, if any
     outcome = Outcome.COMMENTED
 
     public = True
@@ -111,7 +133,8 @@ class Comment:
 
 @dataclass(frozen=True, slots=True)
 class InternalNote(Comment):
-    """A comment customers never see: an agent's ``#note``, a robot's reply to a ticket."""
+    """A comment customers never see: an agent's ``#note``, a robot's reply to a ticket,
+    an agent's mail that was not authenticated."""
 
     public = False
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from mailgate.parser import InboundMessage, UnparseableMessage, parse
 from mailgate.pipeline.reading import NO_SUBJECT, Mail
 from mailgate.pipeline.threads import names_a_ticket
+from mailgate.pipeline.trust import authenticate
 from mailgate.quotes import forwarded_original, strip_quoted
 from mailgate.routing import RouteDecision, Router, normalize_subject
 from mailgate.secrets_scan import mask_secrets as scan_and_mask
@@ -98,14 +99,20 @@ def ticket_plan(router: Router, mail: Mail) -> TicketPlan:
     """Requester, organization, subject and body of the ticket this mail would open."""
     config = router.config
     requester, name, subject, note = mail.sender, mail.name, mail.subject, ""
-    if mail.sender in router.agents:
+    agent = mail.sender in router.agents
+    auth = authenticate(mail.message.headers, mail.sender, mail.dkim, config, agent)
+    if agent and auth.verdict is not None:
         original = forwarded_sender(mail.message)
         if original is not None and original[0] not in router.agents:
             # An agent forwarding a customer's mail opens the ticket for that customer.
             requester, name = original
             subject = normalize_subject(subject, config.tickets.tag_regex) or NO_SUBJECT
             note = f"; forwarded by agent {mail.sender}"
-    decision: RouteDecision = router.route(requester, subject, mail.recipients)
+    decision: RouteDecision = (
+        router.stranger(subject, auth.dmarc_fail)
+        if auth.dmarc_fail is not None
+        else router.route(requester, subject, mail.recipients)
+    )
     # Another ticket's tag in a new ticket's subject would only confuse: it goes.
     untagged = " ".join(re.sub(config.tickets.tag_regex, " ", decision.subject or subject).split())
     subject_text, subject_secret = mask_secrets(untagged or NO_SUBJECT)

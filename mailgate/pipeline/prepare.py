@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from mailgate.config import Config
@@ -47,6 +47,15 @@ class Prepared:
         return self.mail.dkim if isinstance(self.mail, Mail) else None
 
 
+def wants_dkim(config: Config, sender: str) -> bool:
+    """DKIM is checked (DNS and RSA: costly) for every mail when ``verify_dkim`` asks, else
+    only for mail From an agent address when ``agent_auth`` counts on it."""
+    security = config.security
+    if security.verify_dkim:
+        return True
+    return "dkim" in security.agent_auth and sender in config.agents.addresses
+
+
 def prepare(
     config: Config,
     raw: bytes,
@@ -65,8 +74,9 @@ def prepare(
     except UnparseableMessage as exc:
         reason = f"{UNPARSEABLE}: {exc}"
         return Prepared(raw, envelope, now, Unreadable(reason), synthesized_message_id(raw))
-    dkim = verify_dkim(raw, dkim_dns) if config.security.verify_dkim else None
-    mail = read(message, envelope, dkim)
+    mail = read(message, envelope)
+    if wants_dkim(config, mail.sender):
+        mail = replace(mail, dkim=verify_dkim(raw, dkim_dns))
     digests = (dedup_key(message.message_id, raw), hashlib.sha256(raw).hexdigest())
     hints = prefetch(router, mail) if router is not None else None
     return Prepared(raw, envelope, now, mail, message.message_id, digests, hints)

@@ -24,7 +24,9 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("comments", schema=None) as batch_op:
         batch_op.add_column(
-            sa.Column("author_kind", sa.String(length=20), nullable=False, server_default="customer")
+            sa.Column(
+                "author_kind", sa.String(length=20), nullable=False, server_default="customer"
+            )
         )
         batch_op.add_column(sa.Column("authentication", sa.String(length=300), nullable=True))
     # Comments written before: an agent's address made it an agent's; the support address
