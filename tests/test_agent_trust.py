@@ -1,0 +1,179 @@
+"""A forged From never speaks for the support team: agents' mail over the real listener.
+
+The attacks are the ones an outsider can send to any support address: an agent's address
+in From, with and without commands, to open and to closed tickets. What mailgate believes
+is decided in mailgate/pipeline/trust.py (the table in tests/test_decide.py covers each
+verdict); here the whole path runs: SMTP socket, database, outbox, delivered bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from mailgate.config import Config, SecurityConfig
+from mailgate.db.queries import get_ticket, ticket_detail
+from mailgate.jobs import Jobs
+from mailgate.models import Comment, Outbox
+from mailgate.store import Store
+
+from .conftest import AUTHENTICATED, Clock, ServerThread, mail, run_cli, send
+
+AGENT = "tech@support.example.com"
+ANNA = "anna@mueller-logistik.de"
+MALLORY = "mallory@evil.example"
+OUR_HOP = "Received: from mta.example.net by mx.test (Postfix) with ESMTPS id 4711\r\n"
+FOREIGN_HOP = "Received: from pc.evil.example by mta.evil.example with ESMTP id 1\r\n"
+
+
+def detail(store: Store, ticket: int) -> dict[str, Any]:
+    with store.transaction() as s:
+        return ticket_detail(s, get_ticket(s, ticket))
+
+
+def outbox(store: Store) -> list[tuple[str, int | None, list[str], dict[str, Any]]]:
+    with store.transaction() as s:
+        return [
+            (o.kind, o.ticket_id, o.recipients, o.payload)
+            for o in s.scalars(select(Outbox).order_by(Outbox.id))
+        ]
+
+
+def open_ticket(server: int, store: Store) -> int:
+    send(server, mail(subject="Drucker kaputt", message_id="<first@ml>"))
+    with store.transaction() as s:
+        ticket = s.scalars(select(Comment.ticket_id)).one()
+    return int(ticket)
+
+
+def agent_mail(ticket: int, body: str, extra: str = "", subject: str = "") -> bytes:
+    return mail(
+        sender=f"Tech <{AGENT}>",
+        subject=subject or f"Re: [#{ticket}] Drucker kaputt",
+        body=body,
+        extra=extra,
+    )
+
+
+def test_forged_agent_from_changes_nothing_and_reaches_no_customer(
+    server: int, store: Store
+) -> None:
+    """The attack of the issue: MAIL FROM an outsider, From an agent, a #requester command."""
+    tid = open_ticket(server, store)
+    before, queued = detail(store, tid), len(outbox(store))
+    forged = agent_mail(tid, f"#requester {MALLORY}\nErledigt, Passwort folgt.\n")
+    send(server, forged, mail_from=MALLORY)
+    after = detail(store, tid)
+    assert (after["requester"], after["organization"], after["status"]) == (
+        before["requester"],
+        before["organization"],
+        before["status"],
+    )
+    note = after["comments"][-1]
+    assert (note["author"], note["author_kind"], note["public"], note["authentication"]) == (
+        AGENT,
+        "unverified_agent",
+        False,
+        None,
+    )
+    rows = outbox(store)[queued:]
+    assert [(kind, to) for kind, _, to, _ in rows] == [("agent_unverified", [AGENT])]
+
+
+def test_agent_mail_with_our_mtas_verdict_acts_as_the_agent(server: int, store: Store) -> None:
+    """The same mail, vouched for by our MTA (its header above its own Received line, as
+    Postfix's milters place it, or just below it): an agent reply, command done."""
+    tid = open_ticket(server, store)
+    send(server, agent_mail(tid, "#status pending\nBitte testen.\n", AUTHENTICATED + OUR_HOP))
+    send(server, agent_mail(tid, "Noch etwas.\n", OUR_HOP + AUTHENTICATED + FOREIGN_HOP))
+    after = detail(store, tid)
+    assert after["status"] == "pending"
+    kinds = [(c["author_kind"], c["public"], c["authentication"]) for c in after["comments"]]
+    verdict = "dmarc=pass header.from=support.example.com"
+    assert kinds[1:] == [("agent", True, verdict), ("agent", True, verdict)]
+    replies = [to for kind, _, to, _ in outbox(store) if kind == "agent_reply"]
+    assert replies == [[ANNA], [ANNA]]
+
+
+def test_a_verdict_that_proves_nothing_is_not_believed(
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock
+) -> None:
+    """Below a foreign relay's Received line, with another authserv-id, or with no
+    authserv_id configured, the same header leaves the mail unauthenticated."""
+
+    cases = [FOREIGN_HOP + AUTHENTICATED, AUTHENTICATED.replace("mx.test", "mx.other.example")]
+    cases.append(AUTHENTICATED)  # right header, but no authserv_id configured
+    for number, extra in enumerate(cases):
+        config, _ = make_config(name=f"case{number}.toml")
+        if number == 2:
+            config = replace(config, security=SecurityConfig())
+        with ServerThread(config, store, clock) as thread:
+            port = thread.server.port
+            assert port is not None
+            send(port, mail(subject=f"Fall {number}", message_id=f"<case{number}@ml>"))
+            with store.transaction() as s:
+                tid = max(s.scalars(select(Comment.ticket_id)).all())
+            send(port, agent_mail(tid, "#status solved\nErledigt.\n", extra))
+        after = detail(store, tid)
+        assert after["status"] == "new", number
+        assert after["comments"][-1]["author_kind"] == "unverified_agent", number
+
+
+def test_agent_note_to_a_closed_ticket_stays_internal(
+    server: int, store: Store, config: Config, clock: Clock
+) -> None:
+    """A #note to a closed ticket opens a follow-up (closed tickets are locked) that only
+    agents see: no acknowledgement, nothing to the customer or the followers."""
+    tid = open_ticket(server, store)
+    send(server, agent_mail(tid, "#status solved\nErledigt.\n", AUTHENTICATED))
+    clock.advance(days=4)
+    assert Jobs(store, config).close_solved(clock()) == [tid]
+    before = len(outbox(store))
+    note = "#note\nKunde zahlt nicht, intern klären.\n"
+    send(server, agent_mail(tid, note, AUTHENTICATED))
+    rows = outbox(store)[before:]
+    assert rows == [], rows
+    with store.transaction() as s:
+        follow = max(s.scalars(select(Comment.ticket_id)).all())
+    follow_up = detail(store, follow)
+    assert follow_up["follow_up_of"] == tid
+    assert (follow_up["requester"], follow_up["organization"]) == (ANNA, "Müller Logistik GmbH")
+    last = follow_up["comments"][-1]
+    assert (last["author_kind"], last["public"]) == ("agent", False)
+    assert "intern klären" in last["body"]
+
+
+def test_agent_answer_to_a_closed_ticket_reaches_the_customer_on_the_follow_up(
+    server: int, store: Store, config: Config, clock: Clock
+) -> None:
+    tid = open_ticket(server, store)
+    send(server, agent_mail(tid, "#status solved\nErledigt.\n", AUTHENTICATED))
+    clock.advance(days=4)
+    Jobs(store, config).close_solved(clock())
+    before = len(outbox(store))
+    send(server, agent_mail(tid, "#status pending\nBitte noch einmal testen.\n", AUTHENTICATED))
+    rows = outbox(store)[before:]
+    with store.transaction() as s:
+        follow = max(s.scalars(select(Comment.ticket_id)).all())
+    assert [(kind, ticket, to) for kind, ticket, to, _ in rows] == [("agent_reply", follow, [ANNA])]
+    assert detail(store, follow)["status"] == "pending"
+
+
+def test_check_config_names_the_risks(
+    make_config: Callable[..., tuple[Config, Path]],
+) -> None:
+    """from-header is named as a risk; an authserv_id reminds of the MTA's duty."""
+    _, trusting = make_config({"security": {"agent_auth": ["from-header"]}}, name="a.toml")
+    result = run_cli(trusting, "check-config")
+    assert result.returncode == 0
+    out = result.stdout.decode()
+    assert 'warning: [security] agent_auth includes "from-header": anyone who writes' in out
+    assert "must remove incoming Authentication-Results headers that carry 'mx.test'" not in out
+    _, careful = make_config(name="b.toml")
+    out = run_cli(careful, "check-config").stdout.decode()
+    assert "must remove incoming Authentication-Results headers that carry 'mx.test'" in out
+    assert "from-header" not in out
