@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ import pytest
 from mailgate.config import Config, parse_config
 from mailgate.dkim_check import DkimResult
 from mailgate.parser import UnparseableMessage, parse
-from mailgate.pipeline.commands import Change
+from mailgate.pipeline.commands import Change, command_address
 from mailgate.pipeline.decide import STAGES, UNAUTHENTICATED, decide
 from mailgate.pipeline.decision import (
     Bounce,
@@ -43,6 +43,7 @@ ANNA = "anna@mueller-logistik.de"
 CHEF = "chef@mueller-logistik.de"
 AGENT = "tech@support.example.com"
 STRANGER = "fremd@gmail.com"
+PETER = "peter@kunde.example"
 SUPPORT = "support@support.example.com"
 MUELLER = "Müller Logistik GmbH"
 MUELLER_MEMBERS = frozenset({ANNA, CHEF, "berater@agentur.de"})
@@ -171,6 +172,25 @@ def reply(sender: str = f"Anna Schmidt <{ANNA}>", body: str = "Danke!\n", **kw: 
 
 
 TAGGED = Facts(tag=OPEN)
+
+
+def cc_row(
+    name: str,
+    body: str,
+    check: Callable[[Any], bool],
+    participants: tuple[str, ...] = (),
+    told: tuple[tuple[str, tuple[str, ...]], ...] | None = None,
+) -> Row:
+    """An agent's ``#cc`` line on the open ticket #5, copied to ``participants``."""
+    facts = Facts(tag=ticket(participants=participants))
+    return Row(name, agent(body), Comment, lit("subject tag [#5]"), facts, told=told, check=check)
+
+
+def refused(error: str) -> Callable[[Any], bool]:
+    """The check of a row whose one command is refused with ``error``: nothing changes."""
+    return lambda d: d.changes == () and d.notify[-1].errors == (error,)
+
+
 ACK = ("ticket_created", (ANNA,))
 FOLLOWERS = ("new_ticket_follower", ("*",))
 CUSTOMER_REPLY = ("customer_reply", (AGENT,))
@@ -805,9 +825,55 @@ ROWS: list[Row] = [
         check=lambda d: (
             d.notify[-1].errors
             == (
-                "#prio hoch: unknown command; known are #status, #org, #requester, #note, #private",
+                "#prio hoch: unknown command; known are "
+                "#status, #org, #requester, #cc, #note, #private",
             )
         ),
+    ),
+    cc_row(
+        "#cc add copies someone on the ticket, who hears this very answer",
+        "#cc add Peter <Peter@Kunde.example>\nDie Lösung.\n",
+        lambda d: d.changes == (Change("cc_add", PETER, "#cc add Peter <Peter@Kunde.example>"),),
+        participants=(CHEF,),
+        told=(("agent_reply", (ANNA, CHEF, PETER)),),
+    ),
+    cc_row(
+        "#cc remove stops a participant, for this very answer already",
+        "#status pending\n#cc REMOVE chef@mueller-logistik.de\nText.\n",
+        lambda d: d.changes[-1] == Change("cc_remove", CHEF, d.changes[-1].line),
+        participants=(CHEF, PETER),
+        told=(("agent_reply", (ANNA, PETER)),),
+    ),
+    cc_row(
+        "#cc with two addresses is refused and explained",
+        "#cc add peter@kunde.example, eve@evil.example\nText.\n",
+        refused(
+            "#cc add peter@kunde.example, eve@evil.example: "
+            "'peter@kunde.example, eve@evil.example' is not one email address"
+        ),
+        told=(("agent_reply", (ANNA,)), ("command_error", (AGENT,))),
+    ),
+    cc_row(
+        "#cc naming one of our own addresses (a plus-address) is refused",
+        "#cc add support+5-x@support.example.com\n",
+        refused(
+            "#cc add support+5-x@support.example.com: support+5-x@support.example.com "
+            "is one of our own addresses, never a participant"
+        ),
+    ),
+    cc_row(
+        "#cc without add or remove",
+        "#cc peter@kunde.example\n",
+        refused("#cc peter@kunde.example: use #cc add ADDRESS or #cc remove ADDRESS"),
+    ),
+    Row(
+        "a Cc does not bring back a participant a move left behind; only #cc add does",
+        agent("Antwort.\n", extra=f"Cc: Peter <{PETER}>\r\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=Facts(tag=replace(OPEN, inactive=frozenset({PETER}))),
+        told=(("agent_reply", (ANNA,)),),
+        check=lambda d: d.participants == (),
     ),
     Row(
         "commands without DKIM are refused where DKIM is required; #note still counts",
@@ -1184,3 +1250,28 @@ def test_the_table_is_large_and_every_stage_decides_somewhere() -> None:
         case = Case(mail_, row.facts, row.router, None)
         deciders.add(next(stage.__name__ for stage in STAGES if stage(case) is not None))
     assert deciders == {stage.__name__ for stage in STAGES}
+
+
+@pytest.mark.parametrize(
+    ("typed", "address"),
+    [
+        ("peter@kunde.example", PETER),
+        ("<Peter@Kunde.Example>", PETER),
+        ('"Peter, Kunde" <peter@kunde.example>', PETER),
+        ("peter@kunde.example\r\nBcc: eve@evil.example", None),  # a header of its own
+        ("peter@kunde.example\nBcc: eve@evil.example", None),
+        ("=?utf-8?q?Evil=0D=0ABcc:_x@y.com?= <peter@kunde.example>", None),
+        ("peter@kunde.example, eve@evil.example", None),
+        ("Kunden: peter@kunde.example;", None),  # a group
+        ("peter", None),
+        ("peter@", None),
+        ("@kunde.example", None),
+        ('"eve@evil.example"@kunde.example', None),
+        ("peter kunde@example", None),
+        ("a@b@kunde.example", None),
+        ("", None),
+    ],
+)
+def test_an_address_in_a_command_is_one_mailbox_or_nothing(typed: str, address: str | None) -> None:
+    """``#cc`` takes what the stdlib's RFC 5322 parser finds, never text split by hand."""
+    assert command_address(typed) == address

@@ -76,12 +76,14 @@ def ticket_facts(conn: Connection, ticket_id: int) -> TicketFacts | None:
     if row is None:
         return None
     ticket, subject, status, org_id, org, requester_id, requester, priority, tags = row
+    active, inactive = participant_emails(conn, ticket)
     return TicketFacts(
         id=ticket,
         status=status,
         organization=org,
         requester=requester,
-        participants=participant_emails(conn, ticket),
+        participants=active,
+        inactive=inactive,
         members=member_emails(conn, org_id),
         subject=subject,
         priority=priority,
@@ -91,9 +93,14 @@ def ticket_facts(conn: Connection, ticket_id: int) -> TicketFacts | None:
     )
 
 
-def participant_emails(conn: Connection, ticket_id: int) -> tuple[str, ...]:
-    """Who is copied on the ticket, oldest user first (the order notifications list them)."""
-    return tuple(_PARTICIPANT_EMAILS.run(conn, {"ticket": ticket_id}).scalars())
+def participant_emails(conn: Connection, ticket_id: int) -> tuple[tuple[str, ...], frozenset[str]]:
+    """Who is copied on the ticket, oldest user first (the order notifications list them),
+    and who was and is no more (left behind by a move, removed by an agent)."""
+    rows = _PARTICIPANT_EMAILS.run(conn, {"ticket": ticket_id}).all()
+    return (
+        tuple(email for email, active in rows if active),
+        frozenset(email for email, active in rows if not active),
+    )
 
 
 def member_emails(conn: Connection, organization_id: int | None) -> frozenset[str]:
@@ -135,7 +142,7 @@ _TICKET_QUERY = Prebuilt(
     .where(_TICKETS.c.id == bindparam("ticket"))
 )
 _PARTICIPANT_EMAILS = Prebuilt(
-    select(_USERS.c.email)
+    select(_USERS.c.email, _PARTICIPANTS.c.active)
     .join(_PARTICIPANTS, _PARTICIPANTS.c.user_id == _USERS.c.id)
     .where(_PARTICIPANTS.c.ticket_id == bindparam("ticket"))
     .order_by(_PARTICIPANTS.c.user_id)

@@ -1,4 +1,4 @@
-"""What an agent's mail asks for: ``#status``, ``#org``, ``#requester``, ``#note``.
+"""What an agent's mail asks for: ``#status``, ``#org``, ``#requester``, ``#cc``, ``#note``.
 
 Agents work from their mail client, so lines at the top of their reply are commands. This
 module reads them and checks each one without the database: an unknown or refused command
@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from email.policy import default as _POLICY
 
+from mailgate.config import Config
 from mailgate.models import Status
-from mailgate.routing import NameMatch, Router
+from mailgate.routing import NameMatch, Router, domain_of
 
-COMMANDS = ("status", "org", "requester", "note", "private")
+COMMANDS = ("status", "org", "requester", "cc", "note", "private")
 PRIVATE = ("note", "private")  # the comment stays internal
 _COMMAND_LINE = re.compile(r"^#(?P<name>[a-z]+)\b[ \t]*(?P<argument>.*?)\s*$", re.IGNORECASE)
 
@@ -32,7 +34,7 @@ class Command:
 class Change:
     """A checked command: which field of the ticket it sets, to what, and the line it came from."""
 
-    field: str  # "status" | "organization" | "requester"
+    field: str  # "status" | "organization" | "requester" | "cc_add" | "cc_remove"
     value: str
     line: str
 
@@ -103,7 +105,47 @@ def _check(command: Command, router: Router) -> Change | str:
             return f"{command.argument!r} is ambiguous: {first} or {second}"
         assert match.organization is not None
         return Change("organization", match.organization, command.line)
+    if command.name == "cc":
+        return _check_cc(command, router.config)
     email = command.argument.strip("<>").lower()  # requester
     if "@" not in email or " " in email:
         return f"{command.argument!r} is not an email address"
     return Change("requester", email, command.line)
+
+
+def _check_cc(command: Command, config: Config) -> Change | str:
+    """``#cc add ADDRESS`` copies someone on the ticket (again), ``#cc remove`` stops it."""
+    action, _, argument = command.argument.partition(" ")
+    if action.lower() not in ("add", "remove"):
+        return "use #cc add ADDRESS or #cc remove ADDRESS"
+    email = command_address(argument.strip())
+    if email is None:
+        return f"{argument.strip()!r} is not one email address"
+    if email in config.agents.addresses or domain_of(email) in config.mail.domains:
+        # Agents see every ticket already; our own addresses would mail ourselves (a loop).
+        return f"{email} is one of our own addresses, never a participant"
+    return Change(f"cc_{action.lower()}", email, command.line)
+
+
+def command_address(text: str) -> str | None:
+    """The one address an agent typed (``a@b``, ``<a@b>``, ``Name <a@b>``), lower-cased.
+
+    Parsed by the stdlib's RFC 5322 header parser, not by splitting text: anything it finds
+    fault with, more or fewer than one mailbox, a group, a missing local part or domain, or
+    a line break (which could start a header of its own in our mail) is no address.
+    """
+    if not text or "\r" in text or "\n" in text:
+        return None
+    try:
+        header = _POLICY.header_factory("to", text)
+        addresses = header.addresses
+        groups = header.groups
+    except Exception:  # the stdlib parser raises on some hostile input (IndexError too)
+        return None
+    if header.defects or len(addresses) != 1 or groups[0].display_name is not None:
+        return None
+    address = addresses[0]
+    if not address.username or not address.domain or "@" in address.username:
+        return None
+    email: str = address.addr_spec.lower()
+    return email if "@" in email and email.isprintable() and " " not in email else None

@@ -205,16 +205,16 @@ def reply(case: Case) -> Decision | None:
         public = not mail.auto_reply
     participants: tuple[tuple[str, str], ...] = ()
     if by_agent or mail.sender == ticket.requester:
-        known = {ticket.requester, *ticket.participants}
+        known = {ticket.requester, *ticket.participants, *ticket.inactive}
         participants = tuple(
             (email, name)
             for email, name in notify.participant_addresses(mail.message, ticket.requester, config)
             if email not in known
         )
-    audience = (
+    audience = notify.reply_audience(
         new_requester(changes) or ticket.requester,
-        *ticket.participants,
-        *(email for email, _ in participants),
+        (*ticket.participants, *(email for email, _ in participants)),
+        changes,
     )
     reason = case.match.reason
     if mail.auto_reply:
@@ -255,7 +255,9 @@ def follow_up(case: Case) -> Decision | None:
     if case.by_agent:
         # Opened by the agent's answer: no acknowledgement, the customer gets the answer.
         changes, errors, body, public, secret = agent_commands(case)
-        audience = (new_requester(changes) or closed.requester, *closed.participants)
+        audience = notify.reply_audience(
+            new_requester(changes) or closed.requester, closed.participants, changes
+        )
         return FollowUp(
             reason=f"{reason}, opened by agent {mail.sender}",
             closed=closed,

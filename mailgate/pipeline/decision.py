@@ -35,6 +35,7 @@ class Notify:
     # it is about (it answers that mail).
     about: str = ""
     about_id: str = ""
+    moved: tuple[str | None, str] | None = None  # a move's old and new organization
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,10 @@ class TicketFacts:
     status: str
     organization: str | None
     requester: str
-    participants: tuple[str, ...] = ()  # oldest first: the order notifications list them
+    participants: tuple[str, ...] = ()  # active, oldest first: the order notifications list them
+    # Participants a move left outside the ticket's organization, or an agent's ``#cc
+    # remove``: in its history, sent nothing, not brought back by a Cc (only ``#cc add``).
+    inactive: frozenset[str] = frozenset()
     members: frozenset[str] = frozenset()  # members of the ticket's organization
     subject: str = ""
     priority: str = "normal"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from mailgate.config import Config
 from mailgate.models import NotificationKind
 from mailgate.parser import InboundMessage
+from mailgate.pipeline.commands import Change
 from mailgate.pipeline.decision import Notify
 from mailgate.routing import domain_of
 
@@ -36,6 +37,16 @@ def participant_addresses(
             continue
         seen.setdefault(email, address.name)
     return tuple(seen.items())
+
+
+def reply_audience(
+    requester: str, participants: tuple[str, ...], changes: tuple[Change, ...]
+) -> tuple[str, ...]:
+    """Who an agent's public answer is for: the requester and the participants, as the
+    answer's own ``#cc add``/``#cc remove`` leave them (whatever the order of the lines)."""
+    added = tuple(c.value for c in changes if c.field == "cc_add")
+    removed = {c.value for c in changes if c.field == "cc_remove"} - set(added)
+    return tuple(e for e in dict.fromkeys((requester, *participants, *added)) if e not in removed)
 
 
 def secret_warning(sender: str, secret: bool) -> tuple[Notify, ...]:
@@ -89,3 +100,20 @@ def on_comment(
 def on_ticket_closed(requester: str) -> tuple[Notify, ...]:
     """A solved ticket closed by the clock: the requester hears that it is done."""
     return (Notify(NotificationKind.TICKET_CLOSED, (requester,)),)
+
+
+def on_move(requester: str, old: str | None, new: str) -> tuple[Notify, ...]:
+    """A ticket moved to another organization: its followers learn of a ticket now theirs.
+
+    The mail shows the ticket's first public comment, what its followers would have seen
+    had it been opened there (the store passes that comment; never an internal note).
+    """
+    return (
+        Notify(
+            NotificationKind.TICKET_MOVED,
+            followers=True,
+            exclude=(requester,),
+            with_comment=True,
+            moved=(old, new),
+        ),
+    )
