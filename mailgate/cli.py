@@ -356,7 +356,7 @@ def _ingest(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
     from mailgate.db import queries as st
-    from mailgate.db.records import update_ticket
+    from mailgate.db.moves import set_ticket
 
     store = _open_store(config, create=False)
     try:
@@ -377,8 +377,8 @@ def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
                 if args.status is None and args.org is None and args.requester is None:
                     raise CliError("nothing to change: give --status, --org or --requester", 2)
                 ticket = st.get_ticket(session, args.id)
-                update_ticket(session, ticket, now(), args.status, args.org, args.requester)
-                session.flush()
+                changes = {"status": args.status, "organization": args.org}
+                set_ticket(session, config, ticket, now(), requester=args.requester, **changes)
                 summary = st.ticket_summary(ticket)
                 if args.json:
                     print(json.dumps(summary, ensure_ascii=False, indent=2))
@@ -775,8 +775,11 @@ def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
     print(f"  status:       {detail['status']}")
     print(f"  organization: {detail['organization'] or '-'}  ({detail['routing']['reason']})")
     print(f"  requester:    {detail['requester']}")
-    if detail["participants"]:
-        print(f"  participants: {', '.join(detail['participants'])}")
+    if people := [
+        p + (" (inactive)" if p in detail["inactive_participants"] else "")
+        for p in detail["participants"]
+    ]:
+        print(f"  participants: {', '.join(people)}")
     print(f"  created:      {detail['created_at']}   updated: {detail['updated_at']}")
     for key in ("solved_at", "closed_at", "follow_up_of"):
         if detail[key]:

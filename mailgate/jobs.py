@@ -251,6 +251,7 @@ class Jobs:
             ),
             "errors": list(row.payload.get("errors", [])),
             "about": str(row.payload.get("about", "")),
+            "moved": row.payload.get("moved"),  # {"from": old or None, "to": new}
         }
         rendered = self.renderer.render(row.kind, language, context)
         if ticket is not None:

@@ -14,10 +14,12 @@ The context contract (every template may rely on exactly these names):
 ``recipient``  the address this copy goes to
 ``support``    mapping: address, hours (:meth:`SupportHours.describe`), open_now (bool)
 ``comment``    mapping: author, author_name, body — for ticket_created,
-               new_ticket_follower, agent_reply, customer_reply; None otherwise
+               new_ticket_follower, agent_reply, customer_reply, and for ticket_moved the
+               ticket's first public comment (None when it has none); None otherwise
 ``errors``     list of str — the refused commands for command_error, what each
                authentication method found for agent_unverified; else empty
 ``about``      the subject of the mail a notification without ticket is about, else ""
+``moved``      mapping: from (str or None), to — the move a ticket_moved tells of; else None
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ CONTEXT_KEYS: tuple[str, ...] = (
     "comment",
     "errors",
     "about",
+    "moved",
 )
 
 # A language is a folder name; anything else (a path, "..") must never reach the loader.

@@ -46,7 +46,11 @@ def _queue_every_kind(store: Store, ticket: int, now: datetime) -> None:
                     ticket_id=ticket,
                     recipients=["anna@mueller-logistik.de"],
                     subject=f"[#{ticket}] Re: Lieferung – Übergabe {kind.value} " + "lang " * 20,
-                    payload={"comment": comment.id, "errors": ["#status bogus: unknown"]},
+                    payload={
+                        "comment": comment.id,
+                        "errors": ["#status bogus: unknown"],
+                        "moved": {"from": "Bäckerei Groß", "to": "Müller Logistik GmbH"},
+                    },
                     status=OutboxStatus.PENDING.value,
                     created_at=now,
                     next_attempt_at=now,

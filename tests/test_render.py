@@ -22,10 +22,17 @@ from mailgate.render import (
 )
 
 SUBJECT = "Drucker im 2. OG druckt nicht"
-WITH_COMMENT = {"ticket_created", "new_ticket_follower", "agent_reply", "customer_reply"}
+WITH_COMMENT = {
+    "ticket_created",
+    "new_ticket_follower",
+    "agent_reply",
+    "customer_reply",
+    "ticket_moved",
+}
 # The acknowledgement gets the first comment too but does not echo it: short, and a pasted
 # password is not mailed back out again.
 SHOWS_COMMENT = WITH_COMMENT - {"ticket_created"}
+MOVED = {"from": "Müller Logistik GmbH", "to": "Agentur Blau"}
 
 
 def make_context(
@@ -64,6 +71,7 @@ def make_context(
             else []
         ),
         "about": "",
+        "moved": MOVED if kind == "ticket_moved" else None,
     }
 
 

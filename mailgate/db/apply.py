@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 from mailgate.config import Config
 from mailgate.db.fastexec import Prebuilt
 from mailgate.db.gather import ticket_facts
+from mailgate.db.moves import apply_changes
 from mailgate.db.outbox import queue_notification
-from mailgate.db.records import ensure_blob, update_ticket, user_id
-from mailgate.errors import NotFound, Refused
+from mailgate.db.records import ensure_blob, user_id
 from mailgate.models import (
     Attachment,
     AuthorKind,
@@ -177,7 +177,7 @@ def _follow_up(
     facts = replace(closed, id=ticket_id, status=decision.status, members=frozenset())
     notify = decision.notify
     if decision.changes:
-        facts, notify = _commands(session, ticket_id, decision.changes, decision, now)
+        facts, notify = _commands(session, config, ticket_id, decision.changes, decision, now)
     _notify(conn, config, facts, notify, now, comment, decision.public)
     return Applied(ticket_id, facts.organization)
 
@@ -207,7 +207,7 @@ def _comment(
     _UPDATE_TICKET.run(conn, {"ticket": ticket.id, **changes})
     added = _add_participants(conn, ticket.id, decision.participants, now)
     if decision.changes:
-        facts, notify = _commands(session, ticket.id, decision.changes, decision, now)
+        facts, notify = _commands(session, config, ticket.id, decision.changes, decision, now)
     else:
         facts = replace(ticket, status=decision.status, participants=(*ticket.participants, *added))
         notify = decision.notify
@@ -217,6 +217,7 @@ def _comment(
 
 def _commands(
     session: Session,
+    config: Config,
     ticket_id: int,
     changes: tuple[Change, ...],
     decision: Comment | FollowUp,
@@ -226,22 +227,16 @@ def _commands(
     afterwards and the notifications, with what the store refused explained to the agent.
 
     The ticket is read afresh because the statements before changed the row behind the
-    session's back; its requester or organization may move here.
+    session's back; its requester or organization may move here (:mod:`mailgate.db.moves`).
     """
     orm_ticket = session.get(Ticket, ticket_id, populate_existing=True)
     assert orm_ticket is not None
-    refused: list[str] = []
-    for change in changes:
-        try:
-            update_ticket(session, orm_ticket, now, **{change.field: change.value})
-        except (Refused, NotFound) as exc:
-            refused.append(f"{change.line}: {exc}")
-    session.flush()
+    refused = apply_changes(session, config, orm_ticket, changes, decision.author, now)
     facts = ticket_facts(session.connection(), ticket_id)
     assert facts is not None
     notify = decision.notify
     if refused:  # the store refused what decide allowed: the agent is told all the same
-        notify = _with_errors(notify, decision.author, tuple(refused))
+        notify = _with_errors(notify, decision.author, refused)
     return facts, notify
 
 
@@ -369,8 +364,10 @@ _INSERT_PARTICIPANT = Prebuilt(insert(_PARTICIPANTS))
 _INSERT_TICKET = Prebuilt(insert(_TICKETS).returning(_TICKETS.c.id))
 _UPDATE_TICKET = Prebuilt(update(_TICKETS).where(_TICKETS.c.id == bindparam("ticket")))
 _ORG_BY_NAME = Prebuilt(select(_ORGS.c.id, _ORGS.c.name).where(_ORGS.c.name == bindparam("name")))
-_PARTICIPANT_IDS = Prebuilt(
-    select(_PARTICIPANTS.c.user_id).where(_PARTICIPANTS.c.ticket_id == bindparam("ticket"))
+_PARTICIPANT_IDS = Prebuilt(  # the active ones: a follow-up leaves behind whom a move left
+    select(_PARTICIPANTS.c.user_id).where(
+        _PARTICIPANTS.c.ticket_id == bindparam("ticket"), _PARTICIPANTS.c.active.is_(True)
+    )
 )
 _MARK_BOUNCED = Prebuilt(
     update(_OUTBOX)

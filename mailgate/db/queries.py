@@ -45,6 +45,8 @@ def ticket_detail(session: Session, ticket: Ticket) -> dict[str, Any]:
             "priority": ticket.priority,
             "tags": list(ticket.tags),
             "participants": [p.user.email for p in ticket.participants],
+            # Of those, the ones no longer sent anything: left behind by a move, or removed.
+            "inactive_participants": [p.user.email for p in ticket.participants if not p.active],
             "comments": [
                 {
                     "author": c.author.email,

@@ -1,0 +1,190 @@
+"""A ticket that moves to another organization, and who is copied on it.
+
+Visibility follows organization membership (user rule). When an open ticket moves, the
+participants outside its new organization stop receiving its mail (they stay in its
+history, marked inactive), the move is written on the ticket as mailgate's own internal
+comment, and the new organization's followers are told. An agent's ``#org`` and ``#cc``
+and the admin's ``tickets set --org`` all come here, so the rule holds however a ticket
+moves; only an agent's explicit ``#cc add`` copies someone on it again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from mailgate.config import Config
+from mailgate.db.fastexec import Prebuilt
+from mailgate.db.gather import ticket_facts
+from mailgate.db.outbox import queue_notification
+from mailgate.db.records import update_ticket, user_id
+from mailgate.errors import NotFound, Refused
+from mailgate.models import AuthorKind, Comment, Membership, Participant, Ticket, User, table_of
+from mailgate.pipeline import notify
+from mailgate.pipeline.commands import Change
+
+_PARTICIPANTS = table_of(Participant)
+_MEMBERS = table_of(Membership)
+_USERS = table_of(User)
+_COMMENTS = table_of(Comment)
+
+CLI_ACTOR = "admin (mailgate tickets set)"  # who a move by the CLI is written as done by
+
+
+def apply_changes(
+    session: Session,
+    config: Config,
+    ticket: Ticket,
+    changes: tuple[Change, ...],
+    by: str,
+    now: datetime,
+) -> tuple[str, ...]:
+    """An agent's checked commands, in order; one explanation per change the store refuses.
+
+    A move is judged once, from the organization before the first command to the one after
+    the last, so ``#org A`` then ``#org B`` tells only B's followers. ``#cc`` lines come
+    after it, whatever their place in the mail: an agent who moves a ticket and copies
+    someone outside the new organization means that person to stay on it.
+    """
+    refused: list[str] = []
+    old = _name(ticket)
+    for change in changes:
+        if change.field in ("cc_add", "cc_remove"):
+            continue
+        try:
+            update_ticket(session, ticket, now, **{change.field: change.value})
+        except (Refused, NotFound) as exc:
+            refused.append(f"{change.line}: {exc}")
+    _after_changes(session, config, ticket, old, by, now)
+    conn = session.connection()
+    for change in changes:
+        if change.field not in ("cc_add", "cc_remove"):
+            continue
+        try:
+            copy(conn, ticket.id, change.value, change.field == "cc_add", now)
+        except Refused as exc:
+            refused.append(f"{change.line}: {exc}")
+    return tuple(refused)
+
+
+def set_ticket(
+    session: Session, config: Config, ticket: Ticket, now: datetime, **changes: str | None
+) -> None:
+    """The admin's ``tickets set``: :func:`update_ticket` with ``changes`` (status,
+    organization, requester), and what a move entails."""
+    old = _name(ticket)
+    update_ticket(session, ticket, now, **changes)
+    _after_changes(session, config, ticket, old, CLI_ACTOR, now)
+
+
+def _after_changes(
+    session: Session, config: Config, ticket: Ticket, old: str | None, by: str, now: datetime
+) -> None:
+    session.flush()
+    if _name(ticket) != old:
+        record_move(session, config, ticket.id, old, by, now)
+
+
+def record_move(
+    session: Session, config: Config, ticket_id: int, old: str | None, by: str, now: datetime
+) -> None:
+    """What follows a move already written: outsiders left behind, the note, the followers.
+
+    The ticket's requester stays whatever their organization (user rule: the requester
+    always hears of their ticket); agents are never participants.
+    """
+    conn = session.connection()
+    facts = ticket_facts(conn, ticket_id)
+    assert facts is not None and facts.organization is not None
+    _LEAVE_BEHIND.run(
+        conn,
+        {
+            "ticket": ticket_id,
+            "requester": facts.requester_id,
+            "org": facts.organization_id,
+            "agents": list(config.agents.addresses),
+        },
+    )
+    system = user_id(conn, config.mail.address, "mailgate", now)
+    session.add(
+        Comment(
+            ticket_id=ticket_id,
+            author_id=system,
+            body=f"Moved from {old or 'no organization'} to {facts.organization} by {by}",
+            public=False,
+            author_kind=AuthorKind.SYSTEM.value,
+            created_at=now,
+        )
+    )
+    session.flush()
+    after = ticket_facts(conn, ticket_id)  # without the participants left behind
+    assert after is not None
+    first = _FIRST_PUBLIC_COMMENT.run(conn, {"ticket": ticket_id}).scalar()
+    for note in notify.on_move(after.requester, old, facts.organization):
+        queue_notification(conn, config, after, after.organization_id, note, now, first)
+
+
+def copy(conn: Connection, ticket_id: int, email: str, active: bool, now: datetime) -> None:
+    """``#cc add`` (``active``) copies ``email`` on the ticket again, ``#cc remove`` stops it."""
+    requester = _REQUESTER.run(conn, {"ticket": ticket_id}).scalar()
+    if email == requester:
+        raise Refused(f"{email} is the ticket's requester (#requester changes who that is)")
+    person = user_id(conn, email, "", now)
+    row = {"ticket": ticket_id, "user": person}
+    current = _PARTICIPANT.run(conn, row).scalar()
+    if current is None and not active:
+        raise Refused(f"{email} is not copied on ticket #{ticket_id}")
+    if current is None:
+        _INSERT_PARTICIPANT.run(conn, {"ticket_id": ticket_id, "user_id": person})
+    elif current != active:
+        _SET_ACTIVE.run(conn, {**row, "value": active})
+
+
+def _name(ticket: Ticket) -> str | None:
+    return ticket.organization.name if ticket.organization is not None else None
+
+
+_LEAVE_BEHIND = Prebuilt(
+    update(_PARTICIPANTS)
+    .where(
+        _PARTICIPANTS.c.ticket_id == bindparam("ticket"),
+        _PARTICIPANTS.c.active.is_(True),
+        _PARTICIPANTS.c.user_id != bindparam("requester"),
+        _PARTICIPANTS.c.user_id.not_in(
+            select(_MEMBERS.c.user_id).where(_MEMBERS.c.organization_id == bindparam("org"))
+        ),
+        _PARTICIPANTS.c.user_id.not_in(
+            select(_USERS.c.id).where(_USERS.c.email.in_(bindparam("agents", expanding=True)))
+        ),
+    )
+    .values(active=False)
+)
+_FIRST_PUBLIC_COMMENT = Prebuilt(
+    select(func.min(_COMMENTS.c.id)).where(
+        _COMMENTS.c.ticket_id == bindparam("ticket"), _COMMENTS.c.public.is_(True)
+    )
+)
+_REQUESTER = Prebuilt(
+    select(_USERS.c.email)
+    .join(table_of(Ticket), table_of(Ticket).c.requester_id == _USERS.c.id)
+    .where(table_of(Ticket).c.id == bindparam("ticket"))
+)
+_PARTICIPANT = Prebuilt(
+    select(_PARTICIPANTS.c.active).where(
+        and_(
+            _PARTICIPANTS.c.ticket_id == bindparam("ticket"),
+            _PARTICIPANTS.c.user_id == bindparam("user"),
+        )
+    )
+)
+_INSERT_PARTICIPANT = Prebuilt(insert(_PARTICIPANTS))
+_SET_ACTIVE = Prebuilt(
+    update(_PARTICIPANTS)
+    .where(
+        _PARTICIPANTS.c.ticket_id == bindparam("ticket"),
+        _PARTICIPANTS.c.user_id == bindparam("user"),
+    )
+    .values(active=bindparam("value"))
+)
