@@ -134,7 +134,13 @@ def _seed(conn: Connection) -> None:
             "tags": [],
         },
     )
-    add(Participant, {"ticket_id": 1, "user_id": 2}, {"ticket_id": 1, "user_id": 3})
+    add(
+        Participant,
+        {"ticket_id": 1, "user_id": 2},
+        {"ticket_id": 1, "user_id": 3},
+        {"ticket_id": 2, "user_id": 2},
+        {"ticket_id": 2, "user_id": 3, "active": False},  # left behind by a move
+    )
     add(
         LedgerEntry,
         {

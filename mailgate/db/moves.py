@@ -6,17 +6,19 @@ history, marked inactive), the move is written on the ticket as mailgate's own i
 comment, and the new organization's followers are told. An agent's ``#org`` and ``#cc``
 and the admin's ``tickets set --org`` all come here, so the rule holds however a ticket
 moves; only an agent's explicit ``#cc add`` copies someone on it again.
+
+Moves are rare, so these are plain SQLAlchemy statements, not the fast path's
+:class:`~mailgate.db.fastexec.Prebuilt` that every mail runs.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mailgate.config import Config
-from mailgate.db.fastexec import Prebuilt
 from mailgate.db.gather import ticket_facts
 from mailgate.db.outbox import queue_notification
 from mailgate.db.records import update_ticket, user_id
@@ -63,7 +65,7 @@ def apply_changes(
         if change.field not in ("cc_add", "cc_remove"):
             continue
         try:
-            copy(conn, ticket.id, change.value, change.field == "cc_add", now)
+            cc(conn, ticket.id, change.value, change.field == "cc_add", now)
         except Refused as exc:
             refused.append(f"{change.line}: {exc}")
     return tuple(refused)
@@ -98,8 +100,8 @@ def record_move(
     conn = session.connection()
     facts = ticket_facts(conn, ticket_id)
     assert facts is not None and facts.organization is not None
-    _LEAVE_BEHIND.run(
-        conn,
+    conn.execute(
+        _LEAVE_BEHIND,
         {
             "ticket": ticket_id,
             "requester": facts.requester_id,
@@ -121,32 +123,33 @@ def record_move(
     session.flush()
     after = ticket_facts(conn, ticket_id)  # without the participants left behind
     assert after is not None
-    first = _FIRST_PUBLIC_COMMENT.run(conn, {"ticket": ticket_id}).scalar()
+    first = conn.execute(_FIRST_PUBLIC_COMMENT, {"ticket": ticket_id}).scalar()
     for note in notify.on_move(after.requester, old, facts.organization):
         queue_notification(conn, config, after, after.organization_id, note, now, first)
 
 
-def copy(conn: Connection, ticket_id: int, email: str, active: bool, now: datetime) -> None:
+def cc(conn: Connection, ticket_id: int, email: str, active: bool, now: datetime) -> None:
     """``#cc add`` (``active``) copies ``email`` on the ticket again, ``#cc remove`` stops it."""
-    requester = _REQUESTER.run(conn, {"ticket": ticket_id}).scalar()
+    requester = conn.execute(_REQUESTER, {"ticket": ticket_id}).scalar()
     if email == requester:
         raise Refused(f"{email} is the ticket's requester (#requester changes who that is)")
     person = user_id(conn, email, "", now)
     row = {"ticket": ticket_id, "user": person}
-    current = _PARTICIPANT.run(conn, row).scalar()
+    current = conn.execute(_PARTICIPANT, row).scalar()
     if current is None and not active:
         raise Refused(f"{email} is not copied on ticket #{ticket_id}")
     if current is None:
-        _INSERT_PARTICIPANT.run(conn, {"ticket_id": ticket_id, "user_id": person})
+        conn.execute(insert(_PARTICIPANTS), {"ticket_id": ticket_id, "user_id": person})
     elif current != active:
-        _SET_ACTIVE.run(conn, {**row, "value": active})
+        conn.execute(_SET_ACTIVE, {**row, "value": active})
 
 
 def _name(ticket: Ticket) -> str | None:
     return ticket.organization.name if ticket.organization is not None else None
 
 
-_LEAVE_BEHIND = Prebuilt(
+_TICKETS = table_of(Ticket)
+_LEAVE_BEHIND = (
     update(_PARTICIPANTS)
     .where(
         _PARTICIPANTS.c.ticket_id == bindparam("ticket"),
@@ -161,30 +164,17 @@ _LEAVE_BEHIND = Prebuilt(
     )
     .values(active=False)
 )
-_FIRST_PUBLIC_COMMENT = Prebuilt(
-    select(func.min(_COMMENTS.c.id)).where(
-        _COMMENTS.c.ticket_id == bindparam("ticket"), _COMMENTS.c.public.is_(True)
-    )
+_FIRST_PUBLIC_COMMENT = select(func.min(_COMMENTS.c.id)).where(
+    _COMMENTS.c.ticket_id == bindparam("ticket"), _COMMENTS.c.public.is_(True)
 )
-_REQUESTER = Prebuilt(
+_REQUESTER = (
     select(_USERS.c.email)
-    .join(table_of(Ticket), table_of(Ticket).c.requester_id == _USERS.c.id)
-    .where(table_of(Ticket).c.id == bindparam("ticket"))
+    .join(_TICKETS, _TICKETS.c.requester_id == _USERS.c.id)
+    .where(_TICKETS.c.id == bindparam("ticket"))
 )
-_PARTICIPANT = Prebuilt(
-    select(_PARTICIPANTS.c.active).where(
-        and_(
-            _PARTICIPANTS.c.ticket_id == bindparam("ticket"),
-            _PARTICIPANTS.c.user_id == bindparam("user"),
-        )
-    )
+_ONE_PARTICIPANT = (
+    _PARTICIPANTS.c.ticket_id == bindparam("ticket"),
+    _PARTICIPANTS.c.user_id == bindparam("user"),
 )
-_INSERT_PARTICIPANT = Prebuilt(insert(_PARTICIPANTS))
-_SET_ACTIVE = Prebuilt(
-    update(_PARTICIPANTS)
-    .where(
-        _PARTICIPANTS.c.ticket_id == bindparam("ticket"),
-        _PARTICIPANTS.c.user_id == bindparam("user"),
-    )
-    .values(active=bindparam("value"))
-)
+_PARTICIPANT = select(_PARTICIPANTS.c.active).where(*_ONE_PARTICIPANT)
+_SET_ACTIVE = update(_PARTICIPANTS).where(*_ONE_PARTICIPANT).values(active=bindparam("value"))
