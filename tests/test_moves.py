@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -272,3 +273,23 @@ def test_a_follow_up_copies_only_whom_the_move_kept(
     follow_up = detail(store, 2)
     assert (follow_up["follow_up_of"], follow_up["organization"]) == (ticket, BLAU)
     assert (follow_up["participants"], follow_up["inactive_participants"]) == ([PETER], [])
+
+
+def test_a_ticket_without_organization_moves_into_one(
+    server: int, store: Store, config: Config, config_path: Path, clock: Clock
+) -> None:
+    """From no organization: the note and the followers' mail say so in words."""
+    send(server, mail(sender="Fremd <fremd@example.net>", subject="Frage"), "fremd@example.net")
+    assert detail(store, 1)["organization"] is None
+    result = run_cli(config_path, "tickets", "set", "1", "--org", BLAU)
+    assert result.returncode == 0, result.stderr.decode()
+    assert system_comments(store, 1) == [
+        (
+            f"Moved from no organization to {BLAU} by admin (mailgate tickets set)",
+            False,
+            config.mail.address,
+        )
+    ]
+    clock.now = datetime.now(UTC)  # the command line's clock wrote the row
+    [note] = delivered(store, config, clock, "ticket_moved")
+    assert f"von keiner Organisation zu {BLAU} verschoben" in text_of(note)
