@@ -26,7 +26,7 @@ from mailgate.jobs import Jobs
 from mailgate.models import Comment, Outbox
 from mailgate.store import Store
 
-from .conftest import BASE_CONFIG, Clock, mail, run_cli, send
+from .conftest import AUTHENTICATED, BASE_CONFIG, Clock, mail, run_cli, send
 from .test_replies import detail
 
 ANNA = "anna@mueller-logistik.de"
@@ -72,13 +72,13 @@ def ticket(server: int, store: Store) -> int:
 
 
 def agent_mail(port: int, ticket: int, body: str, extra: str = "") -> None:
-    """An agent writes about the ticket from the mail client (the one place agent mail is
-    made here: what makes it an agent's mail is the agent's From)."""
+    """An agent writes about the ticket from the mail client, authenticated by the MTA in
+    front of mailgate (the one place agent mail is made here)."""
     raw = mail(
         sender=f"Tech Support <{AGENT}>",
         subject=f"Re: [#{ticket}] Drucker kaputt",
         body=body,
-        extra=extra,
+        extra=AUTHENTICATED + extra,
     )
     send(port, raw, mail_from=AGENT)
 
