@@ -183,7 +183,10 @@ def cc_row(
 ) -> Row:
     """An agent's ``#cc`` line on the open ticket #5, copied to ``participants``."""
     facts = Facts(tag=ticket(participants=participants))
-    return Row(name, agent(body), Comment, lit("subject tag [#5]"), facts, told=told, check=check)
+    # Commands alone are an action, not an answer: an internal note, nothing to send.
+    alone = all(line.startswith("#") for line in body.splitlines() if line.strip())
+    expect = InternalNote if alone else Comment
+    return Row(name, agent(body), expect, lit("subject tag [#5]"), facts, told=told, check=check)
 
 
 def refused(error: str) -> Callable[[Any], bool]:
@@ -763,7 +766,7 @@ ROWS: list[Row] = [
     Row(
         "#org moves the ticket, matched like a prefix",
         agent("#org Baeckerei Gross\n"),
-        Comment,
+        InternalNote,  # commands alone: an action, nothing for the customer
         lit("subject tag [#5]"),
         facts=TAGGED,
         check=lambda d: (
@@ -773,7 +776,7 @@ ROWS: list[Row] = [
     Row(
         "#org naming nothing",
         agent("#org Gibtsnicht Konzern\n"),
-        Comment,
+        InternalNote,  # commands alone: an action, nothing for the customer
         lit("subject tag [#5]"),
         facts=TAGGED,
         check=lambda d: (
@@ -785,7 +788,7 @@ ROWS: list[Row] = [
     Row(
         "#org with two exact matches is ambiguous, as in a subject",
         agent("#org Nordwind\n"),
-        Comment,
+        InternalNote,  # commands alone: an action, nothing for the customer
         lit("subject tag [#5]"),
         facts=TAGGED,
         check=lambda d: (
@@ -811,7 +814,7 @@ ROWS: list[Row] = [
     Row(
         "#requester that is no address",
         agent("#requester Anna\n"),
-        Comment,
+        InternalNote,  # commands alone: an action, nothing for the customer
         lit("subject tag [#5]"),
         facts=TAGGED,
         check=lambda d: d.notify[-1].errors == ("#requester Anna: 'Anna' is not an email address",),
@@ -1143,6 +1146,15 @@ ROWS: list[Row] = [
         agent("Bitte prüfen.\n", subject="Bäckerei Groß: Ofen"),
         Ignore,
         lit(f"own mail (agent {AGENT}) names no ticket, a loop"),
+    ),
+    Row(
+        "an agent's mail of commands alone sends the customer nothing",
+        agent("#status solved\n"),
+        InternalNote,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        told=(),
+        check=lambda d: d.changes == (Change("status", "solved", "#status solved"),),
     ),
     Row(
         "an agent's note to a closed ticket opens a follow-up that stays internal",

@@ -165,7 +165,8 @@ def agent_commands(case: Case) -> tuple[tuple[Change, ...], tuple[str, ...], str
     mail, config = case.mail, case.config
     commands, text = split_commands(agent_text(mail, case.hints))
     body, secret = mask_secrets(text)
-    public = not (mail.auto_reply or is_private(commands))
+    # Commands and nothing else are an action, not an answer: nothing to send the customer.
+    public = not (mail.auto_reply or is_private(commands) or (commands and not body.strip()))
     errors: tuple[str, ...] = ()
     if (
         commands
