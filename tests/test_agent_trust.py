@@ -177,3 +177,45 @@ def test_check_config_names_the_risks(
     out = run_cli(careful, "check-config").stdout.decode()
     assert "must remove incoming Authentication-Results headers that carry 'mx.test'" in out
     assert "from-header" not in out
+
+
+def test_an_internal_comment_never_leaves_for_a_customer(
+    server: int, store: Store, config: Config, clock: Clock
+) -> None:
+    """The two guards behind decide: queueing drops a customer from a mail that carries an
+    internal comment, and a row that carries one anyway is never rendered."""
+    from mailgate.db.gather import ticket_facts
+    from mailgate.db.outbox import queue_notification
+    from mailgate.models import NotificationKind, OutboxStatus
+    from mailgate.pipeline.decision import Notify
+
+    tid = open_ticket(server, store)
+    send(server, agent_mail(tid, "#note\nNur intern: Kunde zahlt nicht.\n", AUTHENTICATED))
+    with store.transaction() as s:
+        note = s.scalars(select(Comment).where(Comment.public.is_(False))).one()
+        facts = ticket_facts(s.connection(), tid)
+        assert facts is not None
+        ask = Notify(NotificationKind.AGENT_REPLY, (ANNA, AGENT), with_comment=True)
+        queued = queue_notification(
+            s.connection(), config, facts, facts.organization_id, ask, clock(), note.id, False
+        )
+        row = s.scalars(select(Outbox).order_by(Outbox.id.desc())).first()
+        assert queued == 1 and row is not None and row.recipients == [AGENT]
+        s.add(
+            Outbox(
+                kind="agent_reply",
+                ticket_id=tid,
+                recipients=[ANNA],
+                subject="x",
+                payload={"comment": note.id},
+                status=OutboxStatus.PENDING.value,
+                created_at=clock(),
+                next_attempt_at=clock(),
+            )
+        )
+    Jobs(store, config).deliver_outbox(clock())
+    with store.transaction() as s:
+        smuggled = s.scalars(select(Outbox).order_by(Outbox.id.desc())).first()
+        assert smuggled is not None and smuggled.recipients == [ANNA]
+        assert smuggled.status == "failed" and smuggled.message is None
+        assert "internal comment is for agents only" in (smuggled.last_error or "")

@@ -1287,3 +1287,17 @@ def test_the_table_is_large_and_every_stage_decides_somewhere() -> None:
 def test_an_address_in_a_command_is_one_mailbox_or_nothing(typed: str, address: str | None) -> None:
     """``#cc`` takes what the stdlib's RFC 5322 parser finds, never text split by hand."""
     assert command_address(typed) == address
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+def test_internal_text_is_sent_to_agents_only(row: Row) -> None:
+    """For every path of the ladder: a decision whose comment is internal (a ``#note``, an
+    unauthenticated agent, a robot) never sends that comment to anyone but agents. The
+    store refuses such rows again (mailgate/db/outbox.py), and so does rendering."""
+    decision = decide(_mail(row), row.facts, row.router)
+    if getattr(decision, "public", True):
+        return
+    agents = row.router.agents
+    for note in getattr(decision, "notify", ()):
+        if note.with_comment:
+            assert not note.followers and set(note.to) <= agents, (decision.reason, note)
