@@ -250,6 +250,54 @@ ROWS: list[Row] = [
         facts=Facts(token=OPEN),
     ),
     Row(
+        "our plus-address writes (a reply token of ours as sender)",
+        mail(sender="Support <support+1-abc@support.example.com>", subject="Re: [#5] x"),
+        Ignore,
+        lit("own mail (From is our plus-address), a loop"),
+        facts=Facts(token=OPEN),
+    ),
+    Row(
+        "our postmaster writes",
+        mail(sender="postmaster@support.example.com", subject="Postmaster-Hinweis"),
+        Ignore,
+        lit("own mail (From is our postmaster), a loop"),
+        envelope=InboundEnvelope("postmaster@support.example.com", (SUPPORT,)),
+    ),
+    Row(
+        "our MAILER-DAEMON writes what is no bounce",
+        mail(sender="MAILER-DAEMON@Support.Example.COM (Mail Delivery System)", subject="Queue"),
+        Ignore,
+        lit("own mail (From is our mailer-daemon), a loop"),
+        envelope=InboundEnvelope("root@support.example.com", (SUPPORT,)),
+    ),
+    Row(
+        "our MAILER-DAEMON returns a notification: a bounce all the same",
+        dsn(ORIGINAL, "weg@kunde.example", "5.1.1").replace(
+            b"MAILER-DAEMON@mx.kunde.example", b"MAILER-DAEMON@support.example.com"
+        ),
+        Bounce,
+        lit("bounce for 1 notification(s): weg@kunde.example 5.1.1"),
+        facts=Facts(bounced=(RETURNED,)),
+    ),
+    Row(
+        "a customer's postmaster is no loop of ours",
+        mail(sender="postmaster@mueller-logistik.de", subject="Hinweis"),
+        NewTicket,
+        lit(
+            "sender's domain mueller-logistik.de belongs to Müller Logistik GmbH"
+            + NOT_ACKED
+            + "robot sender postmaster@mueller-logistik.de (RFC 3834 §2)"
+        ),
+        envelope=InboundEnvelope("postmaster@mueller-logistik.de", (SUPPORT,)),
+        told=(FOLLOWERS,),
+    ),
+    Row(
+        "our plus-address's local part at a customer's domain is no loop of ours",
+        mail(sender="support+1-abc@mueller-logistik.de", subject="Hallo"),
+        NewTicket,
+        lit("sender's domain mueller-logistik.de belongs to Müller Logistik GmbH"),
+    ),
+    Row(
         "another system's loop header is no loop of ours",
         mail(extra="X-Mailgate-Loop: other.example\r\n"),
         NewTicket,
