@@ -141,6 +141,11 @@ def lit(text: str) -> str:
     return re.escape(text)
 
 
+def ours(name: str, raw: bytes, what: str, **kw: Any) -> Row:
+    """A row for mail from an address of ours: ignored as a loop, the ledger says which."""
+    return Row(name, raw, Ignore, lit(f"own mail (From is {what}), a loop"), **kw)
+
+
 def agent(body: str, subject: str = "Re: [#5] Drucker kaputt", **kw: Any) -> bytes:
     return mail(sender=f"Tech <{AGENT}>", subject=subject, body=body, **kw)
 
@@ -242,32 +247,28 @@ ROWS: list[Row] = [
         Ignore,
         lit("own mail (X-Mailgate-Loop), a loop"),
     ),
-    Row(
+    ours(
         "our own address writes",
         mail(sender=f"Support <{SUPPORT}>", subject="[#5] x"),
-        Ignore,
-        lit("own mail (From is our address), a loop"),
+        "our address",
         facts=Facts(token=OPEN),
     ),
-    Row(
+    ours(
         "our plus-address writes (a reply token of ours as sender)",
         mail(sender="Support <support+1-abc@support.example.com>", subject="Re: [#5] x"),
-        Ignore,
-        lit("own mail (From is our plus-address), a loop"),
+        "our plus-address",
         facts=Facts(token=OPEN),
     ),
-    Row(
+    ours(
         "our postmaster writes",
         mail(sender="postmaster@support.example.com", subject="Postmaster-Hinweis"),
-        Ignore,
-        lit("own mail (From is our postmaster), a loop"),
+        "our postmaster",
         envelope=InboundEnvelope("postmaster@support.example.com", (SUPPORT,)),
     ),
-    Row(
+    ours(
         "our MAILER-DAEMON writes what is no bounce",
         mail(sender="MAILER-DAEMON@Support.Example.COM (Mail Delivery System)", subject="Queue"),
-        Ignore,
-        lit("own mail (From is our mailer-daemon), a loop"),
+        "our mailer-daemon",
         envelope=InboundEnvelope("root@support.example.com", (SUPPORT,)),
     ),
     Row(
