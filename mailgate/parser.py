@@ -12,7 +12,8 @@ where mail-parser is lossy for a helpdesk:
 
 * header text: mail-parser drops undecodable bytes (``errors="ignore"``), keeps raw 8-bit
   bytes as ``\\udcxx`` escapes in display names and never tries Windows-1252, so headers are
-  decoded here from the raw items, and addresses are parsed from that decoded text;
+  decoded here from the raw items, and addresses are parsed from that text (8-bit bytes
+  decoded, encoded words not) by RFC 5322's grammar first, see :mod:`mailgate.mail.fields`;
 * body text: mail-parser returns 7-bit ISO-2022-JP undecoded, falls back to UTF-8 only, and
   merges the bodies of forwarded ``message/rfc822`` parts into the main body, so body parts
   are selected and decoded here from mail-parser's MIME tree;
@@ -199,9 +200,7 @@ def _build(raw: bytes, root: Message, mp: Any, notes: list[str]) -> InboundMessa
 
     def addresses(name: str, first_only: bool = False) -> tuple[Address, ...]:
         values = by_name.get(name, [])
-        # mail-parser keeps the first value of a header: reused only when it is the only one
-        parsed = getattr(mp, f"{name}_".replace("-", "_")) if len(values) == 1 and use_mp else None
-        return _addresses(values[:1] if first_only else values, declared, use_mp, parsed)
+        return _addresses(values[:1] if first_only else values, declared, use_mp)
 
     senders = addresses("from", first_only=True)
     walk = _walk_message(root, mp, declared)

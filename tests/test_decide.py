@@ -145,6 +145,11 @@ def lit(text: str) -> str:
     return re.escape(text)
 
 
+def ours(name: str, raw: bytes, what: str, **kw: Any) -> Row:
+    """A row for mail from an address of ours: ignored as a loop, the ledger says which."""
+    return Row(name, raw, Ignore, lit(f"own mail (From is {what}), a loop"), **kw)
+
+
 def agent(body: str, subject: str = "Re: [#5] Drucker kaputt", **kw: Any) -> bytes:
     """An agent's mail as our MTA hands it over: authenticated (see ``AUTHENTICATED``)."""
     kw["extra"] = AUTHENTICATED + kw.get("extra", "")
@@ -286,12 +291,56 @@ ROWS: list[Row] = [
         Ignore,
         lit("own mail (X-Mailgate-Loop), a loop"),
     ),
-    Row(
+    ours(
         "our own address writes",
         mail(sender=f"Support <{SUPPORT}>", subject="[#5] x"),
-        Ignore,
-        lit("own mail (From is our address), a loop"),
+        "our address",
         facts=Facts(token=OPEN),
+    ),
+    ours(
+        "our plus-address writes (a reply token of ours as sender)",
+        mail(sender="Support <support+1-abc@support.example.com>", subject="Re: [#5] x"),
+        "our plus-address",
+        facts=Facts(token=OPEN),
+    ),
+    ours(
+        "our postmaster writes",
+        mail(sender="postmaster@support.example.com", subject="Postmaster-Hinweis"),
+        "our postmaster",
+        envelope=InboundEnvelope("postmaster@support.example.com", (SUPPORT,)),
+    ),
+    ours(
+        "our MAILER-DAEMON writes what is no bounce",
+        mail(sender="MAILER-DAEMON@Support.Example.COM (Mail Delivery System)", subject="Queue"),
+        "our mailer-daemon",
+        envelope=InboundEnvelope("root@support.example.com", (SUPPORT,)),
+    ),
+    Row(
+        "our MAILER-DAEMON returns a notification: a bounce all the same",
+        dsn(ORIGINAL, "weg@kunde.example", "5.1.1").replace(
+            b"MAILER-DAEMON@mx.kunde.example", b"MAILER-DAEMON@support.example.com"
+        ),
+        Bounce,
+        lit("bounce for 1 notification(s): weg@kunde.example 5.1.1"),
+        facts=Facts(bounced=(RETURNED,)),
+    ),
+    Row(
+        "a customer's postmaster is no loop of ours",
+        mail(sender="postmaster@mueller-logistik.de", subject="Hinweis"),
+        NewTicket,
+        lit(
+            "sender's domain mueller-logistik.de belongs to Müller Logistik GmbH"
+            + NOT_ACKED
+            + "robot sender postmaster@mueller-logistik.de (RFC 3834 §2)"
+        ),
+        envelope=InboundEnvelope("postmaster@mueller-logistik.de", (SUPPORT,)),
+        told=(FOLLOWERS,),
+    ),
+    Row(
+        "our plus-address's local part at a customer's domain is no loop of ours",
+        mail(sender="support+1-abc@mueller-logistik.de", subject="Hallo"),
+        NewTicket,
+        lit("sender's domain mueller-logistik.de belongs to Müller Logistik GmbH"),
     ),
     Row(
         "another system's loop header is no loop of ours",

@@ -3,9 +3,10 @@
 One private Postfix instance per module (its own config, queue and data directories, loopback
 only, a free port; the system's Postfix is never touched) relays ``support.example.com`` over
 LMTP to a running ``mailgate serve`` and ``pipe.example.com`` through pipe(8) into
-``mailgate ingest``, and relays mailgate's notifications to a local sink. Mail is sent with
-smtplib into Postfix; the tests wait on the database, the Postfix log and the queue, each
-with a deadline.
+``mailgate ingest``, relays mailgate's notifications to a local sink, and removes forged
+``Authentication-Results`` headers with its own authserv-id (the README's recipe). Mail is
+sent with smtplib into Postfix; the tests wait on the database, the Postfix log and the
+queue, each with a deadline.
 
 Skipped when Postfix is not installed, unless ``$MAILGATE_REQUIRE_POSTFIX`` is set (CI sets
 it, and installs Postfix).
@@ -30,6 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
+
+from mailgate.db.records import raw_mail
+from mailgate.models import LedgerEntry
+from mailgate.store import Store
 
 from .conftest import BASE_CONFIG, ROOT, _merge, mail, run_cli, toml_dumps, wait_until
 from .sink import Sink
@@ -116,7 +122,18 @@ biff = no
 smtputf8_enable = yes
 smtp_host_lookup = native
 lmtp_host_lookup = native
+header_checks = regexp:{base}/etc/header_checks
 """
+
+# RFC 8601 section 5: the MTA removes incoming Authentication-Results headers carrying its
+# own authserv-id (here mx.postfix.test, its hostname), so that only its own milters' count.
+# The id exactly, in any case, after optional comments, followed by a space, ";", "(" or
+# the end; never a longer id such as mx.postfix.test.evil. The README shows this recipe.
+HEADER_CHECKS = (
+    r"/^Authentication-Results:[[:space:]]*(\([^()]*\)[[:space:]]*)*"
+    r"mx\.postfix\.test([[:space:];(]|$)/ IGNORE"
+    "\n"
+)
 
 
 @dataclass
@@ -322,6 +339,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         )
     )
     (etc / "main.cf").write_text(MAIN_CF.format(base=base))
+    (etc / "header_checks").write_text(HEADER_CHECKS)
     (etc / "transport").write_text(
         f"support.example.com lmtp:inet:127.0.0.1:{lmtp_port}\n"
         "pipe.example.com mailgate:\n"
@@ -449,3 +467,55 @@ def test_notifications_are_relayed_through_the_same_postfix(site: Site) -> None:
     assert note.mail_from.startswith("support")
     received = str(note.message.get_all("Received", [])[0])
     assert "mx.postfix.test" in received  # it went through Postfix, not straight to the sink
+
+
+FORGED = (
+    "Authentication-Results: mx.postfix.test; dmarc=pass header.from=support.example.com",
+    "Authentication-Results: MX.Postfix.TEST (forged); dkim=pass header.d=support.example.com",
+    "Authentication-Results:\r\n mx.postfix.test;\r\n\tdkim=pass header.d=support.example.com",
+    "Authentication-Results: (comment) mx.postfix.test 1; dmarc=pass header.from=a.example",
+)
+FOREIGN = (
+    "Authentication-Results: other.example; dkim=pass header.d=support.example.com",
+    "Authentication-Results: mx.postfix.test.evil; dkim=pass header.d=support.example.com",
+)
+
+
+def stored_raw(config: Path, message_id: str) -> bytes | None:
+    """The raw mail mailgate's ledger keeps for ``message_id``, once it is there."""
+    store = Store(f"sqlite:///{config.parent / 'mailgate.db'}", 5.0)
+    try:
+        with store.transaction() as s:
+            entry = s.scalars(
+                select(LedgerEntry).where(LedgerEntry.message_id == message_id)
+            ).first()
+            return raw_mail(s, entry) if entry is not None else None
+    finally:
+        store.close()
+
+
+def test_postfix_removes_authentication_results_with_its_own_authserv_id(site: Site) -> None:
+    """RFC 8601 section 5 with the README's header_checks recipe: a forged header with our
+    authserv-id (any case, folded, after a comment) never reaches mailgate; one with
+    another id, or a longer one, arrives as sent."""
+    headers = "".join(f"{h}\r\n" for h in (*FORGED, *FOREIGN))
+    raw = mail(subject="Gefälscht", message_id="<forged-ar@mueller-logistik.de>", extra=headers)
+    queue_id = site.mta.send(raw, [SUPPORT])
+    assert no_bounce(site.mta.wait_log(queue_id, r"status=sent"))
+    assert wait_until(
+        lambda: stored_raw(site.lmtp_config, "forged-ar@mueller-logistik.de"), DEADLINE
+    )
+    stored = stored_raw(site.lmtp_config, "forged-ar@mueller-logistik.de")
+    assert stored is not None
+    head = re.sub(r"\r?\n[ \t]+", " ", stored.split(b"\r\n\r\n", 1)[0].decode())
+    results = [x for x in head.splitlines() if x.lower().startswith("authentication-results:")]
+    print("\nAuthentication-Results mailgate stored:\n" + "\n".join(results))
+    assert results == list(FOREIGN)
+    assert "Received: from client.test" in head  # it did come through Postfix
+
+
+def test_the_readme_shows_the_tested_header_checks_rule() -> None:
+    """The README's recipe is the rule this module proves, for the README's authserv-id."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert HEADER_CHECKS.replace(r"mx\.postfix\.test", r"mx\.example\.com") in readme
+    assert "header_checks = regexp:/etc/postfix/header_checks" in readme

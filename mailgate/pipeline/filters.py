@@ -3,7 +3,8 @@
 Each check is a pure function of the parsed message returning a reason or None; the first
 reason wins. Robots' mail (RFC 3834 auto-replies, out-of-office notes, list traffic) must
 never reopen a ticket, never be acknowledged and never start a ticket of its own;
-:func:`own_mail` recognises our own notifications coming back, which would start a loop.
+:func:`own_mail` recognises our own mail coming back (our notifications, mail from any
+address of ours: :func:`our_own_address`), which would start a loop.
 """
 
 from __future__ import annotations
@@ -86,11 +87,38 @@ def auto_reply_reason(message: InboundMessage) -> str | None:
     return None
 
 
+# Role addresses every mail domain has (RFC 5321 section 4.5.1, RFC 2142): at our domains
+# they are our MTA's, whose mail is never a customer's request.
+_OUR_ROLES = ("mailer-daemon", "postmaster")
+
+
+def our_own_address(email: str, config: Config) -> str | None:
+    """What makes ``email`` an address of ours ("our address", "our plus-address",
+    "our postmaster", ...), else None.
+
+    Ours: the support address, its plus-addresses (the reply tokens we send out,
+    ``support+42-3f2a@support.example.com``, and any other tag) and the mailer-daemon and
+    postmaster of every domain we receive mail for. Agents' addresses are not: agents
+    write to us, and their mail is decided elsewhere.
+    """
+    address = email.strip().lower()
+    local, _, domain = address.rpartition("@")
+    support_local, _, support_domain = config.mail.address.rpartition("@")
+    if address == config.mail.address:
+        return "our address"
+    if domain == support_domain and local.startswith(support_local + "+"):
+        return "our plus-address"
+    if local in _OUR_ROLES and (domain == support_domain or domain in config.mail.domains):
+        return f"our {local}"
+    return None
+
+
 def own_mail(message: InboundMessage, config: Config) -> str | None:
-    """Our own notification coming back (a loop): the reason to ignore it, else None."""
+    """Our own mail coming back (a loop): the reason to ignore it, else None."""
     domain = config.mail.address.rpartition("@")[2]
     if (message.header(LOOP_HEADER) or "").strip().lower() == domain:
         return f"own mail ({LOOP_HEADER}), a loop"
-    if message.from_ is not None and message.from_.email == config.mail.address:
-        return "own mail (From is our address), a loop"
+    ours = our_own_address(message.from_.email, config) if message.from_ is not None else None
+    if ours is not None:
+        return f"own mail (From is {ours}), a loop"
     return None
