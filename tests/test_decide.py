@@ -1100,6 +1100,13 @@ ROWS: list[Row] = [
         lit(MEMBER),
         check=lambda d: d.subject == "(no subject)",
     ),
+    Row(
+        "no From, and the envelope's sender is our plus-address: a loop",
+        NO_FROM,
+        Ignore,
+        lit("own mail (sender is our plus-address), a loop"),
+        envelope=InboundEnvelope("support+9-abc@support.example.com", (SUPPORT,)),
+    ),
     # --- agents must be authenticated (mailgate/pipeline/trust.py) -------------------------
     Row(
         "a forged agent From is an internal note, and its commands are not done",

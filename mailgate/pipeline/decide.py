@@ -28,7 +28,7 @@ from mailgate.pipeline.decision import (
     Quarantine,
 )
 from mailgate.pipeline.facts import Facts, TicketFacts
-from mailgate.pipeline.filters import own_mail
+from mailgate.pipeline.filters import our_own_address, own_mail
 from mailgate.pipeline.inputs import Hints, agent_text, mask_secrets, planned_ticket, reply_text
 from mailgate.pipeline.reading import Mail, Unreadable
 from mailgate.pipeline.threads import NO_REFERENCE, ThreadMatch, match_thread, status_after_reply
@@ -104,6 +104,8 @@ def no_sender(case: Case) -> Decision | None:
 def own_loop(case: Case) -> Decision | None:
     """Our own notification coming back: answering it would start a mail loop."""
     loop = own_mail(case.mail.message, case.config)
+    if loop is None and (ours := our_own_address(case.mail.sender, case.config)) is not None:
+        loop = f"own mail (sender is {ours}), a loop"  # no From: the envelope's sender
     return Ignore(loop) if loop is not None else None
 
 

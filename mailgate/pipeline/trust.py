@@ -90,7 +90,7 @@ def trusted_results(
             seen += 1
             if seen > _MAX_HEADERS:
                 return
-            if not value.strip().lower().startswith(authserv_id):
+            if authserv_id not in value.lower():
                 continue  # cheap test first: another server's header
             parsed = _parse(value)
             if parsed is not None and str(parsed.authserv_id).lower() == authserv_id:
