@@ -11,36 +11,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 
 from mailgate.config import Config, SecurityConfig
-from mailgate.db.queries import get_ticket, ticket_detail
 from mailgate.jobs import Jobs
 from mailgate.models import Comment, Outbox
 from mailgate.store import Store
 
 from .conftest import AUTHENTICATED, Clock, ServerThread, mail, run_cli, send
+from .test_replies import detail, outbox
 
 AGENT = "tech@support.example.com"
 ANNA = "anna@mueller-logistik.de"
 MALLORY = "mallory@evil.example"
 OUR_HOP = "Received: from mta.example.net by mx.test (Postfix) with ESMTPS id 4711\r\n"
 FOREIGN_HOP = "Received: from pc.evil.example by mta.evil.example with ESMTP id 1\r\n"
-
-
-def detail(store: Store, ticket: int) -> dict[str, Any]:
-    with store.transaction() as s:
-        return ticket_detail(s, get_ticket(s, ticket))
-
-
-def outbox(store: Store) -> list[tuple[str, int | None, list[str], dict[str, Any]]]:
-    with store.transaction() as s:
-        return [
-            (o.kind, o.ticket_id, o.recipients, o.payload)
-            for o in s.scalars(select(Outbox).order_by(Outbox.id))
-        ]
 
 
 def open_ticket(server: int, store: Store) -> int:
