@@ -8,10 +8,12 @@ verdict); here the whole path runs: SMTP socket, database, outbox, delivered byt
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from mailgate.config import Config, SecurityConfig
@@ -205,3 +207,16 @@ def test_an_internal_comment_never_leaves_for_a_customer(
         assert smuggled is not None and smuggled.recipients == [ANNA]
         assert smuggled.status == "failed" and smuggled.message is None
         assert "internal comment is for agents only" in (smuggled.last_error or "")
+
+
+def test_serve_warns_at_start_when_from_headers_are_trusted(
+    make_config: Callable[..., tuple[Config, Path]],
+    store: Store,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config, _ = make_config({"security": {"agent_auth": ["from-header"]}})
+    with caplog.at_level(logging.WARNING, logger="mailgate"), ServerThread(config, store, clock):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any('agent_auth includes "from-header"' in w for w in warnings), warnings
