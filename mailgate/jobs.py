@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from mailgate.config import Config
 from mailgate.db.outbox import queue_notification
 from mailgate.db.records import ensure_secret
+from mailgate.dkim_sign import DkimSigner
 from mailgate.health import DELIVERIES
 from mailgate.hours import SupportHours
 from mailgate.models import Comment, NotificationKind, Outbox, OutboxStatus, Status, Ticket, User
@@ -101,6 +102,7 @@ class Jobs:
         self.renderer = Renderer(config.outbound.templates_dir)
         self.hours = SupportHours(config.hours)
         self.transport = transport or make_transport(config)
+        self.signer = DkimSigner.from_config(config)
 
     # --- outbox -------------------------------------------------------------------------
 
@@ -167,7 +169,8 @@ class Jobs:
 
     def _send(self, claim: _Claim, now: datetime, stats: DeliveryStats) -> None:
         try:
-            self.transport.send(claim.message, self.config.mail.address, claim.recipients)
+            message = self.signer.sign(claim.message) if self.signer else claim.message
+            self.transport.send(message, self.config.mail.address, claim.recipients)
             verdict, error = Verdict.SENT, None
         except DeliveryError as exc:
             verdict, error = classify(exc.code), str(exc)
