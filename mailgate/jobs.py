@@ -34,6 +34,7 @@ from mailgate.outbound import (
     classify,
     make_transport,
     one_line,
+    settle,
 )
 from mailgate.pipeline import notify
 from mailgate.pipeline.facts import TicketFacts
@@ -162,16 +163,53 @@ class Jobs:
                 row.status = OutboxStatus.SENDING.value
                 row.claimed_at = now
                 row.attempts += 1
-                claims.append(
-                    _Claim(row.id, row.message, tuple(row.recipients), row.created_at, row.attempts)
-                )
+                # Who accepted or refused for good in an earlier attempt is not sent it again.
+                done = {*row.payload.get("accepted", []), *row.payload.get("refused", {})}
+                pending = tuple(r for r in row.recipients if r not in done)
+                claims.append(_Claim(row.id, row.message, pending, row.created_at, row.attempts))
         return claims
 
     def _send(self, claim: _Claim, now: datetime, stats: DeliveryStats) -> None:
+        attempted = claim.recipients
+        failures = self._attempt(claim)
+        with self.store.transaction() as session:
+            row = session.get(Outbox, claim.id, with_for_update=True)
+            # Only if the claim is still ours (a stale-claim takeover would have bumped it).
+            if row is None or row.status != OutboxStatus.SENDING or row.attempts != claim.attempts:
+                return
+            payload = row.payload
+            settled = settle(
+                attempted, failures, payload.get("accepted", []), payload.get("refused", {})
+            )
+            verdict, error = settled.verdict, settled.error
+            if verdict is Verdict.RETRY and now - claim.created_at >= self.config.outbound.max_age:
+                verdict, error = Verdict.FAILED, f"gave up after {claim.attempts} attempts: {error}"
+            status = OutboxStatus(verdict.value)  # a verdict names the status the row is left in
+            row.status, row.last_error, row.claimed_at = status.value, error, None
+            if verdict is Verdict.SENT:
+                row.sent_at = now
+            elif verdict is Verdict.RETRY:
+                row.next_attempt_at = now + backoff(claim.attempts)
+            attempt = {
+                "at": now.isoformat(),
+                "to": list(attempted),
+                "result": verdict.value,
+                "error": error,
+            }
+            row.payload = {
+                **payload,
+                "attempts": [*payload.get("attempts", []), attempt],
+                **({"accepted": list(settled.accepted)} if settled.accepted else {}),
+                **({"refused": settled.refused} if settled.refused else {}),
+            }
+        stats.count(verdict, claim.id, error)
+
+    def _attempt(self, claim: _Claim) -> dict[str, tuple[Verdict, str]]:
+        """Send once; the recipients who did not get it, each with its verdict and error."""
         try:
             message = self.signer.sign(claim.message) if self.signer else claim.message
-            self.transport.send(message, self.config.mail.address, claim.recipients)
-            verdict, error = Verdict.SENT, None
+            refused = self.transport.send(message, self.config.mail.address, claim.recipients)
+            return {r: (classify(code), reply) for r, (code, reply) in refused.items()}
         except DeliveryError as exc:
             verdict, error = classify(exc.code), str(exc)
         except Exception as exc:  # anything unforeseen ends in this row, never in the run
@@ -185,22 +223,7 @@ class Jobs:
                 log.warning(
                     "outbox %s: closing the relay connection: %s", claim.id, describe(close_exc)
                 )
-        if verdict is Verdict.RETRY and now - claim.created_at >= self.config.outbound.max_age:
-            verdict, error = Verdict.FAILED, f"gave up after {claim.attempts} attempts: {error}"
-        with self.store.transaction() as session:
-            row = session.get(Outbox, claim.id, with_for_update=True)
-            # Only if the claim is still ours (a stale-claim takeover would have bumped it).
-            if row is None or row.status != OutboxStatus.SENDING or row.attempts != claim.attempts:
-                return
-            status = OutboxStatus(verdict.value)  # a verdict names the status the row is left in
-            row.status, row.last_error, row.claimed_at = status.value, error, None
-            if verdict is Verdict.SENT:
-                row.sent_at = now
-            elif verdict is Verdict.RETRY:
-                row.next_attempt_at = now + backoff(claim.attempts)
-            attempt = {"at": now.isoformat(), "result": verdict.value, "error": error}
-            row.payload = {**row.payload, "attempts": [*row.payload.get("attempts", []), attempt]}
-        stats.count(verdict, claim.id, error)
+        return dict.fromkeys(claim.recipients, (verdict, error))
 
     def _render(self, session: Session, row: Outbox, now: datetime) -> None:
         """Render and build the message once; retries send the very same bytes.

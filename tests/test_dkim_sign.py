@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import mailbox
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +46,6 @@ def _dns(record: bytes) -> Callable[..., bytes | None]:
         return record if name == f"{SELECTOR}._domainkey.{DOMAIN}.".encode() else None
 
     return lookup
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    s = Sink().start()
-    yield s
-    s.stop()
 
 
 def test_notifications_relayed_by_smtp_carry_a_valid_signature(
