@@ -22,6 +22,7 @@ from mailgate.models import Follower, Membership, Outbox, OutboxStatus, Suppress
 from mailgate.pipeline.decision import Notify
 from mailgate.pipeline.facts import TicketFacts
 from mailgate.pipeline.notify import is_ours
+from mailgate.pipeline.reading import shown_subject
 
 _USERS = table_of(User)
 _MEMBERS = table_of(Membership)
@@ -109,7 +110,7 @@ def _queue(
         "kind": kind,
         "ticket_id": ticket.id,
         "recipients": to,
-        "subject": f"{config.tickets.tag_for(ticket.id)} {ticket.subject}",
+        "subject": shown_subject(f"{config.tickets.tag_for(ticket.id)} {ticket.subject}"),
         "payload": payload,
         "status": OutboxStatus.PENDING.value,
         "created_at": now,
