@@ -439,6 +439,8 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
                     "created_at": iso(o.created_at),
                     "sent_at": iso(o.sent_at),
                     "message_id": o.message_id,
+                    "accepted": o.payload.get("accepted", []),  # who has it: never re-sent
+                    "refused": o.payload.get("refused", {}),  # refused for good, with reply
                     "history": o.payload.get("attempts", []),
                 }
                 for o in session.scalars(query)

@@ -25,6 +25,8 @@ from mailgate.confvalues import (
     _choice,
     _clock_time,
     _database_url,
+    _dkim_key,
+    _dkim_selector,
     _domain,
     _duration,
     _email,
@@ -114,6 +116,11 @@ class OutboundConfig:
     templates_dir: str | None = None
     # An address that hard-bounced (5.x.x) gets no notifications for this long.
     suppress_for: timedelta = timedelta(days=7)
+    # DKIM signing (opt-in): selector and PEM private key go together; the domain defaults
+    # to the one of [mail] address.
+    dkim_selector: str | None = None
+    dkim_key: str | None = None
+    dkim_domain: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,8 +507,12 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
             "max_age",
             "templates_dir",
             "suppress_for",
+            "dkim_selector",
+            "dkim_key",
+            "dkim_domain",
         },
     )
+    before = len(problems)
     outbound = OutboundConfig(
         transport=s.get("transport", d_out.transport, _choice("maildir", "smtp")),
         maildir=s.get("maildir", d_out.maildir, _str),
@@ -514,7 +525,14 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         max_age=s.get("max_age", d_out.max_age, _duration),
         templates_dir=s.get("templates_dir", None, _str),
         suppress_for=s.get("suppress_for", d_out.suppress_for, _duration),
+        dkim_selector=s.get("dkim_selector", None, _dkim_selector),
+        dkim_key=s.get("dkim_key", None, _dkim_key),
+        dkim_domain=s.get("dkim_domain", None, _domain),
     )
+    if len(problems) == before and (outbound.dkim_selector is None) != (outbound.dkim_key is None):
+        problems.append("[outbound].dkim_key: dkim_selector and dkim_key go together; give both")
+    elif outbound.dkim_selector is not None and outbound.dkim_domain is None:
+        outbound = replace(outbound, dkim_domain=mail.address.rpartition("@")[2])
 
     d_hours = HoursConfig()
     before = len(problems)

@@ -231,6 +231,37 @@ def _readable_file(value: Any) -> str:
     return text
 
 
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_SELECTOR = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+
+
+def _dkim_selector(value: Any) -> str:
+    """The name under ``_domainkey`` that holds the public key (RFC 6376 3.1): DNS labels."""
+    text = _str(value).lower()
+    if not _SELECTOR.match(text):
+        raise ValueError("must be DNS labels like 'mail2026' (letters, digits, '-', '.')")
+    return text
+
+
+def _dkim_key(value: Any) -> str:
+    """A PEM RSA private key file dkimpy can sign with: checked now, not at the first mail."""
+    from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+
+    text = _str(value)
+    try:
+        with open(text, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read {text!r}: {exc.strerror or exc}") from exc
+    try:
+        parse_pem_private_key(data)
+    except (UnparsableKeyError, ValueError, IndexError) as exc:
+        raise ValueError(
+            f"{text!r} is not a PEM RSA private key (make one with 'openssl genrsa 2048')"
+        ) from exc
+    return text
+
+
 def _url(value: Any) -> str:
     text = _str(value)
     if not re.match(r"^https?://\S+$", text):

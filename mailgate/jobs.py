@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from mailgate.config import Config
 from mailgate.db.outbox import queue_notification
 from mailgate.db.records import ensure_secret
+from mailgate.dkim_sign import DkimSigner
 from mailgate.health import DELIVERIES
 from mailgate.hours import SupportHours
 from mailgate.models import Comment, NotificationKind, Outbox, OutboxStatus, Status, Ticket, User
@@ -33,9 +34,11 @@ from mailgate.outbound import (
     classify,
     make_transport,
     one_line,
+    settle,
 )
 from mailgate.pipeline import notify
 from mailgate.pipeline.facts import TicketFacts
+from mailgate.pipeline.reading import shown_subject
 from mailgate.pipeline.threads import reply_address
 from mailgate.render import Renderer
 from mailgate.store import Store
@@ -88,12 +91,24 @@ def judge_unexpected(exc: Exception) -> Verdict:
 
 
 @dataclass(frozen=True, slots=True)
+class _Draft:
+    """What a notification is built from, read while its row was claimed: plain data, so
+    rendering and building it (templates, MIME, folding) hold no transaction."""
+
+    kind: str
+    language: str
+    context: dict[str, Any]
+    envelope: OutboundEnvelope
+
+
+@dataclass(frozen=True, slots=True)
 class _Claim:
     id: int
-    message: bytes
-    recipients: tuple[str, ...]
+    message: bytes | None  # None: not built yet, from ``draft``
+    recipients: tuple[str, ...]  # those who do not have it yet
     created_at: datetime
     attempts: int
+    draft: _Draft | None = None
 
 
 class Jobs:
@@ -105,6 +120,7 @@ class Jobs:
         self.renderer = Renderer(config.outbound.templates_dir)
         self.hours = SupportHours(config.hours)
         self.transport = transport or make_transport(config)
+        self.signer = DkimSigner.from_config(config)
 
     # --- outbox -------------------------------------------------------------------------
 
@@ -121,7 +137,9 @@ class Jobs:
                 if not claims:
                     return stats
                 for claim in claims:
-                    self._send(claim, now, stats)
+                    built = self._build(claim, now, stats) if claim.message is None else claim
+                    if built is not None:
+                        self._send(built, now, stats)
         finally:
             self.transport.close()
 
@@ -145,34 +163,118 @@ class Jobs:
                 .limit(BATCH)
                 .with_for_update(skip_locked=True)
             ).all()
+            secret: str | None = None
             for row in rows:
+                draft = None
                 if row.message is None:
                     try:
-                        # A savepoint: a failed render leaves nothing half-written behind
+                        # A savepoint: a failed read leaves nothing half-written behind
                         # (on PostgreSQL an error would otherwise abort the whole batch).
                         with session.begin_nested():
-                            self._render(session, row, now)
-                    except Exception as exc:  # a template bug must not block the queue
-                        # Logged as one line by stats.count; the traceback only for debugging.
-                        log.debug("outbox %s: cannot render %s", row.id, row.kind, exc_info=True)
-                        error = f"render: {describe(exc)}"
-                        row.status, row.last_error = OutboxStatus.FAILED.value, error
-                        row.claimed_at = None
-                        stats.count(Verdict.FAILED, row.id, error)
+                            secret = secret or self.config.mail.secret or ensure_secret(session)
+                            draft = self._draft(session, row, secret)
+                    except Exception as exc:  # a broken row must not block the queue
+                        self._fail_render(row, exc, stats)
                         continue
-                assert row.message is not None
                 row.status = OutboxStatus.SENDING.value
                 row.claimed_at = now
                 row.attempts += 1
+                # Who accepted or refused for good in an earlier attempt is not sent it again.
+                done = {*row.payload.get("accepted", []), *row.payload.get("refused", {})}
+                pending = tuple(r for r in row.recipients if r not in done)
                 claims.append(
-                    _Claim(row.id, row.message, tuple(row.recipients), row.created_at, row.attempts)
+                    _Claim(row.id, row.message, pending, row.created_at, row.attempts, draft)
                 )
         return claims
 
-    def _send(self, claim: _Claim, now: datetime, stats: DeliveryStats) -> None:
+    @staticmethod
+    def _fail_render(row: Outbox, exc: Exception, stats: DeliveryStats) -> None:
+        """A row that cannot be built fails at once: the same template fails on every try."""
+        # Logged as one line by stats.count; the traceback only for debugging.
+        log.debug("outbox %s: cannot render %s", row.id, row.kind, exc_info=exc)
+        error = f"render: {describe(exc)}"
+        row.status, row.last_error = OutboxStatus.FAILED.value, error
+        row.claimed_at = None
+        stats.count(Verdict.FAILED, row.id, error)
+
+    def _build(self, claim: _Claim, now: datetime, stats: DeliveryStats) -> _Claim | None:
+        """Render and build the claimed row's message outside any transaction, then keep it.
+
+        Building a large notification takes longer than anything else here; inside a write
+        transaction it held SQLite's only writer, and every inbound mail waited. The built
+        message is stored before it is sent, so a retry sends the very same bytes. ``Date``
+        is ``now``, the time of building: the time the mail was written.
+        """
+        assert claim.draft is not None
+        draft = claim.draft
         try:
-            self.transport.send(claim.message, self.config.mail.address, claim.recipients)
-            verdict, error = Verdict.SENT, None
+            rendered = self.renderer.render(draft.kind, draft.language, draft.context)
+            message = build_message(
+                self.config, draft.envelope, rendered.text, rendered.html, now=now
+            )
+            data, message_id = message.as_bytes(), str(message["Message-ID"]).strip().strip("<>")
+            failure: Exception | None = None
+        except Exception as exc:  # a template bug ends in this row, never in the run
+            failure = exc
+        with self.store.transaction() as session:
+            row = self._owned(session, claim)
+            if row is None:
+                return None
+            if failure is not None:
+                self._fail_render(row, failure, stats)
+                return None
+            row.message, row.message_id = data, message_id
+        return _Claim(claim.id, data, claim.recipients, claim.created_at, claim.attempts)
+
+    @staticmethod
+    def _owned(session: Session, claim: _Claim) -> Outbox | None:
+        """The claimed row, if the claim is still ours (a stale-claim takeover bumps it)."""
+        row = session.get(Outbox, claim.id, with_for_update=True)
+        if row is None or row.status != OutboxStatus.SENDING or row.attempts != claim.attempts:
+            return None
+        return row
+
+    def _send(self, claim: _Claim, now: datetime, stats: DeliveryStats) -> None:
+        attempted = claim.recipients
+        failures = self._attempt(claim)
+        with self.store.transaction() as session:
+            row = self._owned(session, claim)
+            if row is None:
+                return
+            payload = row.payload
+            settled = settle(
+                attempted, failures, payload.get("accepted", []), payload.get("refused", {})
+            )
+            verdict, error = settled.verdict, settled.error
+            if verdict is Verdict.RETRY and now - claim.created_at >= self.config.outbound.max_age:
+                verdict, error = Verdict.FAILED, f"gave up after {claim.attempts} attempts: {error}"
+            status = OutboxStatus(verdict.value)  # a verdict names the status the row is left in
+            row.status, row.last_error, row.claimed_at = status.value, error, None
+            if verdict is Verdict.SENT:
+                row.sent_at = now
+            elif verdict is Verdict.RETRY:
+                row.next_attempt_at = now + backoff(claim.attempts)
+            attempt = {
+                "at": now.isoformat(),
+                "to": list(attempted),
+                "result": verdict.value,
+                "error": error,
+            }
+            row.payload = {
+                **payload,
+                "attempts": [*payload.get("attempts", []), attempt],
+                **({"accepted": list(settled.accepted)} if settled.accepted else {}),
+                **({"refused": settled.refused} if settled.refused else {}),
+            }
+        stats.count(verdict, claim.id, error)
+
+    def _attempt(self, claim: _Claim) -> dict[str, tuple[Verdict, str]]:
+        """Send once; the recipients who did not get it, each with its verdict and error."""
+        assert claim.message is not None  # built before it is sent
+        try:
+            message = self.signer.sign(claim.message) if self.signer else claim.message
+            refused = self.transport.send(message, self.config.mail.address, claim.recipients)
+            return {r: (classify(code), reply) for r, (code, reply) in refused.items()}
         except DeliveryError as exc:
             verdict, error = classify(exc.code), str(exc)
         except Exception as exc:  # anything unforeseen ends in this row, never in the run
@@ -186,28 +288,10 @@ class Jobs:
                 log.warning(
                     "outbox %s: closing the relay connection: %s", claim.id, describe(close_exc)
                 )
-        if verdict is Verdict.RETRY and now - claim.created_at >= self.config.outbound.max_age:
-            verdict, error = Verdict.FAILED, f"gave up after {claim.attempts} attempts: {error}"
-        with self.store.transaction() as session:
-            row = session.get(Outbox, claim.id, with_for_update=True)
-            # Only if the claim is still ours (a stale-claim takeover would have bumped it).
-            if row is None or row.status != OutboxStatus.SENDING or row.attempts != claim.attempts:
-                return
-            status = OutboxStatus(verdict.value)  # a verdict names the status the row is left in
-            row.status, row.last_error, row.claimed_at = status.value, error, None
-            if verdict is Verdict.SENT:
-                row.sent_at = now
-            elif verdict is Verdict.RETRY:
-                row.next_attempt_at = now + backoff(claim.attempts)
-            attempt = {"at": now.isoformat(), "result": verdict.value, "error": error}
-            row.payload = {**row.payload, "attempts": [*row.payload.get("attempts", []), attempt]}
-        stats.count(verdict, claim.id, error)
+        return dict.fromkeys(claim.recipients, (verdict, error))
 
-    def _render(self, session: Session, row: Outbox, now: datetime) -> None:
-        """Render and build the message once; retries send the very same bytes.
-
-        ``Date`` is ``now``, the time of building: the time the mail was written.
-        """
+    def _draft(self, session: Session, row: Outbox, secret: str) -> _Draft:
+        """Read what the row's notification says: the ticket, the comment, the thread."""
         config = self.config
         ticket = session.get(Ticket, row.ticket_id) if row.ticket_id is not None else None
         if ticket is None and (row.ticket_id is not None or row.kind not in TICKETLESS):
@@ -224,7 +308,8 @@ class Jobs:
         context = {
             "ticket": {
                 "id": ticket.id,
-                "subject": ticket.subject,
+                # Cut again: a ticket or row from before subjects were cut may hold a megabyte.
+                "subject": shown_subject(ticket.subject),
                 "status": ticket.status,
                 "organization": organization.name if organization else None,
                 "requester": ticket.requester.email,
@@ -253,15 +338,13 @@ class Jobs:
             "about": str(row.payload.get("about", "")),
             "moved": row.payload.get("moved"),  # {"from": old or None, "to": new}
         }
-        rendered = self.renderer.render(row.kind, language, context)
         if ticket is not None:
             thread = [c.message_id for c in ticket.comments if c.message_id]
         else:  # the answer to the one mail it is about
             thread = [str(row.payload["about_id"])] if row.payload.get("about_id") else []
-        secret = config.mail.secret or ensure_secret(session)
         envelope = OutboundEnvelope(
             to=tuple(row.recipients),
-            subject=row.subject,
+            subject=shown_subject(row.subject),
             reply_to=reply_address(ticket.id, config.mail.address, secret)
             if ticket is not None
             else config.mail.address,
@@ -272,9 +355,7 @@ class Jobs:
             if row.kind == NotificationKind.TICKET_CREATED
             else "auto-generated",
         )
-        message = build_message(config, envelope, rendered.text, rendered.html, now=now)
-        row.message_id = str(message["Message-ID"]).strip().strip("<>")
-        row.message = message.as_bytes()
+        return _Draft(row.kind, language, context, envelope)
 
     # --- auto-close -----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import os
 import re
 import smtplib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
@@ -49,6 +49,48 @@ def classify(code: int | None) -> Verdict:
     if 200 <= code < 300:
         return Verdict.SENT
     return Verdict.FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A row after an attempt: its verdict, its error, and where each recipient stands."""
+
+    verdict: Verdict
+    error: str | None
+    accepted: tuple[str, ...]  # everyone who has it, over all attempts: never sent it again
+    refused: dict[str, str]  # refused for good (5xx), with the relay's reply
+
+
+def settle(
+    attempted: Sequence[str],
+    failures: Mapping[str, tuple[Verdict, str]],
+    accepted_before: Sequence[str] = (),
+    refused_before: Mapping[str, str] | None = None,
+) -> Settled:
+    """What one attempt leaves a row as, recipient by recipient.
+
+    A relay answers each RCPT on its own (RFC 5321 section 3.3), so one row may be accepted
+    for some recipients and refused for others. Those who accepted are never sent it again;
+    a 4yz retries only its own recipients; a 5yz is final for its recipient. The row is
+    ``sent`` when every recipient has it, ``retry`` while anyone waits on a 4yz, else
+    ``failed``: a mail some recipient will never get needs an admin's eye, and the error
+    names who was refused and who got it. ``failures`` are the attempted recipients who do
+    not have it, each with :func:`classify`'s verdict and the reply.
+    """
+    accepted = (*accepted_before, *(r for r in attempted if r not in failures))
+    gone = {r: error for r, (verdict, error) in failures.items() if verdict is Verdict.FAILED}
+    refused = {**(refused_before or {}), **gone}
+    waiting = {r: error for r, (verdict, error) in failures.items() if verdict is Verdict.RETRY}
+    if not waiting and not refused:
+        return Settled(Verdict.SENT, None, accepted, refused)
+    verdict, named = (Verdict.RETRY, waiting) if waiting else (Verdict.FAILED, refused)
+    if len(set(named.values())) == 1 and not accepted:
+        error = next(iter(named.values()))  # one reply for all: the relay's, not a recipient's
+    else:
+        error = "; ".join(f"{r}: {e}" for r, e in named.items())
+    if accepted:
+        error += f" (delivered to {', '.join(accepted)})"
+    return Settled(verdict, error, accepted, refused)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -198,8 +240,18 @@ def build_message(
     return message
 
 
+# Recipients the relay refused while it accepted others: address → (code, reply).
+Refusals = dict[str, tuple[int, str]]
+
+
 class Transport(Protocol):
-    def send(self, message: bytes, sender: str, recipients: Sequence[str]) -> None: ...
+    def send(self, message: bytes, sender: str, recipients: Sequence[str]) -> Refusals:
+        """Deliver to every recipient the relay accepts; those it refused, with its reply.
+
+        Raises :class:`DeliveryError` when the mail reached nobody for a reason that is not
+        one recipient's (no connection, MAIL or DATA refused).
+        """
+        ...
 
     def close(self) -> None: ...
 
@@ -210,12 +262,13 @@ class MaildirTransport:
     def __init__(self, path: str) -> None:
         self.path = Path(path)
 
-    def send(self, message: bytes, sender: str, recipients: Sequence[str]) -> None:
+    def send(self, message: bytes, sender: str, recipients: Sequence[str]) -> Refusals:
         try:
             box = mailbox.Maildir(self.path, create=True)
             box.add(message)
         except OSError as exc:
             raise DeliveryError(None, f"cannot write to maildir {self.path}: {exc}") from exc
+        return {}
 
     def close(self) -> None:
         pass
@@ -245,13 +298,15 @@ class SmtpTransport:
             raise
         return client
 
-    def send(self, message: bytes, sender: str, recipients: Sequence[str]) -> None:
+    def send(self, message: bytes, sender: str, recipients: Sequence[str]) -> Refusals:
         """Send with SMTPUTF8 only when an address or the message needs it (RFC 6531).
 
         Otherwise domains go out as A-labels, which every relay accepts. A mail that needs
         SMTPUTF8 on a relay without it fails at once (553): no retry would change that.
+        Recipients refused at RCPT come back by the address they were given as.
         """
         utf8 = not message.isascii() or any(map(needs_smtputf8, [sender, *recipients]))
+        given = {r: r for r in recipients}
         for attempt in (1, 2):
             fresh = self._client is None
             try:
@@ -269,17 +324,16 @@ class SmtpTransport:
                         sender, list(recipients), message, mail_options=["SMTPUTF8"]
                     )
                 else:
-                    refused = self._client.sendmail(
-                        ascii_address(sender), [ascii_address(r) for r in recipients], message
-                    )
+                    given = {ascii_address(r): r for r in recipients}
+                    refused = self._client.sendmail(ascii_address(sender), list(given), message)
                 break
             except smtplib.SMTPServerDisconnected as exc:
                 self._drop()
                 if fresh or attempt == 2:  # a new connection dropped too: the relay's fault
                     raise DeliveryError(None, f"{type(exc).__name__}: {exc}") from exc
-            except smtplib.SMTPRecipientsRefused as exc:
-                code, reply = next(iter(exc.recipients.values()))
-                raise DeliveryError(code, _reply_text(code, reply)) from exc
+            except smtplib.SMTPRecipientsRefused as exc:  # every one of them, each its reply
+                refused = exc.recipients
+                break
             except smtplib.SMTPResponseException as exc:
                 if exc.smtp_code == 421:  # the relay closes the session (RFC 5321 3.8)
                     self._drop()
@@ -290,9 +344,7 @@ class SmtpTransport:
             except (smtplib.SMTPException, OSError) as exc:
                 self._drop()
                 raise DeliveryError(None, f"{type(exc).__name__}: {exc}") from exc
-        if refused:
-            code, reply = next(iter(refused.values()))
-            raise DeliveryError(code, "some recipients refused: " + _reply_text(code, reply))
+        return {given.get(r, r): (c, _reply_text(c, reply)) for r, (c, reply) in refused.items()}
 
     def _drop(self) -> None:
         if self._client is not None:

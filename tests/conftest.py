@@ -28,6 +28,8 @@ from mailgate.app import ServerThread
 from mailgate.config import Config, parse_config
 from mailgate.store import Store
 
+from .sink import Sink
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get(
     "MAILGATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -227,6 +229,23 @@ def config(make_config: Callable[..., tuple[Config, Path]]) -> Config:
 @pytest.fixture
 def config_path(make_config: Callable[..., tuple[Config, Path]]) -> Path:
     return make_config()[1]
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    """A real SMTP relay for outbound mail (aiosmtpd offers no SMTPUTF8 unless told to)."""
+    s = Sink().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def relayed(make_config: Callable[..., tuple[Config, Path]], sink: Sink) -> tuple[Config, Path]:
+    """The test config, relaying outbound mail to the sink."""
+    return make_config(
+        {"outbound": {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": sink.port}},
+        name="relayed.toml",
+    )
 
 
 @pytest.fixture

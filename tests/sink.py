@@ -30,6 +30,20 @@ class _Handler:
     received: list[Received] = field(default_factory=list)
     # Scripted answers for the next DATA commands: "250", "451", "550" or "drop".
     script: list[str] = field(default_factory=list)
+    # Scripted answers for the next RCPT commands naming an address: "250", "450" or "550".
+    rcpt_script: dict[str, list[str]] = field(default_factory=dict)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        answers = self.rcpt_script.get(address)
+        answer = answers.pop(0) if answers else "250"
+        if answer == "450":
+            return "450 4.2.1 Mailbox busy, try again later"
+        if answer == "550":
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         answer = self.script.pop(0) if self.script else "250"
@@ -71,6 +85,10 @@ class Sink:
 
     def answer(self, *answers: str) -> None:
         self.handler.script.extend(answers)
+
+    def answer_rcpt(self, address: str, *answers: str) -> None:
+        """Answer the next RCPTs for ``address`` like this, one each; then 250 again."""
+        self.handler.rcpt_script.setdefault(address, []).extend(answers)
 
     def start(self) -> Sink:
         self._thread.start()

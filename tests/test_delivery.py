@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,6 @@ from .sink import Sink
 
 # A template an admin got wrong: it names a field the context does not have.
 BROKEN = "Neues Ticket {{ ticket.no_such_field }}\n"
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    s = Sink().start()  # aiosmtpd offers no SMTPUTF8 unless told to
-    yield s
-    s.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 from collections import Counter
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,22 +25,6 @@ from mailgate.store import Store
 
 from .conftest import MAILGATE, CliResult, Clock, mail, run_cli
 from .sink import Sink
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    s = Sink().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def relayed(make_config: Callable[..., tuple[Config, Path]], sink: Sink) -> tuple[Config, Path]:
-    """The test config, relaying outbound mail to the sink."""
-    return make_config(
-        {"outbound": {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": sink.port}},
-        name="relayed.toml",
-    )
 
 
 def rows(store: Store) -> list[Outbox]:

@@ -564,7 +564,8 @@ def test_encoded_word_flood_is_fast() -> None:
     raw = mail("From: a@example.com", "Subject: " + "=?utf-8?q?a?= " * 50_000)
     message, seconds = _timed(raw)
     assert seconds < 2.0
-    assert message.subject == "a" * 50_000
+    # Read up to 16 kB of raw Subject (the raw mail keeps the rest), whole words only.
+    assert message.subject == "a" * (16 * 1024 // len("=?utf-8?q?a?= "))
 
 
 @pytest.mark.parametrize("count", [1_500, 50_000])
@@ -573,7 +574,8 @@ def test_unterminated_encoded_words_are_fast(count: int) -> None:
     raw = mail("From: a@example.com", "Subject: " + "=?a?q?x " * count)
     message, seconds = _timed(raw)
     assert seconds < 2.0
-    assert message.subject == ("=?a?q?x " * count).strip()
+    words = min(count, 16 * 1024 // len("=?a?q?x "))  # a Subject is read up to 16 kB
+    assert message.subject == ("=?a?q?x " * words).strip()
 
 
 def test_hostile_html_is_fast() -> None:

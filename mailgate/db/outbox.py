@@ -23,6 +23,7 @@ from mailgate.models import Follower, Membership, Outbox, OutboxStatus, Suppress
 from mailgate.pipeline.decision import Notify
 from mailgate.pipeline.facts import TicketFacts
 from mailgate.pipeline.notify import is_ours
+from mailgate.pipeline.reading import shown_subject
 
 _USERS = table_of(User)
 _MEMBERS = table_of(Membership)
@@ -123,9 +124,9 @@ def _queue(
         "kind": kind,
         "ticket_id": ticket.id if ticket is not None else None,
         "recipients": to,
-        "subject": f"{config.tickets.tag_for(ticket.id)} {ticket.subject}"
-        if ticket is not None
-        else about,
+        "subject": shown_subject(
+            f"{config.tickets.tag_for(ticket.id)} {ticket.subject}" if ticket is not None else about
+        ),
         "payload": payload,
         "status": OutboxStatus.PENDING.value,
         "created_at": now,

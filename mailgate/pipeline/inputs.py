@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from mailgate.parser import InboundMessage, UnparseableMessage, parse
-from mailgate.pipeline.reading import NO_SUBJECT, Mail
+from mailgate.pipeline.reading import NO_SUBJECT, Mail, shown_subject
 from mailgate.pipeline.threads import names_a_ticket
 from mailgate.pipeline.trust import authenticate
 from mailgate.quotes import forwarded_original, strip_quoted
@@ -30,7 +30,7 @@ class TicketPlan:
     name: str
     decision: RouteDecision
     reason: str
-    subject: str  # untagged, credentials masked
+    subject: str  # untagged, credentials masked, at most SUBJECT_LIMIT characters
     body: str  # credentials masked
     secret: bool  # subject or body held credentials
 
@@ -115,6 +115,7 @@ def ticket_plan(router: Router, mail: Mail) -> TicketPlan:
     )
     # Another ticket's tag in a new ticket's subject would only confuse: it goes.
     untagged = " ".join(re.sub(config.tickets.tag_regex, " ", decision.subject or subject).split())
+    # Masked whole, then cut: a credential straddling the cut is masked all the same.
     subject_text, subject_secret = mask_secrets(untagged or NO_SUBJECT)
     body, body_secret = mask_secrets(mail.message.text)
     return TicketPlan(
@@ -122,7 +123,7 @@ def ticket_plan(router: Router, mail: Mail) -> TicketPlan:
         name=name,
         decision=decision,
         reason=decision.reason + note,
-        subject=subject_text,
+        subject=shown_subject(subject_text),
         body=body,
         secret=subject_secret or body_secret,
     )

@@ -113,12 +113,15 @@ def dedup_key(message_id: str, raw: bytes) -> str:
         head += piece
     else:
         pieces = iter(())  # no blank line: all header, no body
-    fields: list[bytes] = []
+    # A field's lines, joined once at the end: adding each folded line to the field's bytes
+    # copied them all again, quadratic in a 1 MB folded Subject.
+    folded: list[list[bytes]] = []
     for line in head.split(b"\n"):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += b" " + line.strip()
+        if line[:1] in (b" ", b"\t") and folded:
+            folded[-1].append(line.strip())
         else:
-            fields.append(line.strip())
+            folded.append([line.strip()])
+    fields = [b" ".join(lines) for lines in folded]
     digest = hashlib.sha256(message_id.encode("utf-8", "replace"))
     # Only identity fields are hashed; dropping the others before the sort keeps the order.
     identity = []

@@ -16,6 +16,17 @@ from mailgate.pipeline.answer import must_not_answer, report_kind
 from mailgate.pipeline.filters import auto_reply_reason
 
 NO_SUBJECT = "(no subject)"
+# Subjects are stored and shown up to this many characters; the raw mail keeps the rest. A
+# subject of a megabyte would otherwise be in every notification, list and log about it.
+SUBJECT_LIMIT = 250
+
+
+def shown_subject(subject: str) -> str:
+    """The subject as a ticket stores it and a notification shows it: at most
+    :data:`SUBJECT_LIMIT` characters, ending with "…" when it was cut."""
+    if len(subject) <= SUBJECT_LIMIT:
+        return subject
+    return subject[: SUBJECT_LIMIT - 1].rstrip() + "…"
 
 
 @dataclass(frozen=True, slots=True)
