@@ -22,7 +22,7 @@ from mailgate.models import LedgerEntry, Outbox, Ticket
 from mailgate.pipeline.reading import SUBJECT_LIMIT, shown_subject
 from mailgate.store import Store
 
-from .conftest import Clock
+from .conftest import AUTHENTICATED, Clock
 from .conftest import mail as customer_mail
 
 
@@ -86,7 +86,10 @@ def test_building_a_large_notification_holds_no_write_lock(
     assert jobs.deliver_outbox(clock()).sent == 2  # acknowledgement, follower's notice
     body = "Der Drucker meldet Fehler 42, äöü, Zeile für Zeile.\n" * 160_000
     answer = customer_mail(
-        sender="tech@support.example.com", subject=f"Re: [#{created.ticket}] x", body=body
+        sender="tech@support.example.com",
+        subject=f"Re: [#{created.ticket}] x",
+        body=body,
+        extra=AUTHENTICATED,
     )
     ingest(store, config, answer, InboundEnvelope(), clock())
     outcome: list[tuple[int, float]] = []

@@ -14,7 +14,7 @@ from mailgate.models import Outbox
 from mailgate.outbound import Verdict, settle
 from mailgate.store import Store
 
-from .conftest import Clock, mail, run_cli
+from .conftest import AUTHENTICATED, Clock, mail, run_cli
 from .sink import Sink
 
 ANNA = "anna@mueller-logistik.de"  # the requester
@@ -33,7 +33,8 @@ def _first_attempt(
     created = ingest(store, config, mail(extra=cc), InboundEnvelope(), clock())
     jobs = Jobs(store, config)
     assert jobs.deliver_outbox(clock()).sent == 2  # acknowledgement, follower's notice
-    answer = mail(sender=AGENT, subject=f"Re: [#{created.ticket}] Drucker kaputt", body="Erledigt.")
+    subject = f"Re: [#{created.ticket}] Drucker kaputt"
+    answer = mail(sender=AGENT, subject=subject, body="Erledigt.", extra=AUTHENTICATED)
     ingest(store, config, answer, InboundEnvelope(), clock())
     assert _reply(store).recipients == [ANNA, CHEF]
     sink.received.clear()
