@@ -23,6 +23,7 @@ from mailgate.config import Config, load_config
 from mailgate.errors import ConfigError, MailgateError, NotFound, Refused, StoreUnavailable
 from mailgate.logsetup import setup_logging
 from mailgate.models import OutboxStatus, Status
+from mailgate.views import print_detail, print_list, print_table
 
 # sysexits(3): what Postfix's pipe(8) and procmail understand.
 EX_OK = 0
@@ -365,10 +366,10 @@ def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
                 rows = [
                     st.ticket_summary(t) for t in st.list_tickets(session, args.org, args.status)
                 ]
-                _print_list(rows, args.json)
+                print_list(rows, args.json)
             elif args.tickets_command == "show":
                 detail = st.ticket_detail(session, st.get_ticket(session, args.id))
-                _print_detail(detail, args.json)
+                print_detail(detail, args.json)
             elif args.tickets_command == "attachment":
                 ticket = st.get_ticket(session, args.id)
                 _, attachment = st.find_attachment(ticket, args.which)
@@ -452,7 +453,7 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
     elif not rows:
         print("outbox is empty")
     else:
-        _print_table(
+        print_table(
             ("ID", "STATUS", "KIND", "TICKET", "TRIES", "TO", "LAST ERROR"),
             [
                 (
@@ -501,7 +502,7 @@ def cmd_follow(args: argparse.Namespace, config: Config) -> int:
                 elif not rows:
                     print("no followers")
                 else:
-                    _print_table(
+                    print_table(
                         ("EMAIL", "ORGANIZATION", "SOURCE"),
                         [(r["email"], r["organization"], r["source"]) for r in rows],
                     )
@@ -599,7 +600,7 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
                 elif not rows:
                     print("quarantine is empty")
                 else:
-                    _print_table(
+                    print_table(
                         ("ID", "RECEIVED (UTC)", "SIZE", "FROM", "REASON"),
                         [
                             (
@@ -702,47 +703,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
 # --- output ---------------------------------------------------------------------------------
 
 
-def _print_list(rows: list[dict[str, Any]], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(rows, ensure_ascii=False, indent=2))
-        return
-    if not rows:
-        print("no tickets")
-        return
-    table = [
-        (
-            str(r["id"]),
-            r["status"],
-            r["organization"] or "-",
-            r["requester"],
-            r["updated_at"][:16].replace("T", " "),
-            r["subject"],
-        )
-        for r in rows
-    ]
-    header = ("ID", "STATUS", "ORGANIZATION", "REQUESTER", "UPDATED (UTC)", "SUBJECT")
-    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header[:-1])]
-    for row in (header, *table):
-        cells = [c.ljust(min(w, 40))[:40] for c, w in zip(row[:-1], widths, strict=True)]
-        print("  ".join([*cells, row[-1][:80]]).rstrip())
-
-
-def _print_table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()
-) -> None:
-    """A header row and columns aligned to their widest cell; numbers (``right``) flush right.
-
-    The last column is left as long as it is (a subject, an error), so nothing is cut off.
-    """
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header[:-1])]
-    for row in (header, *rows):
-        cells = [
-            cell.rjust(width) if i in right else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row[:-1], widths, strict=True))
-        ]
-        print("  ".join([*cells, row[-1]]).rstrip())
-
-
 def _save(data: bytes, output: str | None, filename: str) -> None:
     """Write an attachment: to ``output`` ('-' is stdout, binary), else under its own name.
 
@@ -767,34 +727,3 @@ def _save(data: bytes, output: str | None, filename: str) -> None:
     except OSError as exc:
         raise CliError(f"cannot write {path}: {exc.strerror}") from None
     print(f"saved {path} ({len(data)} bytes)")
-
-
-def _print_detail(detail: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(detail, ensure_ascii=False, indent=2))
-        return
-    print(f"Ticket #{detail['id']}: {detail['subject']}")
-    print(f"  status:       {detail['status']}")
-    print(f"  organization: {detail['organization'] or '-'}  ({detail['routing']['reason']})")
-    print(f"  requester:    {detail['requester']}")
-    if people := [
-        p + (" (inactive)" if p in detail["inactive_participants"] else "")
-        for p in detail["participants"]
-    ]:
-        print(f"  participants: {', '.join(people)}")
-    print(f"  created:      {detail['created_at']}   updated: {detail['updated_at']}")
-    for key in ("solved_at", "closed_at", "follow_up_of"):
-        if detail[key]:
-            print(f"  {key.replace('_', ' ')}: {detail[key]}")
-    for comment in detail["comments"]:
-        visibility = "public" if comment["public"] else "internal"
-        who = comment["author_kind"].replace("_", " ")
-        how = f": {comment['authentication']}" if comment["authentication"] else ""
-        print()
-        print(f"--- {comment['author']} at {comment['created_at']} ({visibility}; {who}{how})")
-        print(comment["body"])
-        for a in comment["attachments"]:
-            print(
-                f"  [attachment {a['number']}] {a['filename']} "
-                f"({a['content_type']}, {a['size']} bytes)"
-            )
