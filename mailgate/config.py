@@ -285,6 +285,19 @@ class TicketsConfig:
 @dataclass(frozen=True, slots=True)
 class AgentsConfig:
     addresses: tuple[str, ...] = ()
+    notify: tuple[str, ...] | None = None  # None: every agent address
+
+    @property
+    def notified(self) -> tuple[str, ...]:
+        """Who hears of new tickets and customer replies: ``[agents] notify``, by default
+        every agent; ``[]`` tells nobody."""
+        return self.addresses if self.notify is None else self.notify
+
+    @property
+    def team(self) -> frozenset[str]:
+        """The support team: agents and the addresses told of new tickets (a team list).
+        They may read every ticket and may share our domain."""
+        return frozenset((*self.addresses, *self.notified))
 
 
 @dataclass(frozen=True, slots=True)
@@ -627,8 +640,11 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         notify_closed=s.get("notify_closed", True, _bool),
     )
 
-    s = section(data.get("agents", {}), "agents", {"addresses"})
-    agents = AgentsConfig(addresses=s.get("addresses", (), _list(_email)))
+    s = section(data.get("agents", {}), "agents", {"addresses", "notify"})
+    agents = AgentsConfig(
+        addresses=s.get("addresses", (), _list(_email)),
+        notify=s.get("notify", None, _list(_email)),
+    )
 
     raw_orgs = data.get("organizations", [])
     if not isinstance(raw_orgs, list):

@@ -298,8 +298,11 @@ class Jobs:
             raise ValueError("the ticket is gone")
         comment_id = row.payload.get("comment")
         comment = session.get(Comment, comment_id) if comment_id is not None else None
-        agents = set(config.agents.addresses)
-        if comment is not None and not comment.public and not agents.issuperset(row.recipients):
+        if (
+            comment is not None
+            and not comment.public
+            and not config.agents.team.issuperset(row.recipients)
+        ):
             # Queueing never writes such a row; should one exist, it is never sent.
             raise ValueError("an internal comment is for agents only")
         organization = ticket.organization if ticket is not None else None
@@ -314,6 +317,8 @@ class Jobs:
                 "organization": organization.name if organization else None,
                 "requester": ticket.requester.email,
                 "requester_name": ticket.requester.name,
+                "priority": ticket.priority,
+                "routing_reason": ticket.routing_reason,
             }
             if ticket is not None
             else None,
@@ -330,6 +335,9 @@ class Jobs:
                     "author": comment.author.email,
                     "author_name": comment.author.name,
                     "body": comment.body,
+                    "attachments": [
+                        {"filename": a.filename, "size": a.size} for a in comment.attachments
+                    ],
                 }
                 if comment is not None
                 else None

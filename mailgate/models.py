@@ -89,6 +89,7 @@ class NotificationKind(enum.StrEnum):
     SECRET_WARNING = "secret_warning"  # to a sender who pasted credentials
     AGENT_UNVERIFIED = "agent_unverified"  # to an agent address whose mail was not authenticated
     TICKET_MOVED = "ticket_moved"  # to the new organization's followers after a move
+    AGENT_NEW_TICKET = "agent_new_ticket"  # to each of [agents] notify: a new ticket or follow-up
 
 
 class AuthorKind(enum.StrEnum):

@@ -8,13 +8,14 @@ context and sends the result.
 The context contract (every template may rely on exactly these names):
 
 ``ticket``     mapping: id, subject, status, organization (str or None), requester,
-               requester_name; None for a notification that belongs to no ticket
-               (agent_unverified for a quarantined mail)
+               requester_name, priority, routing_reason; None for a notification that
+               belongs to no ticket (agent_unverified for a quarantined mail)
 ``tag``        the ticket's subject tag, e.g. ``"[#12]"``
 ``recipient``  the address this copy goes to
 ``support``    mapping: address, hours (:meth:`SupportHours.describe`), open_now (bool)
-``comment``    mapping: author, author_name, body — for ticket_created,
-               new_ticket_follower, agent_reply, customer_reply, and for ticket_moved the
+``comment``    mapping: author, author_name, body, attachments (list of mappings:
+               filename, size in bytes) — for ticket_created, new_ticket_follower,
+               agent_reply, customer_reply, agent_new_ticket, and for ticket_moved the
                ticket's first public comment (None when it has none); None otherwise
 ``errors``     list of str — the refused commands for command_error, what each
                authentication method found for agent_unverified; else empty
@@ -97,6 +98,16 @@ def nl2br(value: Any) -> Markup:
     return escape(text).replace("\n", Markup("<br>\n"))
 
 
+def filesize(value: Any) -> str:
+    """A size in bytes as people read it in a mail client's attachment list."""
+    size = int(value)
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{round(size / 1024)} KB"
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
 class Renderer:
     """Renders notification kinds; build one and keep it (the environment caches templates)."""
 
@@ -119,6 +130,7 @@ class Renderer:
             lstrip_blocks=True,
         )
         self.env.filters["nl2br"] = nl2br
+        self.env.filters["filesize"] = filesize
 
     def render(self, kind: str, language: str, context: Mapping[str, Any]) -> Rendered:
         """Render ``<language>/<kind>.txt`` and ``.html``, falling back to German, English.

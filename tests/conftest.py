@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -298,6 +298,12 @@ def send(
     """Send over a real SMTP socket; returns refused recipients like smtplib."""
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         return client.sendmail(mail_from, list(rcpt), raw)
+
+
+def without_agent_notices(config: Config) -> Config:
+    """The config with ``[agents] notify = []``: for tests of how one row is delivered,
+    where the agents' notice of a new ticket would only be one more row to count."""
+    return replace(config, agents=replace(config.agents, notify=()))
 
 
 MAILGATE = [sys.executable, "-m", "mailgate"]

@@ -142,4 +142,5 @@ def test_encoded_line_break_in_the_name_over_smtp_keeps_the_requester(
         assert ticket.requester.name == "Evil Bcc: x@y.com"
         assert not _LINE_BREAK.search(ticket.requester.name)
         recipients = {r for row in s.scalars(select(Outbox)) for r in row.recipients}
-    assert recipients == {"mallory@evil.example"}  # the acknowledgement, to nobody else
+    # The acknowledgement and the agents' notice, to nobody else.
+    assert recipients == {"mallory@evil.example", "tech@support.example.com"}

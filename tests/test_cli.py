@@ -425,10 +425,10 @@ def test_serve_delivers_the_outbox_on_its_schedule(
         send(daemon.port, mail(subject="Bitte Rueckruf"))
         maildir = tmp_path / "outbox" / "new"
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(list(maildir.glob("*"))) < 2:
+        while time.monotonic() < deadline and len(list(maildir.glob("*"))) < 3:
             time.sleep(0.1)
         delivered = sorted(p.read_bytes() for p in maildir.glob("*"))
-        assert len(delivered) == 2  # acknowledgement and the follower's notice
+        assert len(delivered) == 3  # acknowledgement, the follower's and the agent's notices
         assert all(b"Subject: [#1] Bitte Rueckruf" in m for m in delivered)
     finally:
         daemon.proc.send_signal(signal.SIGTERM)
@@ -487,7 +487,7 @@ def test_lists_have_a_header_row_and_aligned_columns(config_path: Path) -> None:
     outbox = mailgate(config_path, "outbox", "list").stdout.decode()
     lines = outbox.splitlines()
     assert _columns(outbox)[0] == ["ID", "STATUS", "KIND", "TICKET", "TRIES", "TO", "LAST ERROR"]
-    assert len(lines) == 3  # the acknowledgement and the follower's notice
+    assert len(lines) == 4  # the acknowledgement, the follower's and the agent's notices
     starts = {line.index("#1") for line in lines[1:]}
     assert starts == {lines[0].index("TICKET")}  # one column, one start
     assert {line.index("pending") for line in lines[1:]} == {lines[0].index("STATUS")}

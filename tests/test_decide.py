@@ -100,6 +100,9 @@ DEFAULT_ORG = Router(_config(routing={"default_organization": "Agentur Blau"}))
 DKIM_ONLY = Router(_config(security={"require_dkim_for_commands": True}))
 NO_AUTHSERV = Router(parse_config({k: v for k, v in BASE.items() if k != "security"}))
 FROM_HEADER = Router(_config(security={"agent_auth": ["from-header"]}))
+TEAM_LIST = "team@support.example.com"
+NOTIFY_LIST = Router(_config(agents={"notify": [TEAM_LIST, "leitung@kunde.example"]}))
+NOTIFY_NONE = Router(_config(agents={"notify": []}))
 
 
 def ticket(
@@ -202,6 +205,7 @@ def refused(error: str) -> Callable[[Any], bool]:
 ACK = ("ticket_created", (ANNA,))
 FOLLOWERS = ("new_ticket_follower", ("*",))
 CUSTOMER_REPLY = ("customer_reply", (AGENT,))
+TEAM = ("agent_new_ticket", (AGENT,))
 RETURNED = SentNotification(11, "ticket_created", 5, ("weg@kunde.example",))
 ORIGINAL = mail(sender=f"Support <{SUPPORT}>", to="weg@kunde.example", message_id="<n1@s>")
 FORWARD = (
@@ -283,7 +287,7 @@ ROWS: list[Row] = [
         NewTicket,
         lit(MEMBER),
         envelope=InboundEnvelope(ANNA, (SUPPORT,)),
-        told=(ACK, FOLLOWERS),
+        told=(ACK, FOLLOWERS, TEAM),
     ),
     Row(
         "our loop header comes back",
@@ -334,7 +338,7 @@ ROWS: list[Row] = [
             + "robot sender postmaster@mueller-logistik.de (RFC 3834 §2)"
         ),
         envelope=InboundEnvelope("postmaster@mueller-logistik.de", (SUPPORT,)),
-        told=(FOLLOWERS,),
+        told=(FOLLOWERS, TEAM),
     ),
     Row(
         "our plus-address's local part at a customer's domain is no loop of ours",
@@ -379,7 +383,7 @@ ROWS: list[Row] = [
         NewTicket,
         lit(MEMBER + NOT_ACKED + "null return path (RFC 3834 §2)"),
         envelope=NULL,
-        told=(FOLLOWERS,),
+        told=(FOLLOWERS, TEAM),
     ),
     Row(
         "pipe(8) passes MAILER-DAEMON for a null sender",
@@ -387,14 +391,14 @@ ROWS: list[Row] = [
         NewTicket,
         lit(MEMBER + NOT_ACKED + "null return path (RFC 3834 §2)"),
         envelope=InboundEnvelope("MAILER-DAEMON", (SUPPORT,)),
-        told=(FOLLOWERS,),
+        told=(FOLLOWERS, TEAM),
     ),
     Row(
         "Return-Path: <> in pipe mode",
         mail(extra="Return-Path: <>\r\n"),
         NewTicket,
         lit(MEMBER + NOT_ACKED + "null Return-Path (RFC 3834 §2)"),
-        told=(FOLLOWERS,),
+        told=(FOLLOWERS, TEAM),
     ),
     *(
         Row(
@@ -403,7 +407,7 @@ ROWS: list[Row] = [
             NewTicket,
             lit(f"{UNKNOWN}{NOT_ACKED}robot sender {local}@gmail.com (RFC 3834 §2)"),
             envelope=InboundEnvelope(f"{local}@gmail.com", (SUPPORT,)),
-            told=(),
+            told=(TEAM,),
         )
         for local in (
             "postmaster",
@@ -421,7 +425,7 @@ ROWS: list[Row] = [
         NewTicket,
         lit(UNKNOWN + NOT_ACKED + "null return path (RFC 3834 §2)"),
         envelope=NULL,
-        told=(),
+        told=(TEAM,),
         check=lambda d: "geheim123" not in d.body,
     ),
     Row(
@@ -431,7 +435,7 @@ ROWS: list[Row] = [
         lit("follow-up of closed ticket #7" + NOT_ACKED + "null return path (RFC 3834 §2)"),
         envelope=NULL,
         facts=Facts(tag=CLOSED),
-        told=(FOLLOWERS,),
+        told=(FOLLOWERS, TEAM),
     ),
     Row(
         "an ARF feedback report is no ticket",
@@ -480,7 +484,7 @@ ROWS: list[Row] = [
             + "report (ARF feedback report abuse, RFC 5965)"
         ),
         router=HYGIENE_TICKET,
-        told=(),
+        told=(TEAM,),
     ),
     Row(
         "a report that answers a ticket is still only a report",
@@ -576,7 +580,7 @@ ROWS: list[Row] = [
         NewTicket,
         lit(f"{MEMBER}; no acknowledgement (more than 2 this hour)"),
         facts=Facts(recent_tickets=2),
-        told=(FOLLOWERS,),
+        told=(FOLLOWERS, TEAM),
     ),
     Row(
         "below the caps",
@@ -584,7 +588,7 @@ ROWS: list[Row] = [
         NewTicket,
         lit(MEMBER),
         facts=Facts(recent_tickets=1),
-        told=(ACK, FOLLOWERS),
+        told=(ACK, FOLLOWERS, TEAM),
     ),
     Row(
         "limits never hold back a reply",
@@ -658,7 +662,7 @@ ROWS: list[Row] = [
         FollowUp,
         lit("follow-up of closed ticket #7"),
         facts=Facts(tag=CLOSED),
-        told=(ACK, FOLLOWERS),
+        told=(ACK, FOLLOWERS, TEAM),
         check=lambda d: d.closed.id == 7 and d.body.startswith("Geht wieder nicht."),
     ),
     Row(
@@ -676,8 +680,62 @@ ROWS: list[Row] = [
         FollowUp,
         lit("follow-up of closed ticket #7"),
         facts=Facts(tag=CLOSED),
-        told=(ACK, FOLLOWERS, ("secret_warning", (ANNA,))),
+        told=(ACK, FOLLOWERS, TEAM, ("secret_warning", (ANNA,))),
         check=lambda d: "geheim123" not in d.body,
+    ),
+    # --- who of the team is told: [agents] notify ------------------------------------------
+    Row(
+        "[agents] notify names who hears of a new ticket, one mail each",
+        mail(),
+        NewTicket,
+        lit(MEMBER),
+        router=NOTIFY_LIST,
+        told=(ACK, FOLLOWERS, ("agent_new_ticket", (TEAM_LIST, "leitung@kunde.example"))),
+        check=lambda d: d.notify[2].each and d.notify[2].with_comment,
+    ),
+    Row(
+        "[agents] notify = [] tells the team of no new ticket",
+        mail(),
+        NewTicket,
+        lit(MEMBER),
+        router=NOTIFY_NONE,
+        told=(ACK, FOLLOWERS),
+    ),
+    Row(
+        "[agents] notify hears of a follow-up too",
+        reply(body="Geht wieder nicht.\n"),
+        FollowUp,
+        lit("follow-up of closed ticket #7"),
+        facts=Facts(tag=CLOSED),
+        router=NOTIFY_LIST,
+        told=(ACK, FOLLOWERS, ("agent_new_ticket", (TEAM_LIST, "leitung@kunde.example"))),
+    ),
+    Row(
+        "a customer's reply goes to [agents] notify",
+        reply(),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        router=NOTIFY_LIST,
+        told=(("customer_reply", (TEAM_LIST, "leitung@kunde.example")),),
+    ),
+    Row(
+        "[agents] notify = [] silences customer replies too",
+        reply(),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        router=NOTIFY_NONE,
+        told=(),
+    ),
+    Row(
+        "an agent's answer with [agents] notify = [] still reaches the customer",
+        agent("Bitte neu starten.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        router=NOTIFY_NONE,
+        told=(("agent_reply", (ANNA,)),),
     ),
     # --- customers' replies ----------------------------------------------------------------
     Row(
@@ -978,7 +1036,7 @@ ROWS: list[Row] = [
         mail(),
         NewTicket,
         lit(MEMBER),
-        told=(ACK, FOLLOWERS),
+        told=(ACK, FOLLOWERS, TEAM),
         check=lambda d: d.organization == MUELLER and d.subject == "Drucker kaputt",
     ),
     Row(
@@ -1033,7 +1091,7 @@ ROWS: list[Row] = [
         mail(sender=STRANGER),
         NewTicket,
         lit(UNKNOWN),
-        told=(("ticket_created", (STRANGER,)),),
+        told=(("ticket_created", (STRANGER,)), TEAM),
     ),
     Row(
         "the default organization catches strangers",
@@ -1090,7 +1148,7 @@ ROWS: list[Row] = [
         mail(subject="Passwort: geheim123! geht nicht"),
         NewTicket,
         lit(f"{MEMBER}; prefix 'Passwort' names no organization"),
-        told=(ACK, FOLLOWERS, ("secret_warning", (ANNA,))),
+        told=(ACK, FOLLOWERS, TEAM, ("secret_warning", (ANNA,))),
         check=lambda d: "geheim123" not in d.subject,
     ),
     Row(

@@ -64,7 +64,7 @@ def test_notifications_relayed_by_smtp_carry_a_valid_signature(
     assert config.outbound.dkim_domain == DOMAIN  # the default: [mail] address's domain
     ingest(store, config, mail(), InboundEnvelope(), clock())
     stats = Jobs(store, config).deliver_outbox(clock())
-    assert stats.sent == 2  # the acknowledgement and the follower's notice
+    assert stats.sent == 3  # the acknowledgement, the follower's and the agent's notices
     for received in sink.received:
         raw = received.data
         assert raw.startswith(b"DKIM-Signature:")
@@ -92,10 +92,10 @@ def test_maildir_files_are_signed_too(
     outbound = {"dkim_selector": SELECTOR, "dkim_key": str(path), "dkim_domain": DOMAIN}
     config: Config = make_config({"outbound": outbound}, name="dkim.toml")[0]
     ingest(store, config, mail(), InboundEnvelope(), clock())
-    assert Jobs(store, config).deliver_outbox(clock()).sent == 2
+    assert Jobs(store, config).deliver_outbox(clock()).sent == 3
     box = mailbox.Maildir(config.outbound.maildir, create=False)
     files = [box.get_bytes(k) for k in box.iterkeys()]
-    assert len(files) == 2
+    assert len(files) == 3
     for raw in files:
         assert dkim.verify(raw, dnsfunc=_dns(record))
 

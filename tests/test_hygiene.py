@@ -23,7 +23,16 @@ from mailgate.jobs import Jobs
 from mailgate.models import LedgerEntry, Outbox
 from mailgate.store import Store
 
-from .conftest import CORPUS, CliResult, Clock, corpus_files, corpus_missing, mail, run_cli
+from .conftest import (
+    CORPUS,
+    CliResult,
+    Clock,
+    corpus_files,
+    corpus_missing,
+    mail,
+    run_cli,
+    without_agent_notices,
+)
 
 
 def test_own_notifications_coming_back_are_ignored(
@@ -137,11 +146,11 @@ def test_bounce_marks_the_notification_and_suppresses_the_address(
     make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock
 ) -> None:
     """A bounce is no ticket: the delivery is marked bounced, noted, the address suppressed."""
-    config, _ = make_config()
+    config, _ = make_config({"agents": {"notify": []}})  # the acknowledgement is the one mail
     created = ingest(store, config, mail(sender="weg@kunde.example"), InboundEnvelope(), clock())
     Jobs(store, config).deliver_outbox(clock())  # into the maildir
     with store.transaction() as s:
-        [ack] = s.scalars(select(Outbox)).all()
+        [ack] = s.scalars(select(Outbox).where(Outbox.kind == "ticket_created")).all()
         original = ack.message
     assert original is not None
     bounce = ingest(
@@ -187,7 +196,11 @@ def test_a_hard_bounced_requester_gets_no_closing_mail(
     kept = ingest(store, config, mail(sender="da@kunde.example"), InboundEnvelope(), clock())
     jobs.deliver_outbox(clock())
     with store.transaction() as s:
-        ack = s.scalars(select(Outbox).where(Outbox.ticket_id == created.ticket)).one()
+        ack = s.scalars(
+            select(Outbox).where(
+                Outbox.ticket_id == created.ticket, Outbox.kind == "ticket_created"
+            )
+        ).one()
         original = ack.message
     assert original is not None
     envelope = InboundEnvelope("", ("support@support.example.com",))
@@ -219,7 +232,7 @@ def test_credentials_are_masked_everywhere_but_the_raw_mail(
         kinds = [o.kind for o in s.scalars(select(Outbox))]
     assert "Geheim123" not in comment["body"] and "Passwort: ••••••" in comment["body"]
     assert b"Geheim123!" in raw
-    assert kinds == ["ticket_created", "new_ticket_follower", "secret_warning"]
+    assert kinds == ["ticket_created", "new_ticket_follower", "agent_new_ticket", "secret_warning"]
     Jobs(store, config).deliver_outbox(clock())
     with store.transaction() as s:
         sent = [o.message for o in s.scalars(select(Outbox))]
@@ -231,11 +244,12 @@ def test_own_notification_fed_back_never_causes_more_mail(
     store: Store, config: Config, clock: Clock
 ) -> None:
     """Our acknowledgement returned verbatim, as an auto-reply, or inside a bounce: no mail."""
+    config = without_agent_notices(config)  # the acknowledgement is the one mail
     ingest(store, config, mail(sender="kunde@kunde.example"), InboundEnvelope(), clock())
     jobs = Jobs(store, config)
     jobs.deliver_outbox(clock())
     with store.transaction() as s:
-        [ack] = s.scalars(select(Outbox)).all()
+        [ack] = s.scalars(select(Outbox).where(Outbox.kind == "ticket_created")).all()
         sent = ack.message
     assert sent is not None
     auto = sent.replace(

@@ -83,7 +83,7 @@ def test_building_a_large_notification_holds_no_write_lock(
         pytest.skip("SQLite's single writer is what building must not hold")
     created = ingest(store, config, customer_mail(), InboundEnvelope(), clock())
     jobs = Jobs(store, config)
-    assert jobs.deliver_outbox(clock()).sent == 2  # acknowledgement, follower's notice
+    assert jobs.deliver_outbox(clock()).sent == 3  # acknowledgement, follower's, agent's notices
     body = "Der Drucker meldet Fehler 42, äöü, Zeile für Zeile.\n" * 160_000
     answer = customer_mail(
         sender="tech@support.example.com",

@@ -23,7 +23,7 @@ from mailgate.models import Comment, Outbox
 from mailgate.outbound import OutboundEnvelope, Verdict, build_message, classify
 from mailgate.store import Store
 
-from .conftest import MAILGATE, CliResult, Clock, mail, run_cli
+from .conftest import MAILGATE, CliResult, Clock, mail, run_cli, without_agent_notices
 from .sink import Sink
 
 
@@ -42,21 +42,22 @@ def test_new_ticket_acknowledged_and_followers_told(
     assert kinds == [
         ("ticket_created", ["anna@mueller-logistik.de"]),
         ("new_ticket_follower", ["chef@mueller-logistik.de"]),
+        ("agent_new_ticket", ["tech@support.example.com"]),
     ]
     stats = Jobs(store, config).deliver_outbox(clock())
-    assert (stats.sent, stats.retry, stats.failed) == (2, 0, 0)
-    ack, follower = (r.message for r in sink.received)
+    assert (stats.sent, stats.retry, stats.failed) == (3, 0, 0)
+    ack, follower, agent = (r.message for r in sink.received)
     assert ack["Subject"] == f"[#{created.ticket}] Drucker kaputt"
     assert ack["To"] == "anna@mueller-logistik.de"
     assert ack["Auto-Submitted"] == "auto-replied"
-    assert follower["Auto-Submitted"] == "auto-generated"
+    assert follower["Auto-Submitted"] == agent["Auto-Submitted"] == "auto-generated"
     assert ack["X-Auto-Response-Suppress"] == "All"
     assert ack["Reply-To"].startswith(f"support+{created.ticket}-")
     assert ack["In-Reply-To"] == f"<{created.message_id}>"
     assert ack.get_body(("plain",)).get_content().count(f"#{created.ticket}") >= 1
     assert ack.get_body(("html",)) is not None
     stored = {o.message_id for o in rows(store)}
-    assert {m["Message-ID"].strip("<>") for m in (ack, follower)} == stored
+    assert {m["Message-ID"].strip("<>") for m in (ack, follower, agent)} == stored
     assert all(o.status == "sent" and o.attempts == 1 for o in rows(store))
 
 
@@ -79,7 +80,7 @@ def test_retry_backoff_and_give_up(
     relayed: tuple[Config, Path], store: Store, sink: Sink, clock: Clock
 ) -> None:
     """451 and dropped connections retry later; 550 fails at once; after max_age, failed."""
-    config, _ = relayed
+    config = without_agent_notices(relayed[0])
     ingest(store, config, mail(sender="neu@gmail.com"), InboundEnvelope(), clock())  # ack only
     jobs = Jobs(store, config)
     sink.answer("451", "drop")
@@ -176,7 +177,7 @@ def test_jobs_run_with_simulated_time(relayed: tuple[Config, Path], sink: Sink) 
 
     ticket = cli("ingest", stdin=mail())["ticket"]
     assert run_cli(path, "tickets", "set", str(ticket), "--status", "solved").returncode == 0
-    assert cli("jobs", "run", "--json") == {"closed": 0, "sent": 2, "retry": 0, "failed": 0}
+    assert cli("jobs", "run", "--json") == {"closed": 0, "sent": 3, "retry": 0, "failed": 0}
     assert cli("jobs", "run", "--json", "--now", "2099-01-01T00:00:00+00:00") == {
         "closed": 1,
         "sent": 1,
@@ -184,7 +185,12 @@ def test_jobs_run_with_simulated_time(relayed: tuple[Config, Path], sink: Sink) 
         "failed": 0,
     }
     listed = cli("outbox", "list", "--json")
-    assert [o["kind"] for o in listed] == ["ticket_created", "new_ticket_follower", "ticket_closed"]
+    assert [o["kind"] for o in listed] == [
+        "ticket_created",
+        "new_ticket_follower",
+        "agent_new_ticket",
+        "ticket_closed",
+    ]
     assert set(listed[0]) >= {
         "id",
         "kind",

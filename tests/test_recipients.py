@@ -32,7 +32,7 @@ def _first_attempt(
     cc = f"Cc: Chef <{CHEF}>\r\n"
     created = ingest(store, config, mail(extra=cc), InboundEnvelope(), clock())
     jobs = Jobs(store, config)
-    assert jobs.deliver_outbox(clock()).sent == 2  # acknowledgement, follower's notice
+    assert jobs.deliver_outbox(clock()).sent == 3  # acknowledgement, follower's, agent's notices
     subject = f"Re: [#{created.ticket}] Drucker kaputt"
     answer = mail(sender=AGENT, subject=subject, body="Erledigt.", extra=AUTHENTICATED)
     ingest(store, config, answer, InboundEnvelope(), clock())

@@ -28,6 +28,7 @@ WITH_COMMENT = {
     "agent_reply",
     "customer_reply",
     "ticket_moved",
+    "agent_new_ticket",
 }
 # The acknowledgement gets the first comment too but does not echo it: short, and a pasted
 # password is not mailed back out again.
@@ -47,6 +48,8 @@ def make_context(
             "organization": "Müller Logistik GmbH",
             "requester": "anna@mueller-logistik.de",
             "requester_name": "Anna Müller",
+            "priority": "normal",
+            "routing_reason": "sender domain mueller-logistik.de",
             **ticket,
         },
         "tag": "[#4711]",
@@ -61,6 +64,7 @@ def make_context(
                 "author": "anna@mueller-logistik.de",
                 "author_name": "Anna Müller",
                 "body": "Guten Tag,\n\nder Drucker zeigt Fehler 49.\n\nViele Grüße\nAnna Müller",
+                "attachments": [{"filename": "fehler.jpg", "size": 348_160}],
             }
             if kind in WITH_COMMENT
             else None
@@ -297,7 +301,7 @@ def test_admin_override_of_a_shared_part_reaches_builtin_templates(tmp_path: Pat
 
 
 def test_admin_template_is_strict_and_autoescaped(tmp_path: Path) -> None:
-    write(tmp_path, "en/agent_reply.txt", "{{ comment.body }} {{ ticket.priority }}\n")
+    write(tmp_path, "en/agent_reply.txt", "{{ comment.body }} {{ ticket.owner }}\n")
     write(tmp_path, "en/agent_reply.html", "<p>{{ comment.body }}</p>\n")
     admin = Renderer(str(tmp_path))
     context = make_context("agent_reply", "en")

@@ -2,10 +2,11 @@
 
 Ingest, agent commands and the auto-close job all come here, so the rules hold for every
 kind of mail mailgate sends: nobody outside the ticket (its requester, participants, its
-organization's members, the agents) is sent its content (user rule); never one of our own
-addresses (a loop) unless it is an agent's; never an address that hard-bounced recently;
-one mail per follower, who never see each other's addresses. The row is written in the
-transaction of the event that caused it, so no notification is lost when the relay is down.
+organization's members, the support team: agents and ``[agents] notify``) is sent its
+content (user rule); never one of our own addresses (a loop) unless it is the team's;
+never an address that hard-bounced recently; one mail per follower, who never see each
+other's addresses. The row is written in the transaction of the event that caused it, so
+no notification is lost when the relay is down.
 """
 
 from __future__ import annotations
@@ -59,13 +60,14 @@ def queue_notification(
     if note.about or note.about_id:
         payload.update(about=note.about, about_id=note.about_id)
     if ticket is None or (note.with_comment and not public):
-        agents = frozenset(config.agents.addresses)
-        note = replace(note, to=tuple(r for r in note.to if r in agents), followers=False)
+        team = config.agents.team
+        note = replace(note, to=tuple(r for r in note.to if r in team), followers=False)
     if ticket is None:
         return _queue(conn, config, note.kind, None, note.to, note.exclude, payload, now)
     queued = 0
-    if note.to:
-        queued += _queue(conn, config, note.kind, ticket, note.to, note.exclude, payload, now)
+    batches = [(r,) for r in dict.fromkeys(note.to)] if note.each else [note.to]
+    for to in (batch for batch in batches if batch):
+        queued += _queue(conn, config, note.kind, ticket, to, note.exclude, payload, now)
     if note.followers and organization_id is not None:
         followers = follower_emails(conn, organization_id)
         # Followers are members (the query says so): the visibility rule lets them see it.
@@ -106,7 +108,7 @@ def _queue(
     payload: dict[str, Any],
     now: datetime,
 ) -> int:
-    agents = frozenset(config.agents.addresses)
+    agents = config.agents.team  # the support team: agents and the addresses told of tickets
     suppressed = set(_SUPPRESSED.run(conn, {"emails": list(recipients), "now": now}).scalars())
     to = [
         r

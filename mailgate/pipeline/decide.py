@@ -197,7 +197,7 @@ def reply(case: Case) -> Decision | None:
     ticket = case.ticket
     if ticket is None or ticket.status == Status.CLOSED:
         return None
-    mail, config, router = case.mail, case.config, case.router
+    mail, config = case.mail, case.config
     by_agent = case.by_agent
     changes: tuple[Change, ...] = ()
     errors: tuple[str, ...] = ()
@@ -238,7 +238,7 @@ def reply(case: Case) -> Decision | None:
             public,
             mail.auto_reply is not None,
             audience,
-            tuple(router.agents),
+            config.agents.notified,
             errors,
             secret,
         ),
@@ -273,7 +273,7 @@ def follow_up(case: Case) -> Decision | None:
                 public,
                 False,
                 audience,
-                tuple(case.router.agents),
+                case.config.agents.notified,
                 errors,
                 secret,
             ),
@@ -292,7 +292,12 @@ def follow_up(case: Case) -> Decision | None:
         author_name=mail.name,
         body=body,
         notify=notify.on_new_ticket(
-            closed.requester, closed.organization, mail.sender, answer, secret and answer
+            closed.requester,
+            closed.organization,
+            mail.sender,
+            answer,
+            secret and answer,
+            case.config.agents.notified,
         ),
         authentication=case.auth.verdict,
     )
@@ -358,6 +363,7 @@ def new_ticket(case: Case) -> Decision:
             mail.sender,
             answer,
             plan.secret and mail.no_answer is None,
+            config.agents.notified,
         ),
     )
 

@@ -28,6 +28,7 @@ class Notify:
     kind: NotificationKind
     to: tuple[str, ...] = ()
     followers: bool = False
+    each: bool = False
     exclude: tuple[str, ...] = ()
     with_comment: bool = False
     errors: tuple[str, ...] = ()

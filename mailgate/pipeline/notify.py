@@ -55,9 +55,16 @@ def secret_warning(sender: str, secret: bool) -> tuple[Notify, ...]:
 
 
 def on_new_ticket(
-    requester: str, organization: str | None, sender: str, acknowledge: bool, secret: bool
+    requester: str,
+    organization: str | None,
+    sender: str,
+    acknowledge: bool,
+    secret: bool,
+    team: tuple[str, ...],
 ) -> tuple[Notify, ...]:
-    """A new ticket: acknowledge it to the requester and tell the organization's followers."""
+    """A new ticket: acknowledge it to the requester, tell the team (``[agents] notify``,
+    one mail each, so a reply to it answers as that agent) and the organization's
+    followers."""
     notify = []
     if acknowledge:
         notify.append(Notify(NotificationKind.TICKET_CREATED, (requester,), with_comment=True))
@@ -70,6 +77,16 @@ def on_new_ticket(
                 with_comment=True,
             )
         )
+    if team:
+        notify.append(
+            Notify(
+                NotificationKind.AGENT_NEW_TICKET,
+                team,
+                each=True,
+                exclude=(sender,),
+                with_comment=True,
+            )
+        )
     return (*notify, *secret_warning(sender, secret))
 
 
@@ -79,18 +96,19 @@ def on_comment(
     public: bool,
     auto_reply: bool,
     audience: tuple[str, ...],
-    agents: tuple[str, ...],
+    team: tuple[str, ...],
     errors: tuple[str, ...],
     secret: bool,
 ) -> tuple[Notify, ...]:
     """An agent's public answer goes to the requester and participants; a customer's
-    reply goes to the agents; robots tell nobody. Refused commands are explained."""
+    reply goes to the team (``[agents] notify``); robots tell nobody. Refused commands are
+    explained."""
     notify = []
     if by_agent and public:
         notify.append(Notify(NotificationKind.AGENT_REPLY, audience, with_comment=True))
-    elif not by_agent and not auto_reply:
+    elif not by_agent and not auto_reply and team:
         notify.append(
-            Notify(NotificationKind.CUSTOMER_REPLY, agents, exclude=(sender,), with_comment=True)
+            Notify(NotificationKind.CUSTOMER_REPLY, team, exclude=(sender,), with_comment=True)
         )
     if errors:
         notify.append(Notify(NotificationKind.COMMAND_ERROR, (sender,), errors=errors))

@@ -1,0 +1,147 @@
+"""Agents in the loop: the support team hears of every new ticket over the real listener.
+
+A mail goes in over SMTP, the outbox row is written by ingest, the job renders it into the
+Maildir, and what an agent would read there is checked; no component is played by a mock.
+"""
+
+from __future__ import annotations
+
+import mailbox
+from collections.abc import Callable
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from mailgate.config import Config
+from mailgate.jobs import Jobs
+from mailgate.models import Comment, Outbox, Status, Ticket
+from mailgate.store import Store
+
+from .conftest import AUTHENTICATED, Clock, mail, send
+
+AGENT = "tech@support.example.com"
+TEAM_LIST = "team@support.example.com"
+TWO = {"agents": {"addresses": [AGENT], "notify": [AGENT, TEAM_LIST]}}
+NOBODY = {"agents": {"addresses": [AGENT], "notify": []}}
+PDF = b"%PDF-1.4\n" + b"x" * 3000
+
+
+@pytest.fixture
+def config(
+    make_config: Callable[..., tuple[Config, Path]], request: pytest.FixtureRequest
+) -> Config:
+    """The test config with the overlay a test names (``indirect``), else the base."""
+    overlay: dict[str, Any] = getattr(request, "param", {})
+    return make_config(overlay)[0]
+
+
+def with_attachment(subject: str = "Drucker kaputt") -> bytes:
+    """Anna's mail with a PDF, as a mail client builds it."""
+    message = EmailMessage()
+    message["From"] = "Anna Schmidt <anna@mueller-logistik.de>"
+    message["To"] = "support@support.example.com"
+    message["Subject"] = subject
+    message["Message-ID"] = "<neu-1@mueller-logistik.de>"
+    message["Date"] = "Thu, 26 Nov 2026 10:00:00 +0100"
+    message.set_content("Hallo,\nder Drucker im 2. OG zeigt Fehler 49.\n")
+    message.add_attachment(PDF, maintype="application", subtype="pdf", filename="fehler49.pdf")
+    return message.as_bytes()
+
+
+def rows(store: Store, kind: str) -> list[tuple[int | None, list[str]]]:
+    with store.transaction() as session:
+        found = session.scalars(select(Outbox).where(Outbox.kind == kind).order_by(Outbox.id))
+        return [(o.ticket_id, o.recipients) for o in found]
+
+
+def delivered(config: Config, store: Store, clock: Clock, to: str) -> list[EmailMessage]:
+    """Run the outbox job; the mails the Maildir holds for ``to``, parsed."""
+    Jobs(store, config).deliver_outbox(clock())
+    found = []
+    for stored in mailbox.Maildir(config.outbound.maildir, create=False):
+        parsed = message_from_bytes(stored.as_bytes(), policy=default)
+        assert isinstance(parsed, EmailMessage)
+        if parsed["To"] == to:
+            found.append(parsed)
+    return found
+
+
+def text_of(message: EmailMessage) -> str:
+    part = message.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+@pytest.mark.parametrize("config", [TWO], indirect=True)
+def test_new_ticket_tells_each_notify_address_what_it_needs(
+    config: Config, store: Store, server: int, clock: Clock
+) -> None:
+    assert send(server, with_attachment("Müller Logistik: Drucker kaputt")) == {}
+    (ticket, _), *_ = rows(store, "ticket_created")
+    assert rows(store, "agent_new_ticket") == [(ticket, [AGENT]), (ticket, [TEAM_LIST])]
+    (sent,) = delivered(config, store, clock, TEAM_LIST)
+    body = text_of(sent)
+    assert "Müller Logistik GmbH" in body
+    assert "subject names Müller Logistik GmbH" in body  # the routing reason
+    assert "normal" in body  # the priority
+    assert "der Drucker im 2. OG zeigt Fehler 49." in body
+    assert "fehler49.pdf (3 KB)" in body
+    html = sent.get_body(("html",))
+    assert html is not None and "fehler49.pdf" in str(html.get_content())
+    assert str(sent["Reply-To"]).startswith("support+")
+
+
+@pytest.mark.parametrize("config", [NOBODY], indirect=True)
+def test_notify_empty_tells_nobody_of_tickets_or_replies(
+    config: Config, store: Store, server: int, clock: Clock
+) -> None:
+    assert send(server, mail(message_id="<a@ml>")) == {}
+    clock.advance(minutes=1)
+    reply = mail(subject="Re: Drucker kaputt", extra="In-Reply-To: <a@ml>\r\n")
+    assert send(server, reply) == {}
+    assert rows(store, "agent_new_ticket") == []
+    assert rows(store, "customer_reply") == []
+    assert len(rows(store, "ticket_created")) == 1
+
+
+def test_default_tells_every_agent_and_a_reply_to_it_is_an_agent_reply(
+    config: Config, store: Store, server: int, clock: Clock
+) -> None:
+    """Answering the agent_new_ticket mail through its Reply-To answers the customer."""
+    assert send(server, mail()) == {}
+    ((ticket, to),) = rows(store, "agent_new_ticket")
+    assert to == [AGENT]
+    (sent,) = delivered(config, store, clock, AGENT)
+    clock.advance(minutes=5)
+    answer = mail(
+        sender=f"Tech <{AGENT}>",
+        to=str(sent["Reply-To"]),
+        subject=f"Re: {sent['Subject']}",
+        body="Bitte den Drucker neu starten.\n",
+        extra=AUTHENTICATED,
+    )
+    assert send(server, answer, mail_from=AGENT, rcpt=(str(sent["Reply-To"]),)) == {}
+    assert rows(store, "agent_reply") == [(ticket, ["anna@mueller-logistik.de"])]
+    with store.transaction() as session:
+        last = session.scalars(select(Comment).order_by(Comment.id.desc())).first()
+        assert last is not None and last.author_kind == "agent" and last.ticket_id == ticket
+
+
+def test_a_follow_up_of_a_closed_ticket_tells_the_agents(
+    config: Config, store: Store, server: int, clock: Clock
+) -> None:
+    assert send(server, mail()) == {}
+    ((closed, _),) = rows(store, "agent_new_ticket")
+    with store.transaction() as session:
+        ticket = session.get(Ticket, closed)
+        assert ticket is not None
+        ticket.status = Status.CLOSED.value
+    clock.advance(days=1)
+    assert send(server, mail(subject=f"Re: [#{closed}] Drucker kaputt")) == {}
+    (_, (follow_up, to)) = rows(store, "agent_new_ticket")
+    assert follow_up != closed and to == [AGENT]
