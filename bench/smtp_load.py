@@ -255,6 +255,7 @@ def write_config(path: Path, db_url: str, workdir: Path, orgs: Sequence[Org]) ->
         "[mail]",
         f"domains = {toml_list([DOMAIN])}",
         f"address = {toml_str(RCPT)}",
+        f"recipients = {toml_list([RCPT])}",  # the agent shares the domain: not ours to take
         'secret = "bench-secret-0123456789abcdef"',
         "[outbound]",
         'transport = "maildir"',

@@ -36,6 +36,7 @@ from mailgate.confvalues import (
     _lower,
     _number,
     _readable_file,
+    _recipient,
     _regex,
     _secret,
     _Section,
@@ -98,6 +99,22 @@ class MailConfig:
     secret: str | None = None
     # One-time secret link service customers should use instead of mailing credentials.
     secrets_url: str | None = None
+    # The local parts or full addresses we accept in our domains; None: every address.
+    recipients: tuple[str, ...] | None = None
+
+    def receives(self, address: str) -> bool:
+        """Whether mail to ``address`` is ours to take: one of our domains and, when
+        ``recipients`` is set, one of them or the support address, a ``+`` detail (the
+        reply token's ``support+12-sig@``) ignored. Agents sharing our domain are not ours:
+        their mail belongs to their own mailboxes."""
+        local, _, domain = address.rpartition("@")
+        domain = domain.lower().rstrip(".")
+        if domain not in self.domains:
+            return False
+        if self.recipients is None:
+            return True
+        base = local.split("+", 1)[0].lower()
+        return bool({base, f"{base}@{domain}"} & {*self.recipients, self.address})
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,7 +509,9 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
 
     d_mail = MailConfig()
     s = section(
-        data.get("mail", {}), "mail", {"domains", "address", "language", "secret", "secrets_url"}
+        data.get("mail", {}),
+        "mail",
+        {"domains", "address", "language", "secret", "secrets_url", "recipients"},
     )
     mail = MailConfig(
         domains=s.get("domains", d_mail.domains, _list(_domain)),
@@ -500,6 +519,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         language=s.get("language", d_mail.language, _choice("de", "en")),
         secret=s.get("secret", None, _secret) or os.environ.get("MAILGATE_SECRET") or None,
         secrets_url=s.get("secrets_url", None, _url),
+        recipients=s.get("recipients", None, _list(_recipient)),
     )
     if not mail.domains:
         problems.append("[mail].domains: must name at least one domain we accept mail for")
@@ -645,6 +665,16 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         addresses=s.get("addresses", (), _list(_email)),
         notify=s.get("notify", None, _list(_email)),
     )
+    for key, addresses in (("addresses", agents.addresses), ("notify", agents.notify or ())):
+        for email in addresses:
+            if mail.receives(email):
+                # Its notifications would come back to us and be dropped as our own loop.
+                problems.append(
+                    f"[agents].{key}: {email!r} is inside [mail] domains, so mailgate would "
+                    "take the mail sent to it; set [mail] recipients to the addresses mailgate "
+                    f'receives, without this one (e.g. recipients = ["{mail.address}"]), and '
+                    "deliver the agent's mail to its own mailbox"
+                )
 
     raw_orgs = data.get("organizations", [])
     if not isinstance(raw_orgs, list):

@@ -159,6 +159,16 @@ def _email(value: Any) -> str:
     return text
 
 
+def _recipient(value: Any) -> str:
+    """One entry of ``[mail] recipients``: a full address, or a local part for every domain."""
+    text = _str(value).lower()
+    if "@" in text:
+        return _email(text)
+    if not re.fullmatch(r"[^@\s+]+", text):
+        raise ValueError("must be a local part like 'support' or an address (no '+', no spaces)")
+    return text
+
+
 def _domain(value: Any) -> str:
     text = _str(value).lower().rstrip(".")
     if not _DOMAIN.match(text):

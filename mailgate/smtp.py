@@ -478,7 +478,7 @@ class Handler:
         config = self.config
         if len(envelope.rcpt_tos) >= config.limits.max_recipients:
             return TOO_MANY_RCPTS
-        if domain.lower().rstrip(".") not in config.mail.domains:
+        if not config.mail.receives(address):  # not our domain, or an agent's mailbox in it
             log.info("refused recipient %s from %s", address, session.peer)
             return RCPT_UNKNOWN
         envelope.rcpt_tos.append(address)

@@ -125,7 +125,13 @@ def empty_database(backend: str, directory: Path) -> Iterator[str]:
 BASE_CONFIG: dict[str, Any] = {
     # Mail is stored in a thread of the test process; the worker processes have own tests.
     "server": {"host": "127.0.0.1", "port": 0, "hostname": "mx.test", "timeout": 30, "workers": 0},
-    "mail": {"domains": ["support.example.com"], "address": "support@support.example.com"},
+    # The agent tech@ shares the support domain: mailgate takes only support@ and help@
+    # (and their plus-addresses, the reply tokens), as [mail] recipients says.
+    "mail": {
+        "domains": ["support.example.com"],
+        "address": "support@support.example.com",
+        "recipients": ["support", "help"],
+    },
     "database": {"lock_timeout": 1.0},
     "agents": {"addresses": ["tech@support.example.com"]},
     # The MTA in front of mailgate (as tests play it) stamps its verdicts with this id.

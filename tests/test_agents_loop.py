@@ -7,6 +7,7 @@ Maildir, and what an agent would read there is checked; no component is played b
 from __future__ import annotations
 
 import mailbox
+import smtplib
 from collections.abc import Callable
 from email import message_from_bytes
 from email.message import EmailMessage
@@ -22,7 +23,7 @@ from mailgate.jobs import Jobs
 from mailgate.models import Comment, Outbox, Status, Ticket
 from mailgate.store import Store
 
-from .conftest import AUTHENTICATED, Clock, mail, send
+from .conftest import AUTHENTICATED, Clock, mail, run_cli, send
 
 AGENT = "tech@support.example.com"
 TEAM_LIST = "team@support.example.com"
@@ -145,3 +146,62 @@ def test_a_follow_up_of_a_closed_ticket_tells_the_agents(
     assert send(server, mail(subject=f"Re: [#{closed}] Drucker kaputt")) == {}
     (_, (follow_up, to)) = rows(store, "agent_new_ticket")
     assert follow_up != closed and to == [AGENT]
+
+
+# --- agents sharing our domain: [mail] recipients ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mail_section", "problem"),
+    [
+        ("", "[agents].addresses: 'tech@support.example.com' is inside [mail] domains"),
+        (
+            'recipients = ["support", "tech"]\n',
+            "[agents].addresses: 'tech@support.example.com' is inside [mail] domains",
+        ),
+        (
+            'recipients = ["support", "team"]\n[agents]\nnotify = ["team@support.example.com"]\n',
+            "[agents].notify: 'team@support.example.com' is inside [mail] domains",
+        ),
+    ],
+)
+def test_check_config_refuses_an_agent_address_mailgate_would_receive(
+    tmp_path: Path, mail_section: str, problem: str
+) -> None:
+    """Its notifications would come back to mailgate and be dropped as a loop."""
+    path = tmp_path / "shared.toml"
+    path.write_text(
+        f'[mail]\ndomains = ["support.example.com"]\n{mail_section}'
+        + ("" if "[agents]" in mail_section else "[agents]\n")
+        + 'addresses = ["tech@support.example.com"]\n'
+    )
+    result = run_cli(path, "check-config")
+    assert result.returncode == 2
+    assert problem in result.stderr.decode()
+    assert "set [mail] recipients" in result.stderr.decode()
+    assert b"Traceback" not in result.stderr
+
+
+def test_check_config_takes_recipients_that_leave_the_agent_out(tmp_path: Path) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text(
+        '[mail]\ndomains = ["support.example.com"]\n'
+        'recipients = ["support", "rechnung@support.example.com"]\n'
+        '[agents]\naddresses = ["tech@support.example.com"]\n'
+    )
+    result = run_cli(path, "check-config")
+    assert result.returncode == 0, result.stderr
+
+
+def test_rcpt_of_an_agent_in_our_domain_is_refused(server: int) -> None:
+    """With [mail] recipients, only those (and the reply tokens) are ours; 550 5.1.1 else."""
+    with smtplib.SMTP("127.0.0.1", server, timeout=30) as client:
+        client.ehlo("client.test")
+        client.mail("anna@mueller-logistik.de")
+        code, reply = client.rcpt(AGENT)
+        assert (code, reply[:5]) == (550, b"5.1.1")
+        assert client.rcpt("other@support.example.com")[0] == 550
+        assert client.rcpt("support@support.example.com")[0] == 250
+        assert client.rcpt("support+1-x@support.example.com")[0] == 250
+        assert client.rcpt("Support@SUPPORT.example.com")[0] == 250
+        client.rset()

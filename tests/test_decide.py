@@ -49,7 +49,7 @@ MUELLER = "Müller Logistik GmbH"
 MUELLER_MEMBERS = frozenset({ANNA, CHEF, "berater@agentur.de"})
 
 BASE: dict[str, Any] = {
-    "mail": {"domains": ["support.example.com"], "address": SUPPORT},
+    "mail": {"domains": ["support.example.com"], "address": SUPPORT, "recipients": ["support"]},
     "security": {"authserv_id": "mx.test"},
     "agents": {"addresses": [AGENT]},
     "limits": {"acks_per_hour": 2, "tickets_per_hour": 4},

@@ -52,6 +52,7 @@ _OUR_DOMAINS = parse_config(
         "mail": {
             "domains": ["support.example.com", "kunden-support.example"],
             "address": "support@support.example.com",
+            "recipients": ["support"],  # the agent's mailbox in our domain is not ours
         },
         "agents": {"addresses": ["tech@support.example.com"]},
     }

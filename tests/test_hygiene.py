@@ -87,9 +87,9 @@ def test_too_many_recipients_get_452(strict_server: int) -> None:
     with smtplib.SMTP("127.0.0.1", strict_server) as client:
         client.ehlo()
         client.mail("a@mueller-logistik.de")
-        assert client.rcpt("one@support.example.com")[0] == 250
-        assert client.rcpt("two@support.example.com")[0] == 250
-        code, reply = client.rcpt("three@support.example.com")
+        assert client.rcpt("support+1@support.example.com")[0] == 250
+        assert client.rcpt("support+2@support.example.com")[0] == 250
+        code, reply = client.rcpt("support+3@support.example.com")
         assert code == 452 and reply.startswith(b"4.5.3")
 
 

@@ -278,7 +278,11 @@ def test_notifications_never_leave_the_ticket(
     config = parse_config(
         {
             "database": {"url": f"sqlite:///{tmp_path_factory.mktemp('prop') / 'p.db'}"},
-            "mail": {"domains": ["support.example.com"], "address": "support@support.example.com"},
+            "mail": {
+                "domains": ["support.example.com"],
+                "address": "support@support.example.com",
+                "recipients": ["support"],  # the agents share the domain
+            },
             "agents": {"addresses": agents},
             "security": {"authserv_id": "mx.test"},
             "organizations": orgs,

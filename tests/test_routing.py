@@ -70,6 +70,7 @@ ORGS = [
 def make_config(**routing: object) -> Config:
     return parse_config(
         {
+            "mail": {"recipients": ["support"]},  # the agent shares the support domain
             "agents": {"addresses": [AGENT]},
             "routing": routing,
             "organizations": ORGS,
@@ -342,6 +343,7 @@ def test_exact_name_wins_over_near_miss_and_most_specific_domain_wins() -> None:
     """A name typed exactly is meant; a subdomain listed by another org beats its parent."""
     config = parse_config(
         {
+            "mail": {"recipients": ["support"]},  # the agent shares the support domain
             "agents": {"addresses": [AGENT]},
             "organizations": [
                 {"name": "Bäckerei Frank", "domains": ["backhaus.example"]},
