@@ -345,6 +345,8 @@ class Jobs:
             "errors": list(row.payload.get("errors", [])),
             "about": str(row.payload.get("about", "")),
             "moved": row.payload.get("moved"),  # {"from": old or None, "to": new}
+            # {"why": unknown|ambiguous|not_authorised, "prefix": as written, "names": [...]}
+            "unused_prefix": row.payload.get("unused_prefix"),
         }
         if ticket is not None:
             thread = [c.message_id for c in ticket.comments if c.message_id]

@@ -21,6 +21,9 @@ The context contract (every template may rely on exactly these names):
                authentication method found for agent_unverified; else empty
 ``about``      the subject of the mail a notification without ticket is about, else ""
 ``moved``      mapping: from (str or None), to — the move a ticket_moved tells of; else None
+``unused_prefix`` mapping: why (``unknown``, ``ambiguous``, ``not_authorised``), prefix (as
+               written), names (the organizations it may mean) — for a ticket_created whose
+               subject named a customer that did not decide the organization; else None
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ CONTEXT_KEYS: tuple[str, ...] = (
     "errors",
     "about",
     "moved",
+    "unused_prefix",
 )
 
 # A language is a folder name; anything else (a path, "..") must never reach the loader.

@@ -24,6 +24,25 @@ from mailgate.config import Config, OrganizationConfig, RoutingRule, TicketsConf
 
 
 @dataclass(frozen=True, slots=True)
+class UnusedPrefix:
+    """A customer name in the subject ("Kundenname: Betreff") that did not decide the
+    organization, and why, so the acknowledgement can tell the sender what to do.
+
+    ``why`` is ``unknown`` (names no organization), ``ambiguous`` (``names`` are the close
+    candidates) or ``not_authorised`` (``names`` is the one it named; the sender is neither
+    its member nor a member of one of its agencies).
+    """
+
+    why: str
+    prefix: str
+    names: tuple[str, ...] = ()
+
+    def as_payload(self) -> dict[str, object]:
+        """What the acknowledgement's outbox row carries (the template words it)."""
+        return {"why": self.why, "prefix": self.prefix, "names": list(self.names)}
+
+
+@dataclass(frozen=True, slots=True)
 class RouteDecision:
     """The organization chosen for a new ticket (None: no organization), with the reason.
 
@@ -39,6 +58,7 @@ class RouteDecision:
     subject: str = ""
     priority: str | None = None
     tags: tuple[str, ...] = ()
+    unused_prefix: UnusedPrefix | None = None  # a subject prefix given but not honoured
 
     def as_json(self) -> dict[str, object]:
         """The contract of ``mailgate route --json``."""
@@ -482,6 +502,7 @@ class Router:
                 fallback,
                 reason=f"{fallback.reason}; prefix {prefix.name!r} names no organization",
                 candidates=candidates,
+                unused_prefix=UnusedPrefix("unknown", prefix.name),
             )
         best = candidates[0]
         if match.problem == NameMatch.AMBIGUOUS:
@@ -493,6 +514,7 @@ class Router:
                     f"{best[0]} ({best[1]:.0f}) and {candidates[1][0]} ({candidates[1][1]:.0f})"
                 ),
                 candidates=candidates,
+                unused_prefix=UnusedPrefix("ambiguous", prefix.name, (best[0], candidates[1][0])),
             )
         name, score = best
         if not self.authorised(sender, name):
@@ -501,6 +523,7 @@ class Router:
                 fallback,
                 reason=f"{fallback.reason}; named {name} but not authorised",
                 candidates=candidates,
+                unused_prefix=UnusedPrefix("not_authorised", prefix.name, (name,)),
             )
         return RouteDecision(
             name,

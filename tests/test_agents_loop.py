@@ -205,3 +205,35 @@ def test_rcpt_of_an_agent_in_our_domain_is_refused(server: int) -> None:
         assert client.rcpt("support+1-x@support.example.com")[0] == 250
         assert client.rcpt("Support@SUPPORT.example.com")[0] == 250
         client.rset()
+
+
+# --- the acknowledgement says where the ticket went -----------------------------------------
+
+
+def test_acknowledgement_says_an_unauthorised_prefix_was_not_used(
+    config: Config, store: Store, server: int, clock: Clock
+) -> None:
+    """An agency that Müller Logistik did not authorise names it: filed by its own domain
+    (Agentur Blau), and the sender reads why and what to do, in German."""
+    raw = mail(sender="Neu <neu@agentur.de>", subject="Müller Logistik: Betreff")
+    assert send(server, raw, mail_from="neu@agentur.de") == {}
+    (sent,) = delivered(config, store, clock, "neu@agentur.de")
+    body = " ".join(text_of(sent).split())
+    assert "Organisation: Agentur Blau" in body
+    assert "Ihr Betreff nennt Müller Logistik GmbH, doch wir haben Ihr Ticket nicht dort" in body
+    assert "weil Ihre Adresse dafür keine Tickets eröffnen darf" in body
+    assert "wenden Sie sich an Müller Logistik GmbH, damit Ihre Agentur" in body
+    with store.transaction() as session:
+        (ticket,) = session.scalars(select(Ticket)).all()
+        assert ticket.routing_reason.endswith("named Müller Logistik GmbH but not authorised")
+
+
+def test_acknowledgement_names_the_organization_a_prefix_chose(
+    config: Config, store: Store, server: int, clock: Clock
+) -> None:
+    raw = mail(sender="Berater <berater@agentur.de>", subject="Müller Logistik: Betreff")
+    assert send(server, raw, mail_from="berater@agentur.de") == {}
+    (sent,) = delivered(config, store, clock, "berater@agentur.de")
+    body = " ".join(text_of(sent).split())
+    assert "Organisation: Müller Logistik GmbH" in body
+    assert "Ihr Betreff nennt" not in body

@@ -50,6 +50,11 @@ def _queue_every_kind(store: Store, ticket: int, now: datetime) -> None:
                         "comment": comment.id,
                         "errors": ["#status bogus: unknown"],
                         "moved": {"from": "Bäckerei Groß", "to": "Müller Logistik GmbH"},
+                        "unused_prefix": {
+                            "why": "not_authorised",
+                            "prefix": "Müller Logistik",
+                            "names": ["Müller Logistik GmbH"],
+                        },
                     },
                     status=OutboxStatus.PENDING.value,
                     created_at=now,

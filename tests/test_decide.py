@@ -34,7 +34,7 @@ from mailgate.pipeline.decision import (
 from mailgate.pipeline.facts import Facts, Reference, SentNotification, TicketFacts
 from mailgate.pipeline.inputs import prefetch
 from mailgate.pipeline.reading import InboundEnvelope, Mail, Unreadable, read
-from mailgate.routing import Router
+from mailgate.routing import Router, UnusedPrefix
 
 from .conftest import AUTHENTICATED, mail
 from .test_hygiene import dsn
@@ -195,6 +195,13 @@ def cc_row(
     alone = all(line.startswith("#") for line in body.splitlines() if line.strip())
     expect = InternalNote if alone else Comment
     return Row(name, agent(body), expect, lit("subject tag [#5]"), facts, told=told, check=check)
+
+
+def unused_prefix(decision: Any) -> UnusedPrefix | None:
+    """What the acknowledgement says of a subject prefix that did not decide the
+    organization (the one notification that carries it)."""
+    (ack,) = (n for n in decision.notify if n.kind == "ticket_created")
+    return ack.unused_prefix  # type: ignore[no-any-return]
 
 
 def refused(error: str) -> Callable[[Any], bool]:
@@ -1044,7 +1051,7 @@ ROWS: list[Row] = [
         mail(subject="Müller Logistik: Drucker kaputt"),
         NewTicket,
         r"subject names Müller Logistik GmbH \(\d+\); sender is a member",
-        check=lambda d: d.subject == "Drucker kaputt",
+        check=lambda d: d.subject == "Drucker kaputt" and unused_prefix(d) is None,
     ),
     Row(
         "an agency names its customer",
@@ -1059,6 +1066,9 @@ ROWS: list[Row] = [
         NewTicket,
         r"sender's domain agentur\.de belongs to Agentur Blau; named Müller Logistik GmbH but "
         r"not authorised",
+        check=lambda d: (
+            unused_prefix(d) == UnusedPrefix("not_authorised", "Müller Logistik", (MUELLER,))
+        ),
     ),
     Row(
         "a stranger names a customer",
@@ -1072,6 +1082,7 @@ ROWS: list[Row] = [
         mail(subject="Xylophon Quartett: Anfrage"),
         NewTicket,
         lit(f"{MEMBER}; prefix 'Xylophon Quartett' names no organization"),
+        check=lambda d: unused_prefix(d) == UnusedPrefix("unknown", "Xylophon Quartett"),
     ),
     Row(
         "an ambiguous prefix",
@@ -1079,6 +1090,11 @@ ROWS: list[Row] = [
         NewTicket,
         lit(MEMBER) + r"; prefix 'Nordwind' is ambiguous between Nordwind \w+ \(100\) and "
         r"Nordwind \w+ \(100\)",
+        check=lambda d: (
+            unused_prefix(d) is not None
+            and unused_prefix(d) == UnusedPrefix("ambiguous", "Nordwind", unused_prefix(d).names)
+            and set(unused_prefix(d).names) == {"Nordwind Reisen", "Nordwind Logistik"}
+        ),
     ),
     Row(
         "a colleague at the customer's domain who is no member",

@@ -76,6 +76,7 @@ def make_context(
         ),
         "about": "",
         "moved": MOVED if kind == "ticket_moved" else None,
+        "unused_prefix": None,
     }
 
 
@@ -149,6 +150,44 @@ def test_command_error_lists_errors_and_commands(renderer: Renderer, language: s
         assert command in out.text
         assert command in out.html
     assert "<li><code>#frobnicate: unknown command</code></li>" in out.html
+
+
+UNUSED = {
+    # why → (names, what the sentence must say in de, in en)
+    "not_authorised": (
+        ["Müller Logistik GmbH"],
+        "wenden Sie sich an Müller Logistik GmbH, damit Ihre Agentur",
+        "ask Müller Logistik GmbH to add your agency",
+    ),
+    "ambiguous": (
+        ["Nordwind Reisen", "Nordwind Logistik"],
+        "kann Nordwind Reisen oder Nordwind Logistik bedeuten",
+        "could mean Nordwind Reisen or Nordwind Logistik",
+    ),
+    "unknown": ([], "ist keiner unserer Kunden", "is none of our customers"),
+}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("why", UNUSED)
+def test_acknowledgement_says_why_the_subject_prefix_was_not_used(
+    renderer: Renderer, language: str, why: str
+) -> None:
+    """One plain sentence, in the template's language, with the reason and what to do."""
+    names, german, english = UNUSED[why]
+    context = make_context("ticket_created", language, organization="Agentur Blau")
+    context["unused_prefix"] = {"why": why, "prefix": "Nordwind <b>", "names": names}
+    out = renderer.render("ticket_created", language, context)
+    said = german if language == "de" else english
+    assert said in " ".join(out.text.split())
+    assert said in out.html
+    assert "Agentur Blau" in out.text  # where the ticket went instead
+    if why != "not_authorised":
+        assert "Nordwind <b>" in out.text and "Nordwind &lt;b&gt;" in out.html
+    without = make_context("ticket_created", language)
+    plain = renderer.render("ticket_created", language, without)
+    assert "Müller Logistik GmbH" in plain.text  # the organization, named
+    assert german not in plain.text and english not in plain.text
 
 
 @pytest.mark.parametrize("language", LANGUAGES)

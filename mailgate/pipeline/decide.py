@@ -364,6 +364,7 @@ def new_ticket(case: Case) -> Decision:
             answer,
             plan.secret and mail.no_answer is None,
             config.agents.notified,
+            route.unused_prefix,
         ),
     )
 

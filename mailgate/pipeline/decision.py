@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from mailgate.models import AuthorKind, NotificationKind, Outcome
 from mailgate.pipeline.commands import Change
 from mailgate.pipeline.facts import SentNotification, TicketFacts
+from mailgate.routing import UnusedPrefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,8 @@ class Notify:
     about: str = ""
     about_id: str = ""
     moved: tuple[str | None, str] | None = None  # a move's old and new organization
+    # The acknowledgement of a ticket whose subject prefix did not decide its organization.
+    unused_prefix: UnusedPrefix | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from mailgate.models import NotificationKind
 from mailgate.parser import InboundMessage
 from mailgate.pipeline.commands import Change
 from mailgate.pipeline.decision import Notify
-from mailgate.routing import domain_of
+from mailgate.routing import UnusedPrefix, domain_of
 
 
 def is_ours(email: str, config: Config) -> bool:
@@ -61,13 +61,21 @@ def on_new_ticket(
     acknowledge: bool,
     secret: bool,
     team: tuple[str, ...],
+    unused_prefix: UnusedPrefix | None = None,
 ) -> tuple[Notify, ...]:
-    """A new ticket: acknowledge it to the requester, tell the team (``[agents] notify``,
-    one mail each, so a reply to it answers as that agent) and the organization's
-    followers."""
+    """A new ticket: acknowledge it to the requester (saying so when the customer named in
+    the subject was not used), tell the team (``[agents] notify``, one mail each, so a
+    reply to it answers as that agent) and the organization's followers."""
     notify = []
     if acknowledge:
-        notify.append(Notify(NotificationKind.TICKET_CREATED, (requester,), with_comment=True))
+        notify.append(
+            Notify(
+                NotificationKind.TICKET_CREATED,
+                (requester,),
+                with_comment=True,
+                unused_prefix=unused_prefix,
+            )
+        )
     if organization is not None:
         notify.append(
             Notify(
