@@ -89,6 +89,7 @@ _KIND_PRIORITY["password"] = len(_KIND_PRIORITY)
 # the lines below.
 _LABEL = (
     r"(?:(?<!/)(?:passwort|passwörter|kennwort|password|passcode|passphrase|geheimzahl"
+    r"|(?:wlan|wifi|wi-fi|wpa2?|netzwerk)[ -]?(?:key|schlüssel)"
     r"|(?P<block>zugangsdaten|anmeldedaten|logindaten|credentials|login[ \t]details))"
     r"|(?<![A-Za-z0-9/])(?:passwd|pwd|pw|pass|pin|pin-code|pincode|psk))"
 )
@@ -251,15 +252,18 @@ def _labelled_value(text: str, pos: int, mode: str, *, skip: bool = True) -> tup
 
 
 def _next_line(text: str, pos: int) -> int | None:
-    """Start of the first non-blank line after ``pos`` (one blank line may come between)."""
+    """Start of the first non-blank line after ``pos`` (one blank line may come between),
+    past any quote marks."""
     for _ in range(2):
         newline = text.find("\n", pos, pos + _WINDOW)
         if newline == -1:
             return None
         pos = newline + 1
         end = _line_end(text, pos)
-        if text[pos:end].strip():
-            return pos + len(text[pos:end]) - len(text[pos:end].lstrip())
+        # "> " marks a quoted line: "> Passwort:\n> Geheim!2026" in a reply.
+        content = text[pos:end].lstrip(" \t>")
+        if content.strip():
+            return end - len(content)
     return None
 
 
@@ -279,15 +283,15 @@ def _values_below(text: str, pos: int, mode: str, block: bool) -> list[tuple[int
     for _ in range(_BLOCK_LINES):
         end = _line_end(text, start)
         line = text[start:end].rstrip()
-        if not line.strip():
+        value = line.lstrip(" \t>")
+        if not value:
             break
-        value = line.strip()
         if (
             any(c.isspace() for c in value) and _USER_PASS_RE.fullmatch(value) is None
         ) or value.rstrip(":").casefold() in _STATE_WORDS:
             break
         if not _is_placeholder(value.rstrip(_TRAILING_PUNCT)):
-            offset = start + line.index(value[0])
+            offset = start + len(line) - len(value)
             spans.append((offset, offset + len(value)))
         if end >= len(text) or text[end] != "\n":
             break
@@ -379,11 +383,14 @@ def _label_findings(text: str, lowered: str, prefilter: bool) -> list[tuple[int,
         if mode in ("strong", "weak", "eol") and not text[m.end() : line_end].strip():
             spans = _values_below(text, m.end(), mode, m.group("block") is not None)
         else:
-            span = _labelled_value(text, m.end(), mode)
+            # "PIN 4471": a bare number is a value after a PIN's label, not after others.
+            pin = mode == "bare" and m.group().lstrip().lower().startswith(("pin", "geheimzahl"))
+            span = _labelled_value(text, m.end(), "weak" if pin else mode)
             spans = [] if span is None else [span]
         for span in spans:
             candidates.append((*span, "password"))
             value_end = max(value_end, span[1])
+    value_end = 0  # the keys are a second pass over the text
     wanted = not prefilter or any(lit in lowered for lit in _KEY_LITERALS)
     for m in _KEY_RE.finditer(text) if wanted else ():
         if m.start() < value_end:
