@@ -25,7 +25,7 @@ from mailgate.jobs import Jobs
 from mailgate.models import Outbox, Ticket
 from mailgate.store import Store
 
-from .conftest import ROOT, Clock, mail, send
+from .conftest import AUTHENTICATED, ROOT, Clock, mail, send
 
 
 def _bench() -> ModuleType:
@@ -148,3 +148,37 @@ def test_issue_phrasings_sent_over_smtp_are_masked_in_the_ticket_and_every_mail(
     # the notifications do carry the ticket's (masked) words
     assert "Login anna / ••••••" in _readable(sent["ticket_created"] or b"")
     assert "Das Passwort ist ••••••" in _readable(sent["new_ticket_follower"] or b"")
+
+
+def test_replies_over_smtp_are_masked_for_agents_and_customers(
+    make_config: Callable[..., tuple[Config, Path]], store: Store, clock: Clock, server: int
+) -> None:
+    """An agent's answer and a customer's reply are masked before they are stored and sent
+    on (``agent_reply`` to the customer, ``customer_reply`` to the agents)."""
+    config, _ = make_config()
+    assert send(server, mail(subject="Drucker", body="Hallo,\nder Drucker druckt nicht.\n")) == {}
+    with store.transaction() as s:
+        tid = s.scalars(select(Ticket)).one().id
+    agent = mail(
+        sender="tech@support.example.com",
+        extra=AUTHENTICATED,
+        subject=f"Re: [#{tid}] Drucker",
+        body="Hallo Anna,\nPW ist Hunter2hunter, bitte gleich ändern.\n",
+    )
+    assert send(server, agent, mail_from="tech@support.example.com") == {}
+    customer = mail(subject=f"Re: [#{tid}] Drucker", body="Danke! The password is Tr0ub4dor&3\n")
+    assert send(server, customer) == {}
+    with store.transaction() as s:
+        bodies = [c["body"] for c in ticket_detail(s, get_ticket(s, tid))["comments"]]
+    assert bodies[1:] == [
+        "Hallo Anna,\nPW ist ••••••, bitte gleich ändern.",
+        "Danke! The password is ••••••",
+    ]
+    Jobs(store, config).deliver_outbox(clock())
+    with store.transaction() as s:
+        sent = {o.kind: o.message for o in s.scalars(select(Outbox))}
+    assert {"agent_reply", "customer_reply", "secret_warning"} <= set(sent)
+    for kind in ("agent_reply", "customer_reply"):
+        text = _readable(sent[kind] or b"")
+        assert "••••••" in text
+        assert "Hunter2hunter" not in text and "Tr0ub4dor&3" not in text
