@@ -95,7 +95,8 @@ _LABEL = (
 )
 # "Das Passwort für den Server ist …", "the password of the shared mailbox is …".
 _FILLER = (
-    r"[ \t]+(?:für|fuer|vom|von|zum|zur|des|der|for|of|to|on)(?:[ \t]+[^\s:=\"'„“]{1,30}){1,3}?"
+    r"[ \t]+(?:für|fürs|fuer|vom|von|zum|zur|des|der|beim|im|for|of|to|on)"
+    r"(?:[ \t]+[^\s:=\"'„“]{1,30}){1,3}?"
 )
 # Strong: "Passwort: X", "= X", "-> X", "<password>X", " - X", "lautet X", "ist: X".
 _STRONG = (
@@ -129,10 +130,10 @@ _KEY_LITERALS = ("secret", "token", "key")
 # "Login anna / Xk9#mmQ2pL": a user and a password after a word that announces a login.
 _PAIR_RE = re.compile(r"(?<!\S)([^\s/]{1,64})([ \t]*)/([ \t]*)([^\s/]{4,128})(?!\S)")
 _LOGIN_RE = re.compile(
-    r"\b(?:login|log[ \t]in|logg|zugang|anmeld|account|credentials|benutzer|user|konto)",
+    r"\b(?:login|log[ \t]in|logg|zugang|anmeld|account|credentials|creds|benutzer|user|konto)",
     re.IGNORECASE,
 )
-_LOGIN_LITERALS = ("log", "zugang", "anmeld", "account", "credentials", "benutzer", "user", "konto")
+_LOGIN_LITERALS = ("log", "zugang", "anmeld", "account", "cred", "benutzer", "user", "konto")
 _QUOTED_RE = re.compile(r"\"([^\"\n]+)\"|'([^'\n]+)'|„([^“”\n]+)[“”]|»([^«\n]+)«")
 _USER_PASS_RE = re.compile(r"\S+[ \t]+/[ \t]+\S+")
 _TOKEN_RE = re.compile(r"\S+")
@@ -214,7 +215,12 @@ def _labelled_value(text: str, pos: int, mode: str, *, skip: bool = True) -> tup
             len(value) >= _MIN_VALUE_LEN
             and not _is_placeholder(value)
             and value.casefold() not in _STATE_WORDS
-            and (mode in ("strong", "key") or not any(c.isspace() for c in value))
+            # after "ist"/"is" several words in quotes are a passphrase only if made up
+            and (
+                mode in ("strong", "key")
+                or not any(c.isspace() for c in value)
+                or _looks_like_password("".join(value.split()), digits_only=False)
+            )
         )
         return (pos + start, pos + end) if ok else None
 
