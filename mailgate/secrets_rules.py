@@ -60,7 +60,7 @@ TOKEN_RULES: tuple[TokenRule, ...] = (
     _rule(
         "gitlab_token",
         _B + r"gl(?:pat|rt|dt|ptt|cbt|soat|ft|imt|agent)-[A-Za-z0-9_-]{20,255}",
-        ("gl",),
+        ("glpat-", "glrt-", "gldt-", "glptt-", "glcbt-", "glsoat-", "glft-", "glimt-", "glagent-"),
     ),
     _rule("slack_token", r"(?<![0-9A-Za-z_])xox[abeoprs]-[A-Za-z0-9-]{10,255}", ("xox",)),
     _rule("slack_token", _B + r"xapp-\d-[A-Za-z0-9-]{10,255}", ("xapp-",)),
@@ -143,3 +143,12 @@ TOKEN_RULES: tuple[TokenRule, ...] = (
     ),
 )
 LOWERCASE_LITERALS = frozenset({"bearer", "authorization"})
+# Characters that many literals hold and most texts lack some of. Looking each up once (a
+# memchr) and skipping the literals that need a missing one more than halves the cost of the
+# literal checks, which are most of the scan's cost on an ordinary mail.
+GATE_CHARS = "_-.:$={"
+LITERAL_GATES = {
+    literal: frozenset(set(literal) & set(GATE_CHARS))
+    for rule in TOKEN_RULES
+    for literal in rule.literals
+}

@@ -55,7 +55,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mailgate.secrets_rules import LOWERCASE_LITERALS, PEM_RE, TOKEN_RULES
+from mailgate.secrets_rules import (
+    GATE_CHARS,
+    LITERAL_GATES,
+    LOWERCASE_LITERALS,
+    PEM_RE,
+    TOKEN_RULES,
+)
 
 __all__ = ["MASK", "Finding", "find_secrets", "mask_secrets"]
 
@@ -124,7 +130,7 @@ _KEY_RE = re.compile(
 # Every label in _LABEL_RE contains one of these, lowercased; every key in _KEY_RE one of those.
 _LABEL_LITERALS = (
     "pass", "pw", "pin", "kennwort", "geheimzahl", "zugangsdaten", "anmeldedaten",
-    "logindaten", "credentials", "login", "psk",
+    "credentials", "login", "psk", "wlan", "wifi", "wi-fi", "wpa", "netzwerk",
 )  # fmt: skip
 _KEY_LITERALS = ("secret", "token", "key")
 # "Login anna / Xk9#mmQ2pL": a user and a password after a word that announces a login.
@@ -347,9 +353,12 @@ def _token_findings(text: str, lowered: str, prefilter: bool) -> list[tuple[int,
     if not prefilter or "PRIVATE KEY" in text:
         for m in PEM_RE.finditer(text):
             candidates.append((m.start(), m.end(), "private_key"))
+    present = frozenset(c for c in GATE_CHARS if c in text)
     for rule in TOKEN_RULES:
         if prefilter and not any(
-            lit in (lowered if lit in LOWERCASE_LITERALS else text) for lit in rule.literals
+            LITERAL_GATES[lit] <= present
+            and lit in (lowered if lit in LOWERCASE_LITERALS else text)
+            for lit in rule.literals
         ):
             continue
         for m in rule.pattern.finditer(text):

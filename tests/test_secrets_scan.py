@@ -194,7 +194,8 @@ _CASE_PIECES = st.sampled_from(
     ["PASSWORT", "paſſwort", "PaSs", "KENNWORT", "BEARER ", "bEaReR ", "Pw", "pİn", "ghp_",
      "github_pat_", "xoxb-", "AIza", "rk_live_", "ASIA", "K", "ß", " ist ", " is ", "Login ",
      " / ", "ſecret", "TOKEN", "_KEY", "Authorization: ", "token ", "machine ", " password ",
-     "Zugangsdaten", "credentialſ", "\n", "> ", ":5432:", "$apr1$", "sk-", "glpat-", "sig="]
+     "Zugangsdaten", "credentialſ", "WLAN-Key", "Netzwerkſchlüssel", "Wi-Fi key",
+     "\n", "> ", ":5432:", "$apr1$", "sk-", "glpat-", "sig="]
 )  # fmt: skip
 _PREFILTER_TEXT = st.lists(
     st.one_of(_PIECES, _CASE_PIECES, _SECRET, st.text(max_size=5)), max_size=30
