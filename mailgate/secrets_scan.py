@@ -147,6 +147,8 @@ _TRAILING_PUNCT = ".,;:)]}\"'“”»«"
 _PLACEHOLDER_RE = re.compile(
     r"[*•xX]+|<[^>]*>|\[[^\]]*\]|\{\{[^}]*\}\}|\{[^}]*\}|\([^)]*\)|\$\{[^}]*\}|\$[A-Z_][A-Z0-9_]*"
 )
+# "16-stellig", "8-digit", "2026-12-12", "31.12.2026": a description or a date, no secret.
+_NOT_A_VALUE_RE = re.compile(r"\d{1,3}[-–][^\W\d_]+|\d{1,4}[-./]\d{1,2}[-./]\d{1,4}(?:T[\d:.]+Z?)?")
 _MIN_VALUE_LEN = 3
 # How far past a label the value rules look. Bounds the work per label so that a mail of many
 # labels on one huge line stays linear; an unbroken token running past it is taken whole.
@@ -247,7 +249,12 @@ def _labelled_value(text: str, pos: int, mode: str, *, skip: bool = True) -> tup
             return None
         return _labelled_value(text, pos + nxt.start(), mode, skip=False)
     rest = line[match.end() :].strip()
-    if len(value) < _MIN_VALUE_LEN or _is_placeholder(value) or value.casefold() in _STATE_WORDS:
+    if (
+        len(value) < _MIN_VALUE_LEN
+        or _is_placeholder(value)
+        or value.casefold() in _STATE_WORDS
+        or _NOT_A_VALUE_RE.fullmatch(value)
+    ):
         return None
     if mode == "strong":
         # A letters-only word followed by more text reads as a sentence, not a password.
@@ -315,13 +322,14 @@ def _pair_values(text: str) -> list[tuple[int, int]]:
     """The passwords of "Login anna / Xk9#mmQ2pL": a pair after a word that means a login.
 
     Only the password is masked; the user name helps the agent. Without spaces round the
-    slash a user with a dot is more likely a host ("portal.example.com/login2026").
+    slash it must hold a symbol, and the user no dot: "Gruppe Admins/Support12" and
+    "portal.example.com/login2026" are a path and a host.
     """
     spans = []
     for m in _PAIR_RE.finditer(text):
         user, password = m.group(1), m.group(4).rstrip(_TRAILING_PUNCT)
-        if not (m.group(2) or m.group(3)) and ("." in user or ":" in user):
-            continue
+        if not (m.group(2) or m.group(3)) and ("." in user or ":" in user or password.isalnum()):
+            continue  # "Admins/Support12", "12345/ABC123": a path or a number, not a login
         if user.endswith(":") or not _looks_like_password(password, digits_only=False):
             continue
         if len(password) < 6 or _is_placeholder(password):
