@@ -95,7 +95,7 @@ _KIND_PRIORITY["password"] = len(_KIND_PRIORITY)
 # the lines below.
 _LABEL = (
     r"(?:(?<!/)(?:passwort|passwörter|kennwort|password|passcode|passphrase|geheimzahl"
-    r"|(?:wlan|wifi|wi-fi|wpa2?|netzwerk)[ -]?(?:key|schlüssel)"
+    r"|(?:wlan|wifi|wi-fi|wpa2?|netzwerk)[ -]?(?:key|schlüssel)|(?:bind|root|admin|master)pw"
     r"|(?P<block>zugangsdaten|anmeldedaten|logindaten|credentials|login[ \t]details))"
     r"|(?<![A-Za-z0-9/])(?:passwd|pwd|pw|pass|pin|pin-code|pincode|psk))"
 )
@@ -105,12 +105,13 @@ _FILLER = (
     r"(?:[ \t]+[^\s:=\"'„“]{1,30}){1,3}?"
 )
 # Strong: "Passwort: X", "= X", "-> X", "<password>X", " - X", "lautet X", "ist: X".
+_VERBS = r"(?:lautet|lauten|lautete|ist|is|are|sind|war|wäre|was|wird)"
 _STRONG = (
     r"[\"'\]]?[ \t]*(?:[:=]|->|=>|>)|[ \t]+[-–][ \t]"
-    r"|[ \t]+(?:lautet|lauten|ist|is|are|sind)[ \t]*:|[ \t]+lautet(?!\w)"
+    rf"|[ \t]+{_VERBS}(?:[ \t]+(?:wie[ \t]+folgt|as[ \t]+follows))?[ \t]*:|[ \t]+lautet(?!\w)"
 )
 # Weak: "Das Passwort ist X", "the password is X": prose as often as not.
-_WEAK = r"[ \t]+(?:ist|is|are|sind|to|auf)(?!\w)"
+_WEAK = rf"[ \t]+(?:{_VERBS}|to|auf)(?!\w)"
 # "Password (new): …", "Passwort (Admin) = …".
 _QUALIFIER = r"(?:[ \t]*\([^()\n]{1,30}\))?"
 _LABEL_RE = re.compile(
@@ -121,7 +122,8 @@ _LABEL_RE = re.compile(
 )
 # Keys of config files and code: "aws_secret_access_key = …", "API-Key: …", "AccountKey=…".
 _KEY_RE = re.compile(
-    r"(?:secret|token|api[_ -]?key|apikey|access[_ -]?key|account[_ -]?key|(?<=_)key)"
+    r"(?:secret|token|api[_ -]?key|apikey|access[_ -]?key|account[_ -]?key|(?<=_)key"
+    r"|(?:zugriffs|api[_ -]?|geheimer[ \t])schlüssel)"
     r"(?:[_ .-]?(?:access|key|id|token|value)){0,3}"
     rf"(?:{_FILLER})?"
     r"(?:[\"'\]]?[ \t]*(?:[:=]|->|=>)|[ \t]+(?:lautet|lauten|ist|is)(?!\w)[ \t]*:?)[ \t]*",
@@ -132,7 +134,7 @@ _LABEL_LITERALS = (
     "pass", "pw", "pin", "kennwort", "geheimzahl", "zugangsdaten", "anmeldedaten",
     "credentials", "login", "psk", "wlan", "wifi", "wi-fi", "wpa", "netzwerk",
 )  # fmt: skip
-_KEY_LITERALS = ("secret", "token", "key")
+_KEY_LITERALS = ("secret", "token", "key", "schlüssel")
 # "Login anna / Xk9#mmQ2pL": a user and a password after a word that announces a login.
 _PAIR_RE = re.compile(r"(?<!\S)([^\s/]{1,64})([ \t]*)/([ \t]*)([^\s/]{4,128})(?!\S)")
 _LOGIN_RE = re.compile(
