@@ -104,10 +104,11 @@ _FILLER = (
     r"[ \t]+(?:für|fürs|fuer|vom|von|zum|zur|des|der|beim|im|for|of|to|on)"
     r"(?:[ \t]+[^\s:=\"'„“]{1,30}){1,3}?"
 )
-# Strong: "Passwort: X", "= X", "-> X", "<password>X", " - X", "lautet X", "ist: X".
+# Strong: "Passwort: X", "= X", "-> X", "<password>X", "| X" (a table), " - X", "lautet X",
+# "ist: X".
 _VERBS = r"(?:lautet|lauten|lautete|ist|is|are|sind|war|wäre|was|wird)"
 _STRONG = (
-    r"[\"'\]]?[ \t]*(?:[:=]|->|=>|>)|[ \t]+[-–][ \t]"
+    r"[\"'\]]?[ \t]*(?:[:=|]|->|=>|>)|[ \t]+[-–][ \t]"
     rf"|[ \t]+{_VERBS}(?:[ \t]+(?:wie[ \t]+folgt|as[ \t]+follows))?[ \t]*:|[ \t]+lautet(?!\w)"
 )
 # Weak: "Das Passwort ist X", "the password is X": prose as often as not.
