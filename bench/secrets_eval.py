@@ -31,6 +31,10 @@ With ``--library`` it also scores the maintained library ``detect-secrets`` (Yel
 default plugins: provider tokens, keyword detector, high-entropy strings) alone and united with
 mailgate's detector, and prints the CPU per mail body of each (``pip install detect-secrets``).
 
+CPU in the pipeline: ``bench/ingest_cpu.py --messages 2000 --batch 4``, run alternately on
+this detector and on the one before it (2026-12-06): 2.71 and 3.01 ms per mail against 2.72
+and 3.00 ms - no difference beyond the noise (the scan costs about 0.2 ms on an 8 KB body).
+
 Run: ``python bench/secrets_eval.py [--set main|holdout|all] [--library] [--quiet]``
 """
 
