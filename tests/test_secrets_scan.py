@@ -34,6 +34,7 @@ STRIPE_R = "rk_live_" + "4eC39HqLyjWDarjtT1zdp7dc"
 GOOGLE = "AIza" + "SyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY"
 JWT = "eyJhbGciOiJIUzI1NiJ9" + ".eyJzdWIiOiIxMjM0NSJ9.dBjftJeZ4CVPmB92K27uhbUJU1p1r_wW1gFWFOEjXk"
 BEARER = "abcdefghijklmnop0123456789"
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"
 PEM = (
     "-----BEGIN RSA PRIVATE KEY-----\n"
     "MIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu\n"
@@ -79,7 +80,35 @@ CASES: list[tuple[str, list[tuple[str, str]]]] = [
     ("ftp://u:p@h", [("url_password", "p")]),
     ("siehe https://user:pw@host/ danke", [("url_password", "pw")]),
     ("redis://:topsecret@cache:6379", [("url_password", "topsecret")]),
+    # --- the phrasings of issue #20 that went through unmasked
+    ("Das Passwort ist geheim123", [("password", "geheim123")]),
+    ("Mein Passwort ist Sommer2026!", [("password", "Sommer2026!")]),
+    ("The password is Tr0ub4dor&3.", [("password", "Tr0ub4dor&3")]),
+    ("PW ist Hunter2hunter", [("password", "Hunter2hunter")]),
+    ("pw Geheim!2026", [("password", "Geheim!2026")]),
+    ("Login anna / Xk9#mmQ2pL", [("password", "Xk9#mmQ2pL")]),
+    (f"aws_secret_access_key = {AWS_SECRET}", [("api_key", AWS_SECRET)]),
+    ("Passwort:\nGeheim!2026\n", [("password", "Geheim!2026")]),
+    ("Zugangsdaten:\nanna\nXk9#mmQ2pL\n\nGruß", [("password", "anna"), ("password", "Xk9#mmQ2pL")]),
+    ("> Passwort:\n> Geheim!2026", [("password", "Geheim!2026")]),
+    ("Das Passwort für den Server ist Srv#4477", [("password", "Srv#4477")]),
+    ("Router-PIN 4471", [("password", "4471")]),
+    # --- files customers paste
+    ("machine h login u password hunter", [("netrc_password", "hunter")]),
+    ("db.example.com:5432:shop:app:Pg$hop", [("pgpass_password", "Pg$hop")]),
+    (
+        "anna:$apr1$Kx9mmQ2p$Zr0mYbZ3y5d6eQv0wR1pB/",
+        [("password_hash", "$apr1$Kx9mmQ2p$Zr0mYbZ3y5d6eQv0wR1pB/")],
+    ),
     # --- false-positive traps
+    ("Das Passwort ist abgelaufen", []),
+    ("The password is case-sensitive.", []),
+    ("Kennwort-Richtlinie: mindestens 12 Zeichen", []),
+    ("Ich habe mein Passwort geändert.", []),
+    ("Login / Logout geht nicht, siehe portal.example.com/login2026", []),
+    ("MAC 00:11:22:33:44:55\n00:11:22:33:44:55", []),
+    ("  password: ${DB_PASSWORD}", []),
+    ("Commit 9fceb02d0ae598e95dc970b74767f19372d61af8, IBAN DE89370400440532013000", []),
     ("Ich habe mein Passwort vergessen.", []),
     ("Please send me a password reset link", []),
     ("Passwort: bitte zurücksetzen lassen", []),
@@ -163,7 +192,10 @@ _ANY_TEXT = st.one_of(st.text(), _STRUCTURED)
 
 _CASE_PIECES = st.sampled_from(
     ["PASSWORT", "paſſwort", "PaSs", "KENNWORT", "BEARER ", "bEaReR ", "Pw", "pİn", "ghp_",
-     "github_pat_", "xoxb-", "AIza", "rk_live_", "ASIA", "K", "ß"]
+     "github_pat_", "xoxb-", "AIza", "rk_live_", "ASIA", "K", "ß", " ist ", " is ", "Login ",
+     " / ", "ſecret", "TOKEN", "_KEY", "Authorization: ", "token ", "machine ", " password ",
+     "Zugangsdaten", "credentialſ", "WLAN-Key", "Netzwerkſchlüssel", "Wi-Fi key",
+     "\n", "> ", ":5432:", "$apr1$", "sk-", "glpat-", "sig="]
 )  # fmt: skip
 _PREFILTER_TEXT = st.lists(
     st.one_of(_PIECES, _CASE_PIECES, _SECRET, st.text(max_size=5)), max_size=30
@@ -238,8 +270,36 @@ def test_token_longer_than_the_window_is_masked_whole() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["a-" * 50_000, "eyJa." * 40_000, "pw:" * 50_000, "Passwort: x " * 20_000, "a." * 100_000],
-    ids=["hyphen-words", "jwt-ish", "label-chain", "many-labels", "dotted"],
+    [
+        "a-" * 50_000,
+        "eyJa." * 40_000,
+        "pw:" * 50_000,
+        "Passwort: x " * 20_000,
+        "a." * 100_000,
+        "Passwort für das " * 30_000,
+        "Passwort ist jetzt " * 30_000,
+        "Zugangsdaten:\n" * 50_000,
+        "login a / b " * 30_000,
+        "_key_key" * 40_000,
+        ("a:1:b:c:" * 30 + "\n") * 3_000,
+        "machine x " * 50_000,
+        "Private-Lines: 4\n" + ("A" * 127 + "\n") * 20_000,
+    ],
+    ids=[
+        "hyphen-words",
+        "jwt-ish",
+        "label-chain",
+        "many-labels",
+        "dotted",
+        "fillers",
+        "skipped-words",
+        "block-labels",
+        "login-pairs",
+        "key-chain",
+        "pgpass-ish",
+        "netrc-ish",
+        "putty-lines",
+    ],
 )
 def test_adversarial_input_stays_linear(text: str) -> None:
     """A mail daemon must not hang on one crafted body; these took minutes before bounding."""
