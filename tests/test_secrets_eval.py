@@ -129,7 +129,7 @@ def test_issue_phrasings_sent_over_smtp_are_masked_in_the_ticket_and_every_mail(
         ticket = s.scalars(select(Ticket)).one()
         detail = ticket_detail(s, get_ticket(s, ticket.id))
         kinds = sorted(o.kind for o in s.scalars(select(Outbox)))
-    assert kinds == ["new_ticket_follower", "secret_warning", "ticket_created"]
+    assert kinds == ["agent_new_ticket", "new_ticket_follower", "secret_warning", "ticket_created"]
     assert detail["subject"] == "Login anna / ••••••"
     [comment] = detail["comments"]
     assert "Login anna / ••••••" in comment["body"] and "Das Passwort ist ••••••" in comment["body"]
@@ -140,7 +140,7 @@ def test_issue_phrasings_sent_over_smtp_are_masked_in_the_ticket_and_every_mail(
     with store.transaction() as s:
         sent = {o.kind: o.message for o in s.scalars(select(Outbox))}
     files = [p.read_bytes() for p in Path(config.outbound.maildir).rglob("*") if p.is_file()]
-    assert len(files) == 3 and all(m is not None for m in sent.values())
+    assert len(files) == 4 and all(m is not None for m in sent.values())
     for raw in [*files, *(m for m in sent.values() if m is not None)]:
         text = _readable(raw)
         for value in ISSUE_VALUES:
@@ -148,6 +148,7 @@ def test_issue_phrasings_sent_over_smtp_are_masked_in_the_ticket_and_every_mail(
     # the notifications do carry the ticket's (masked) words
     assert "Login anna / ••••••" in _readable(sent["ticket_created"] or b"")
     assert "Das Passwort ist ••••••" in _readable(sent["new_ticket_follower"] or b"")
+    assert "Das Passwort ist ••••••" in _readable(sent["agent_new_ticket"] or b"")
 
 
 def test_replies_over_smtp_are_masked_for_agents_and_customers(
