@@ -23,7 +23,7 @@ from mailgate.db.fastexec import Prebuilt
 from mailgate.models import Follower, Membership, Outbox, OutboxStatus, Suppression, User, table_of
 from mailgate.pipeline.decision import Notify
 from mailgate.pipeline.facts import TicketFacts
-from mailgate.pipeline.notify import is_ours
+from mailgate.pipeline.filters import is_ours
 from mailgate.pipeline.reading import shown_subject
 
 _USERS = table_of(User)

@@ -14,7 +14,8 @@ from email.policy import default as _POLICY
 
 from mailgate.config import Config
 from mailgate.models import Status
-from mailgate.routing import NameMatch, Router, domain_of
+from mailgate.pipeline.filters import is_ours
+from mailgate.routing import NameMatch, Router
 
 COMMANDS = ("status", "org", "requester", "cc", "note", "private")
 PRIVATE = ("note", "private")  # the comment stays internal
@@ -121,7 +122,7 @@ def _check_cc(command: Command, config: Config) -> Change | str:
     email = command_address(argument.strip())
     if email is None:
         return f"{argument.strip()!r} is not one email address"
-    if email in config.agents.addresses or domain_of(email) in config.mail.domains:
+    if email in config.agents.addresses or is_ours(email, config):
         # Agents see every ticket already; our own addresses would mail ourselves (a loop).
         return f"{email} is one of our own addresses, never a participant"
     return Change(f"cc_{action.lower()}", email, command.line)

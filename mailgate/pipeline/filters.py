@@ -15,6 +15,7 @@ from collections.abc import Callable
 from mailgate.config import Config
 from mailgate.outbound import LOOP_HEADER
 from mailgate.parser import InboundMessage
+from mailgate.routing import domain_of
 
 Check = Callable[[InboundMessage], str | None]
 
@@ -90,6 +91,12 @@ def auto_reply_reason(message: InboundMessage) -> str | None:
 # Role addresses every mail domain has (RFC 5321 section 4.5.1, RFC 2142): at our domains
 # they are our MTA's, whose mail is never a customer's request.
 _OUR_ROLES = ("mailer-daemon", "postmaster")
+
+
+def is_ours(email: str, config: Config) -> bool:
+    """An address on one of our own domains (the support address and its aliases): never
+    a recipient of our mail, unless it is the support team's."""
+    return domain_of(email) in config.mail.domains
 
 
 def our_own_address(email: str, config: Config) -> str | None:

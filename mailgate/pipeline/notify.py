@@ -13,12 +13,8 @@ from mailgate.models import NotificationKind
 from mailgate.parser import InboundMessage
 from mailgate.pipeline.commands import Change
 from mailgate.pipeline.decision import Notify
-from mailgate.routing import UnusedPrefix, domain_of
-
-
-def is_ours(email: str, config: Config) -> bool:
-    """An address on one of our own domains (the support address and its aliases)."""
-    return domain_of(email) in config.mail.domains
+from mailgate.pipeline.filters import is_ours
+from mailgate.routing import UnusedPrefix
 
 
 def participant_addresses(
