@@ -87,17 +87,7 @@ def follower_emails(conn: Connection, organization_id: int) -> list[str]:
 def _with_members(ticket: TicketFacts, members: Sequence[str]) -> TicketFacts:
     if not members:
         return ticket
-    return TicketFacts(
-        id=ticket.id,
-        status=ticket.status,
-        organization=ticket.organization,
-        requester=ticket.requester,
-        participants=ticket.participants,
-        members=ticket.members | frozenset(members),
-        subject=ticket.subject,
-        priority=ticket.priority,
-        tags=ticket.tags,
-    )
+    return replace(ticket, members=ticket.members | frozenset(members))
 
 
 def _queue(
