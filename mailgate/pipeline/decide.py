@@ -32,7 +32,7 @@ from mailgate.pipeline.filters import our_own_address, own_mail
 from mailgate.pipeline.inputs import Hints, agent_text, mask_secrets, planned_ticket, reply_text
 from mailgate.pipeline.reading import Mail, Unreadable
 from mailgate.pipeline.threads import NO_REFERENCE, ThreadMatch, match_thread, status_after_reply
-from mailgate.pipeline.trust import Authentication, authenticate
+from mailgate.pipeline.trust import Authentication, authentication
 from mailgate.routing import Router, domain_of
 
 NO_SENDER = "no sender address (From)"
@@ -54,9 +54,7 @@ class Case:
     @cached_property
     def auth(self) -> Authentication:
         """What authenticates the sender's domain (see :mod:`mailgate.pipeline.trust`)."""
-        mail = self.mail
-        agent = mail.sender in self.router.agents
-        return authenticate(mail.message.headers, mail.sender, mail.dkim, self.config, agent)
+        return authentication(self.mail, self.config)
 
     @property
     def by_agent(self) -> bool:
@@ -309,7 +307,7 @@ def agent_without_ticket(case: Case) -> Decision | None:
     mail = case.mail
     if not case.by_agent or mail.auto_reply:
         return None
-    plan = planned_ticket(case.router, mail, case.hints)
+    plan = planned_ticket(case.router, mail, case.hints, case.auth)
     if plan.requester != mail.sender:
         return None  # a forwarded customer's mail: the ticket is the customer's
     return Ignore(f"own mail (agent {mail.sender}) names no ticket, a loop")
@@ -335,7 +333,7 @@ def rate_limited(case: Case) -> Decision | None:
 def new_ticket(case: Case) -> Decision:
     """Anything else opens a ticket in the organization routing chooses."""
     mail, config = case.mail, case.config
-    plan = planned_ticket(case.router, mail, case.hints)
+    plan = planned_ticket(case.router, mail, case.hints, case.auth)
     reason = plan.reason
     if case.match.reason != NO_REFERENCE:
         reason += f"; {case.match.reason}"

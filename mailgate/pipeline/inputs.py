@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from mailgate.parser import InboundMessage, UnparseableMessage, parse
 from mailgate.pipeline.reading import NO_SUBJECT, Mail, shown_subject
 from mailgate.pipeline.threads import names_a_ticket
-from mailgate.pipeline.trust import authenticate
+from mailgate.pipeline.trust import Authentication, authentication
 from mailgate.quotes import forwarded_original, strip_quoted
 from mailgate.routing import RouteDecision, Router, normalize_subject
 from mailgate.secrets_scan import mask_secrets as scan_and_mask
@@ -69,10 +69,13 @@ def usable(hints: Hints | None, router: Router) -> Hints | None:
     return hints
 
 
-def planned_ticket(router: Router, mail: Mail, hints: Hints | None) -> TicketPlan:
+def planned_ticket(
+    router: Router, mail: Mail, hints: Hints | None, auth: Authentication
+) -> TicketPlan:
+    """``auth`` is what decide worked out already: it is not worked out again."""
     if hints is not None and hints.plan is not None:
         return hints.plan
-    return ticket_plan(router, mail)
+    return ticket_plan(router, mail, auth)
 
 
 def reply_text(mail: Mail, hints: Hints | None) -> tuple[str, bool]:
@@ -95,13 +98,13 @@ def mask_secrets(text: str) -> tuple[str, bool]:
     return masked, bool(findings)
 
 
-def ticket_plan(router: Router, mail: Mail) -> TicketPlan:
+def ticket_plan(router: Router, mail: Mail, auth: Authentication | None = None) -> TicketPlan:
     """Requester, organization, subject and body of the ticket this mail would open."""
     config = router.config
     requester, name, subject, note = mail.sender, mail.name, mail.subject, ""
-    agent = mail.sender in router.agents
-    auth = authenticate(mail.message.headers, mail.sender, mail.dkim, config, agent)
-    if agent and auth.verdict is not None:
+    if auth is None:  # computed ahead in a parser process: decide has not asked yet
+        auth = authentication(mail, config)
+    if mail.sender in router.agents and auth.verdict is not None:
         original = forwarded_sender(mail.message)
         if original is not None and original[0] not in router.agents:
             # An agent forwarding a customer's mail opens the ticket for that customer.

@@ -31,6 +31,7 @@ from publicsuffixlist import PublicSuffixList
 
 from mailgate.config import Config
 from mailgate.dkim_check import DkimResult
+from mailgate.pipeline.reading import Mail
 from mailgate.routing import domain_of
 
 AUTH_RESULTS = "authentication-results"
@@ -139,6 +140,12 @@ def by_dkim(result: DkimResult | None, from_domain: str) -> str | None:
     if not aligned(result.domain, from_domain):
         return None
     return f"dkim=pass d={result.domain} (checked by mailgate)"
+
+
+def authentication(mail: Mail, config: Config) -> Authentication:
+    """What authenticates the mail's sender (:func:`authenticate`), an agent or not."""
+    agent = mail.sender in config.agents.addresses
+    return authenticate(mail.message.headers, mail.sender, mail.dkim, config, agent)
 
 
 def authenticate(
