@@ -119,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     p = command(tsub, "list", help="list tickets")
     p.add_argument("--org", metavar="NAME", help="only this organization's tickets")
     p.add_argument("--status", choices=[s.value for s in Status])
+    p.add_argument(
+        "--assignee", metavar="EMAIL|none", help="only tickets this agent handles; none: unassigned"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p = command(tsub, "show", help="show one ticket with its comments")
     p.add_argument("id", type=int)
@@ -132,11 +135,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="where to write it; '-': stdout (default: its file name, here, never overwritten)",
     )
-    p = command(tsub, "set", help="change a ticket's status, organization or requester")
+    p = command(tsub, "set", help="change a ticket's status, organization, requester or assignee")
     p.add_argument("id", type=int)
     p.add_argument("--status", choices=[s.value for s in Status])
     p.add_argument("--org", metavar="NAME")
     p.add_argument("--requester", metavar="EMAIL")
+    p.add_argument("--assignee", metavar="EMAIL|none", help="an agent's address, or none")
     p.add_argument("--json", action="store_true", help="print the changed ticket as JSON")
 
     outbox = command(sub, "outbox", help="notifications waiting, sent and failed")
@@ -363,9 +367,8 @@ def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
     try:
         with store.transaction() as session:
             if args.tickets_command == "list":
-                rows = [
-                    st.ticket_summary(t) for t in st.list_tickets(session, args.org, args.status)
-                ]
+                found = st.list_tickets(session, args.org, args.status, args.assignee)
+                rows = [st.ticket_summary(t) for t in found]
                 print_list(rows, args.json)
             elif args.tickets_command == "show":
                 detail = st.ticket_detail(session, st.get_ticket(session, args.id))
@@ -375,18 +378,30 @@ def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
                 _, attachment = st.find_attachment(ticket, args.which)
                 _save(st.attachment_data(session, attachment), args.output, attachment.filename)
             else:
-                if args.status is None and args.org is None and args.requester is None:
-                    raise CliError("nothing to change: give --status, --org or --requester", 2)
+                given = (args.status, args.org, args.requester, args.assignee)
+                if all(value is None for value in given):
+                    raise CliError(
+                        "nothing to change: give --status, --org, --requester or --assignee", 2
+                    )
                 ticket = st.get_ticket(session, args.id)
                 changes = {"status": args.status, "organization": args.org}
-                set_ticket(session, config, ticket, now(), requester=args.requester, **changes)
+                set_ticket(
+                    session,
+                    config,
+                    ticket,
+                    now(),
+                    assignee=args.assignee,
+                    requester=args.requester,
+                    **changes,
+                )
                 summary = st.ticket_summary(ticket)
                 if args.json:
                     print(json.dumps(summary, ensure_ascii=False, indent=2))
                 else:
                     print(
                         f"ticket #{summary['id']}: status {summary['status']}, organization "
-                        f"{summary['organization'] or '-'}, requester {summary['requester']}"
+                        f"{summary['organization'] or '-'}, requester {summary['requester']}, "
+                        f"assignee {summary['assignee'] or '-'}"
                     )
     finally:
         store.close()

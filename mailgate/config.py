@@ -303,6 +303,8 @@ class TicketsConfig:
 class AgentsConfig:
     addresses: tuple[str, ...] = ()
     notify: tuple[str, ...] | None = None  # None: every agent address
+    # The first agent who answers an unassigned ticket publicly becomes its assignee.
+    assign_on_reply: bool = True
 
     @property
     def notified(self) -> tuple[str, ...]:
@@ -660,10 +662,11 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         notify_closed=s.get("notify_closed", True, _bool),
     )
 
-    s = section(data.get("agents", {}), "agents", {"addresses", "notify"})
+    s = section(data.get("agents", {}), "agents", {"addresses", "notify", "assign_on_reply"})
     agents = AgentsConfig(
         addresses=s.get("addresses", (), _list(_email)),
         notify=s.get("notify", None, _list(_email)),
+        assign_on_reply=s.get("assign_on_reply", True, _bool),
     )
     for key, addresses in (("addresses", agents.addresses), ("notify", agents.notify or ())):
         for email in addresses:

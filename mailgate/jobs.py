@@ -319,6 +319,7 @@ class Jobs:
                 "requester_name": ticket.requester.name,
                 "priority": ticket.priority,
                 "routing_reason": ticket.routing_reason,
+                "assignee": ticket.assignee.email if ticket.assignee is not None else None,
             }
             if ticket is not None
             else None,
@@ -344,6 +345,7 @@ class Jobs:
             ),
             "errors": list(row.payload.get("errors", [])),
             "about": str(row.payload.get("about", "")),
+            "by": str(row.payload.get("by", "")),  # who assigned the ticket
             "moved": row.payload.get("moved"),  # {"from": old or None, "to": new}
             # {"why": unknown|ambiguous|not_authorised, "prefix": as written, "names": [...]}
             "unused_prefix": row.payload.get("unused_prefix"),

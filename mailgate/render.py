@@ -8,7 +8,8 @@ context and sends the result.
 The context contract (every template may rely on exactly these names):
 
 ``ticket``     mapping: id, subject, status, organization (str or None), requester,
-               requester_name, priority, routing_reason; None for a notification that
+               requester_name, priority, routing_reason, assignee (the agent who handles
+               it, or None); None for a notification that
                belongs to no ticket (agent_unverified for a quarantined mail)
 ``tag``        the ticket's subject tag, e.g. ``"[#12]"``
 ``recipient``  the address this copy goes to
@@ -16,11 +17,13 @@ The context contract (every template may rely on exactly these names):
 ``comment``    mapping: author, author_name, body, attachments (list of mappings:
                filename, size in bytes) — for ticket_created, new_ticket_follower,
                agent_reply, customer_reply, agent_new_ticket, and for ticket_moved the
-               ticket's first public comment (None when it has none); None otherwise
+               ticket's first public comment, for ticket_assigned the customer's latest
+               (None when it has none); None otherwise
 ``errors``     list of str — the refused commands for command_error, what each
                authentication method found for agent_unverified; else empty
 ``about``      the subject of the mail a notification without ticket is about, else ""
 ``moved``      mapping: from (str or None), to — the move a ticket_moved tells of; else None
+``by``         who gave the ticket to the recipient, for ticket_assigned; else ""
 ``unused_prefix`` mapping: why (``unknown``, ``ambiguous``, ``not_authorised``), prefix (as
                written), names (the organizations it may mean) — for a ticket_created whose
                subject named a customer that did not decide the organization; else None
@@ -66,6 +69,7 @@ CONTEXT_KEYS: tuple[str, ...] = (
     "about",
     "moved",
     "unused_prefix",
+    "by",
 )
 
 # A language is a folder name; anything else (a path, "..") must never reach the loader.

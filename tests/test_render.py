@@ -29,6 +29,7 @@ WITH_COMMENT = {
     "customer_reply",
     "ticket_moved",
     "agent_new_ticket",
+    "ticket_assigned",
 }
 # The acknowledgement gets the first comment too but does not echo it: short, and a pasted
 # password is not mailed back out again.
@@ -50,6 +51,7 @@ def make_context(
             "requester_name": "Anna Müller",
             "priority": "normal",
             "routing_reason": "sender domain mueller-logistik.de",
+            "assignee": None,
             **ticket,
         },
         "tag": "[#4711]",
@@ -77,6 +79,7 @@ def make_context(
         "about": "",
         "moved": MOVED if kind == "ticket_moved" else None,
         "unused_prefix": None,
+        "by": "lisa@support.example.com" if kind == "ticket_assigned" else "",
     }
 
 

@@ -161,6 +161,8 @@ def _follow_up(
         "routing_score": None,
         "priority": closed.priority,
         "tags": list(closed.tags),
+        # The closed ticket's owner keeps its follow-up, while still an agent.
+        "assignee_id": closed.assignee_id if closed.assignee in config.agents.addresses else None,
     }
     ticket_id = _insert_ticket(conn, values)
     for person in _PARTICIPANT_IDS.run(conn, {"ticket": closed.id}).scalars():

@@ -40,6 +40,7 @@ class Notify:
     moved: tuple[str | None, str] | None = None  # a move's old and new organization
     # The acknowledgement of a ticket whose subject prefix did not decide its organization.
     unused_prefix: UnusedPrefix | None = None
+    by: str = ""  # who did what the notification tells of (an assignment)
 
 
 @dataclass(frozen=True, slots=True)
