@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from mailgate.config import Config
 from mailgate.db.outbox import queue_notification
 from mailgate.db.records import ensure_secret
+from mailgate.digest import send_digest, with_reply_addresses
 from mailgate.dkim_sign import DkimSigner
 from mailgate.health import DELIVERIES
 from mailgate.hours import SupportHours
@@ -50,7 +51,9 @@ BATCH = 50
 
 
 # Kinds that may belong to no ticket: an agent's unauthenticated mail kept in quarantine.
-TICKETLESS = frozenset({NotificationKind.AGENT_UNVERIFIED.value})
+# Kinds that may belong to no ticket: an agent's unauthenticated mail kept in quarantine,
+# the agents' daily digest.
+TICKETLESS = frozenset({NotificationKind.AGENT_UNVERIFIED.value, NotificationKind.AGENT_DIGEST})
 
 
 @dataclass
@@ -346,6 +349,7 @@ class Jobs:
             "errors": list(row.payload.get("errors", [])),
             "about": str(row.payload.get("about", "")),
             "by": str(row.payload.get("by", "")),  # who assigned the ticket
+            "digest": with_reply_addresses(row.payload.get("digest"), config.mail.address, secret),
             "moved": row.payload.get("moved"),  # {"from": old or None, "to": new}
             # {"why": unknown|ambiguous|not_authorised, "prefix": as written, "names": [...]}
             "unused_prefix": row.payload.get("unused_prefix"),
@@ -402,7 +406,13 @@ class Jobs:
         return ids
 
     def run_once(self, now: datetime) -> dict[str, Any]:
-        """Every job once (``mailgate jobs run``): close first, so its mail goes out too."""
+        """Every job once (``mailgate jobs run``): close first and queue a due digest, so
+        their mail goes out too."""
         closed = self.close_solved(now)
+        digests = self.send_digest(now)
         stats = self.deliver_outbox(now)
-        return {"closed": len(closed), **stats.as_json()}
+        return {"closed": len(closed), **stats.as_json(), "digests": digests}
+
+    def send_digest(self, now: datetime) -> int:
+        """The agents' daily digest, when ``[agents] digest`` says it is due."""
+        return send_digest(self.store, self.config, self.hours, now)

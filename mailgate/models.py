@@ -91,6 +91,7 @@ class NotificationKind(enum.StrEnum):
     TICKET_MOVED = "ticket_moved"  # to the new organization's followers after a move
     AGENT_NEW_TICKET = "agent_new_ticket"  # to each of [agents] notify: a new ticket or follow-up
     TICKET_ASSIGNED = "ticket_assigned"  # to an agent someone else made a ticket's assignee
+    AGENT_DIGEST = "agent_digest"  # each working morning: what waits on the team ([agents] digest)
 
 
 class AuthorKind(enum.StrEnum):

@@ -24,6 +24,10 @@ The context contract (every template may rely on exactly these names):
 ``about``      the subject of the mail a notification without ticket is about, else ""
 ``moved``      mapping: from (str or None), to — the move a ticket_moved tells of; else None
 ``by``         who gave the ticket to the recipient, for ticket_assigned; else ""
+``digest``     mapping for agent_digest: day (ISO date), mine, unassigned, overdue (each a
+               mapping: tickets, a list of mappings id, subject, status, priority, since,
+               organization, requester, assignee, reply (its reply address); total, how
+               many match); else None
 ``unused_prefix`` mapping: why (``unknown``, ``ambiguous``, ``not_authorised``), prefix (as
                written), names (the organizations it may mean) — for a ticket_created whose
                subject named a customer that did not decide the organization; else None
@@ -70,6 +74,7 @@ CONTEXT_KEYS: tuple[str, ...] = (
     "moved",
     "unused_prefix",
     "by",
+    "digest",
 )
 
 # A language is a folder name; anything else (a path, "..") must never reach the loader.

@@ -35,6 +35,28 @@ WITH_COMMENT = {
 # password is not mailed back out again.
 SHOWS_COMMENT = WITH_COMMENT - {"ticket_created"}
 MOVED = {"from": "Müller Logistik GmbH", "to": "Agentur Blau"}
+_WAITING = {
+    "id": 4711,
+    "subject": SUBJECT,
+    "status": "open",
+    "priority": "urgent",
+    "since": "03.12. 14:05",
+    "organization": "Müller Logistik GmbH",
+    "requester": "anna@mueller-logistik.de",
+    "assignee": None,
+    "reply": "support+4711-0123456789ab@support.example.com",
+}
+
+
+def digest(subject: str = SUBJECT) -> dict[str, Any]:
+    """An agent_digest's lists as rendered: nothing of one's own, one ticket shown of 51."""
+    waiting = {**_WAITING, "subject": subject}
+    return {
+        "day": "2026-12-07",
+        "mine": {"tickets": [], "total": 0},
+        "unassigned": {"tickets": [waiting], "total": 51},
+        "overdue": {"tickets": [waiting], "total": 1},
+    }
 
 
 def make_context(
@@ -80,6 +102,7 @@ def make_context(
         "moved": MOVED if kind == "ticket_moved" else None,
         "unused_prefix": None,
         "by": "lisa@support.example.com" if kind == "ticket_assigned" else "",
+        "digest": digest(ticket.get("subject", SUBJECT)) if kind == "agent_digest" else None,
     }
 
 
