@@ -41,6 +41,7 @@ from mailgate.pipeline import notify
 from mailgate.pipeline.facts import TicketFacts
 from mailgate.pipeline.reading import shown_subject
 from mailgate.pipeline.threads import reply_address
+from mailgate.quotes import shown_history, split_history
 from mailgate.render import Renderer
 from mailgate.store import Store
 
@@ -308,6 +309,11 @@ class Jobs:
         ):
             # Queueing never writes such a row; should one exist, it is never sent.
             raise ValueError("an internal comment is for agents only")
+        body, history = comment.body if comment is not None else "", ""
+        if comment is not None and row.kind == NotificationKind.AGENT_NEW_TICKET:
+            # The request's own words first; what it quoted or forwarded below them.
+            body, history = split_history(comment.body)
+            history = shown_history(history)
         organization = ticket.organization if ticket is not None else None
         org_cfg = config.organization(organization.name) if organization else None
         language = (org_cfg.language if org_cfg else None) or config.mail.language
@@ -338,7 +344,8 @@ class Jobs:
                 {
                     "author": comment.author.email,
                     "author_name": comment.author.name,
-                    "body": comment.body,
+                    "body": body,
+                    "history": history,
                     "attachments": [
                         {"filename": a.filename, "size": a.size} for a in comment.attachments
                     ],

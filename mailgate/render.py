@@ -15,7 +15,9 @@ The context contract (every template may rely on exactly these names):
 ``recipient``  the address this copy goes to
 ``support``    mapping: address, hours (:meth:`SupportHours.describe`), open_now (bool)
 ``comment``    mapping: author, author_name, body, attachments (list of mappings:
-               filename, size in bytes) — for ticket_created, new_ticket_follower,
+               filename, size in bytes), history (for agent_new_ticket the quoted or
+               forwarded text below the new text, which ``body`` then holds alone; else
+               "") — for ticket_created, new_ticket_follower,
                agent_reply, customer_reply, agent_new_ticket, and for ticket_moved the
                ticket's first public comment, for ticket_assigned the customer's latest
                (None when it has none); None otherwise

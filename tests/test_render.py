@@ -88,6 +88,7 @@ def make_context(
                 "author": "anna@mueller-logistik.de",
                 "author_name": "Anna Müller",
                 "body": "Guten Tag,\n\nder Drucker zeigt Fehler 49.\n\nViele Grüße\nAnna Müller",
+                "history": "",
                 "attachments": [{"filename": "fehler.jpg", "size": 348_160}],
             }
             if kind in WITH_COMMENT
