@@ -30,6 +30,7 @@ EX_OK = 0
 EX_FAILURE = 1
 EX_USAGE = 2  # also: invalid configuration
 EX_DATAERR = 65  # unparseable input, kept in quarantine
+EX_NOUSER = 67  # a mailbox of our domain that is not ours ([mail] recipients): bounced
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75  # database down: the MTA keeps the mail and retries
 
@@ -329,6 +330,13 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
                 f"--rcpt {rcpt!r} is not an address; give FILE before --rcpt or after --",
                 EX_TEMPFAIL,  # the MTA keeps the mail until its command line is mended
             )
+    if args.rcpt and all(_not_ours(rcpt, config) for rcpt in args.rcpt):
+        # What the listener answers "550 5.1.1" for: an agent's mailbox in our domain.
+        raise CliError(
+            f"{', '.join(args.rcpt)}: not a mailbox of ours ([mail] recipients); "
+            "its mail belongs to its own mailbox",
+            EX_NOUSER,
+        )
     try:
         return _ingest(args, config)
     except (CliError, ConfigError, StoreUnavailable):
@@ -337,6 +345,13 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
         log.debug("ingest failed", exc_info=True)
         detail = " ".join(str(exc).split())  # one line: an MTA logs only the first
         raise CliError(f"{type(exc).__name__}: {detail} (try again later)", EX_TEMPFAIL) from None
+
+
+def _not_ours(rcpt: str, config: Config) -> bool:
+    """An address of our domains that ``[mail] recipients`` leaves out. Other domains are
+    the MTA's business (aliases, rewriting): their mail is taken as before."""
+    domain = rcpt.rpartition("@")[2].lower().rstrip(".")
+    return domain in config.mail.domains and not config.mail.receives(rcpt)
 
 
 def _ingest(args: argparse.Namespace, config: Config) -> int:
