@@ -80,6 +80,7 @@ def make_context(
         "moved": MOVED if kind == "ticket_moved" else None,
         "unused_prefix": None,
         "by": "lisa@support.example.com" if kind == "ticket_assigned" else "",
+        "left_out": [],
     }
 
 

@@ -83,6 +83,15 @@ def ensure_blob(db: Session | Connection, data: bytes, digest: str | None = None
     return digest
 
 
+def blob_data(db: Session | Connection, sha256: str) -> bytes:
+    """A stored file's content by its SHA-256."""
+    conn = db if isinstance(db, Connection) else db.connection()
+    data = conn.execute(select(Blob.data).where(Blob.sha256 == sha256)).scalar()
+    if data is None:
+        raise StoreUnavailable(f"the content {sha256} is missing")
+    return bytes(data)
+
+
 def raw_mail(db: Session | Connection, row: LedgerEntry) -> bytes:
     """A ledger entry's raw mail.
 
