@@ -21,6 +21,7 @@ from mailgate.config import Config
 from mailgate.db.outbox import queue_notification
 from mailgate.db.records import blob_data, ensure_secret, raw_mail
 from mailgate.dkim_sign import DkimSigner
+from mailgate.errors import StoreUnavailable
 from mailgate.health import DELIVERIES
 from mailgate.hours import SupportHours
 from mailgate.models import (
@@ -250,6 +251,12 @@ class Jobs:
         with self.store.transaction() as session:
             row = self._owned(session, claim)
             if row is None:
+                return None
+            if isinstance(failure, StoreUnavailable):  # reading the files: the database's
+                error = describe(failure)  # trouble, not the row's: built again later
+                row.status, row.last_error, row.claimed_at = OutboxStatus.RETRY.value, error, None
+                row.next_attempt_at = now + backoff(claim.attempts)
+                stats.count(Verdict.RETRY, row.id, error)
                 return None
             if failure is not None:
                 self._fail_render(row, failure, stats)

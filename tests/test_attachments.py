@@ -257,6 +257,18 @@ def test_a_winmail_dat_over_smtp_becomes_the_files_it_carries(
 
 
 @pytest.mark.skipif(not TNEF_DIR.is_dir(), reason=corpus_missing(TNEF_DIR))
+def test_an_agent_on_outlook_sends_the_files_not_the_winmail_dat(
+    config: Config, store: Store, server: int, clock: Clock, sink: Sink
+) -> None:
+    reply_to = _new_ticket(config, store, server, clock, sink)
+    tnef = (TNEF_DIR / "two-files.tnef").read_bytes()
+    answer = _agent_reply(reply_to, "Anbei.\n", [("winmail.dat", "application/ms-tnef", tnef)])
+    assert send(server, answer.as_bytes(), mail_from=AGENT, rcpt=(reply_to,)) == {}
+    Jobs(store, config).deliver_outbox(clock())
+    assert sorted(_files(_to_anna(sink).data)) == ["AUTHORS", "README"]
+
+
+@pytest.mark.skipif(not TNEF_DIR.is_dir(), reason=corpus_missing(TNEF_DIR))
 @pytest.mark.parametrize(
     ("sample", "expected"),
     [

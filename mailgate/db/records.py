@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from mailgate.db.fastexec import Prebuilt, insert_for, insert_once
 from mailgate.db.queries import find_organization
-from mailgate.errors import Refused, StoreUnavailable, TicketLocked
+from mailgate.errors import NotFound, Refused, StoreUnavailable, TicketLocked
 from mailgate.models import Blob, LedgerEntry, Meta, Status, Ticket, User, table_of
 
 _USERS = table_of(User)
@@ -88,7 +88,7 @@ def blob_data(db: Session | Connection, sha256: str) -> bytes:
     conn = db if isinstance(db, Connection) else db.connection()
     data = conn.execute(select(Blob.data).where(Blob.sha256 == sha256)).scalar()
     if data is None:
-        raise StoreUnavailable(f"the content {sha256} is missing")
+        raise NotFound(f"the content {sha256} is missing")
     return bytes(data)
 
 
