@@ -701,7 +701,8 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     print(f"listener: {s.protocol} on {s.host}:{s.port}, max message size {s.max_message_size}")
     print(f"database: {config.database.url}")
     print(f"accepting mail for: {', '.join(config.mail.domains)}; from {config.mail.address}")
-    print(f"outbound: {config.outbound.transport}")
+    limit = config.outbound.max_attachment_size
+    print(f"outbound: {config.outbound.transport}; agents' files attached up to {limit} bytes")
     print(f"organizations: {len(config.organizations)}; agents: {len(config.agents.addresses)}")
     for warning in config.security.warnings(bool(config.agents.addresses)):
         print(f"warning: {warning}")

@@ -40,6 +40,7 @@ from mailgate.confvalues import (
     _regex,
     _secret,
     _Section,
+    _size,
     _str,
     _tag,
     _timezone,
@@ -138,6 +139,9 @@ class OutboundConfig:
     dkim_selector: str | None = None
     dkim_key: str | None = None
     dkim_domain: str | None = None
+    # An agent's files go out with their agent_reply up to this many bytes in all; the
+    # files above it are listed in the mail as left out (the ticket keeps them).
+    max_attachment_size: int = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,6 +550,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
             "dkim_selector",
             "dkim_key",
             "dkim_domain",
+            "max_attachment_size",
         },
     )
     before = len(problems)
@@ -564,6 +569,9 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         dkim_selector=s.get("dkim_selector", None, _dkim_selector),
         dkim_key=s.get("dkim_key", None, _dkim_key),
         dkim_domain=s.get("dkim_domain", None, _domain),
+        max_attachment_size=s.get(
+            "max_attachment_size", d_out.max_attachment_size, _size(0, 2**31)
+        ),
     )
     if len(problems) == before and (outbound.dkim_selector is None) != (outbound.dkim_key is None):
         problems.append("[outbound].dkim_key: dkim_selector and dkim_key go together; give both")

@@ -185,6 +185,34 @@ def _duration(value: Any) -> timedelta:
     return result
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30}
+
+
+def parse_size(value: str) -> int:
+    """``"10MB"``, ``"512 KB"``, ``"2MiB"``, ``"1048576"`` → bytes (KB, MB, GB in 1024s, as
+    mail clients count them)."""
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError("must be a size like '10MB', '512KB' or a number of bytes")
+    unit = (match.group(2) or "b").lower().replace("i", "")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def _size(low: int, high: int) -> Callable[[Any], int]:
+    """A size in bytes: an integer, or a string with a unit (:func:`parse_size`)."""
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise TypeError("must be a size like '10MB' or a number of bytes")
+        size = parse_size(value) if isinstance(value, str) else value
+        if not low <= size <= high:
+            raise ValueError(f"must be between {low} and {high} bytes")
+        return size
+
+    return check
+
+
 def _database_url(value: Any) -> str:
     text = _str(value)
     if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", text):

@@ -19,24 +19,38 @@ from sqlalchemy.orm import Session
 
 from mailgate.config import Config
 from mailgate.db.outbox import queue_notification
-from mailgate.db.records import ensure_secret
+from mailgate.db.records import blob_data, ensure_secret, raw_mail
 from mailgate.digest import send_digest, with_reply_addresses
 from mailgate.dkim_sign import DkimSigner
+from mailgate.errors import StoreUnavailable
 from mailgate.health import DELIVERIES
 from mailgate.hours import SupportHours
-from mailgate.models import Comment, NotificationKind, Outbox, OutboxStatus, Status, Ticket, User
+from mailgate.models import (
+    Comment,
+    LedgerEntry,
+    NotificationKind,
+    Outbox,
+    OutboxStatus,
+    Status,
+    Ticket,
+    User,
+)
 from mailgate.outbound import (
     DeliveryError,
     OutboundEnvelope,
+    StoredFile,
     Transport,
     Verdict,
     backoff,
     build_message,
+    choose_files,
+    cid_references,
     classify,
     make_transport,
     one_line,
     settle,
 )
+from mailgate.parser import parse
 from mailgate.pipeline import notify
 from mailgate.pipeline.facts import TicketFacts
 from mailgate.pipeline.reading import shown_subject
@@ -94,6 +108,20 @@ def judge_unexpected(exc: Exception) -> Verdict:
     return Verdict.RETRY if isinstance(exc, OSError) else Verdict.FAILED
 
 
+def shown_inline(raw: bytes) -> frozenset[str]:
+    """The Content-IDs a mail's HTML shows in place: its parts that are no files to send.
+
+    The comment keeps the text, not the HTML, so the agent's stored mail is read again;
+    only for a reply with a file that has a Content-ID (Outlook's signature logo, Apple
+    Mail's and Gmail's attachments).
+    """
+    try:
+        return cid_references(parse(raw).html)
+    except Exception as exc:  # it was parsed once at ingest; should it fail now, say so
+        log.warning("cannot read the agent's mail for inline parts: %s", describe(exc))
+        return frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class _Draft:
     """What a notification is built from, read while its row was claimed: plain data, so
@@ -103,6 +131,8 @@ class _Draft:
     language: str
     context: dict[str, Any]
     envelope: OutboundEnvelope
+    files: tuple[StoredFile, ...] = ()  # an agent reply's files, to attach what fits
+    inbound: int | None = None  # the ledger entry of the comment's mail (its HTML's cid:)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +242,11 @@ class Jobs:
         assert claim.draft is not None
         draft = claim.draft
         try:
-            rendered = self.renderer.render(draft.kind, draft.language, draft.context)
+            files, left_out = self._files(draft)
+            context = {**draft.context, "left_out": left_out}
+            rendered = self.renderer.render(draft.kind, draft.language, context)
             message = build_message(
-                self.config, draft.envelope, rendered.text, rendered.html, now=now
+                self.config, draft.envelope, rendered.text, rendered.html, now=now, files=files
             )
             data, message_id = message.as_bytes(), str(message["Message-ID"]).strip().strip("<>")
             failure: Exception | None = None
@@ -224,11 +256,35 @@ class Jobs:
             row = self._owned(session, claim)
             if row is None:
                 return None
+            if isinstance(failure, StoreUnavailable):  # reading the files: the database's
+                error = describe(failure)  # trouble, not the row's: built again later
+                row.status, row.last_error, row.claimed_at = OutboxStatus.RETRY.value, error, None
+                row.next_attempt_at = now + backoff(claim.attempts)
+                stats.count(Verdict.RETRY, row.id, error)
+                return None
             if failure is not None:
                 self._fail_render(row, failure, stats)
                 return None
             row.message, row.message_id = data, message_id
         return _Claim(claim.id, data, claim.recipients, claim.created_at, claim.attempts)
+
+    def _files(self, draft: _Draft) -> tuple[list[tuple[StoredFile, bytes]], list[dict[str, Any]]]:
+        """The files to attach with their content, and those left out (for the template).
+
+        Read in a reading session of their own, after the claim and before the build: a
+        large file is never read while the writer is held.
+        """
+        if not draft.files:
+            return [], []
+        with self.store.reading() as session:
+            shown = frozenset[str]()
+            if draft.inbound is not None and any(f.content_id for f in draft.files):
+                entry = session.get(LedgerEntry, draft.inbound)
+                shown = shown_inline(raw_mail(session, entry)) if entry is not None else shown
+            choice = choose_files(draft.files, shown, self.config.outbound.max_attachment_size)
+            attached = [(file, blob_data(session, file.sha256)) for file in choice.attached]
+        left_out = [{"filename": f.filename, "size": f.size} for f in choice.left_out]
+        return attached, left_out
 
     @staticmethod
     def _owned(session: Session, claim: _Claim) -> Outbox | None:
@@ -360,6 +416,7 @@ class Jobs:
             "moved": row.payload.get("moved"),  # {"from": old or None, "to": new}
             # {"why": unknown|ambiguous|not_authorised, "prefix": as written, "names": [...]}
             "unused_prefix": row.payload.get("unused_prefix"),
+            "left_out": [],  # filled in by _build, once the files are chosen
         }
         if ticket is not None:
             thread = [c.message_id for c in ticket.comments if c.message_id]
@@ -378,7 +435,15 @@ class Jobs:
             if row.kind == NotificationKind.TICKET_CREATED
             else "auto-generated",
         )
-        return _Draft(row.kind, language, context, envelope)
+        files: tuple[StoredFile, ...] = ()
+        if row.kind == NotificationKind.AGENT_REPLY and comment is not None and comment.public:
+            # Only the files of the comment this reply sends: never another comment's.
+            files = tuple(
+                StoredFile(a.filename, a.content_type, a.size, a.sha256, a.content_id)
+                for a in comment.attachments
+            )
+        inbound = comment.inbound_message_id if comment is not None else None
+        return _Draft(row.kind, language, context, envelope, files, inbound)
 
     # --- auto-close -----------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any, Protocol, cast
+from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
 from mailgate.config import Config
@@ -194,6 +195,76 @@ def _msg_ids(ids: Sequence[str]) -> list[str]:
     return [f"<{i}>" for i in ids if _MSG_ID.match(i)]
 
 
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """An attachment of the comment a notification sends, as the ticket keeps it."""
+
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    content_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileChoice:
+    """Which of a comment's files go out with its mail, and which are only listed."""
+
+    attached: tuple[StoredFile, ...]
+    left_out: tuple[StoredFile, ...]  # above [outbound] max_attachment_size: listed
+
+
+# Outlook's TNEF stream: its files are attachments of their own beside it (unpacked at
+# ingest), and no mail client but Outlook opens the stream itself.
+_NOT_SENT_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
+_CID = re.compile(r"""cid:([^"'\s<>()]+)""", re.IGNORECASE)
+
+
+def cid_references(html: str | None) -> frozenset[str]:
+    """The Content-IDs an HTML body shows in place (``src="cid:…"``, RFC 2392), lowered."""
+    return frozenset(unquote(m.group(1)).strip("<>").lower() for m in _CID.finditer(html or ""))
+
+
+def choose_files(
+    files: Sequence[StoredFile], shown_inline: frozenset[str], limit: int
+) -> FileChoice:
+    """The files an agent's reply carries to the customer, in their order, up to ``limit``.
+
+    Not sent, and not listed either: a part the agent's HTML showed in place by its
+    Content-ID (``shown_inline``: signature logos, pictures quoted from earlier mails), and
+    Outlook's ``winmail.dat``, whose files are attachments of their own. The others are
+    attached while they fit into ``limit`` bytes together (sizes decoded, before base64);
+    one that does not fit is left out and listed, and a smaller one after it may still fit.
+    """
+    attached: list[StoredFile] = []
+    left_out: list[StoredFile] = []
+    used = 0
+    for file in files:
+        if file.content_type.lower() in _NOT_SENT_TYPES:
+            continue
+        if file.content_id and file.content_id.lower() in shown_inline:
+            continue
+        if used + file.size <= limit:
+            attached.append(file)
+            used += file.size
+        else:
+            left_out.append(file)
+    return FileChoice(tuple(attached), tuple(left_out))
+
+
+_MIME_TOKEN = re.compile(r"^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+$")
+
+
+def _attachment_type(content_type: str) -> tuple[str, str]:
+    """A file's type as (maintype, subtype) for a leaf part: containers, ``message/*`` (the
+    email package wants a Message object for them) and junk go as application/octet-stream."""
+    value = content_type.strip().lower()
+    if not _MIME_TOKEN.match(value) or value.startswith(("multipart/", "message/")):
+        return "application", "octet-stream"
+    maintype, subtype = value.split("/", 1)
+    return maintype, subtype
+
+
 def build_message(
     config: Config,
     envelope: OutboundEnvelope,
@@ -201,6 +272,7 @@ def build_message(
     html: str,
     message_id: str | None = None,
     now: datetime | None = None,
+    files: Sequence[tuple[StoredFile, bytes]] = (),
 ) -> EmailMessage:
     """One RFC 5322 notification with our headers; pure, so it can be tested and stored.
 
@@ -235,8 +307,14 @@ def build_message(
     # Quoted-printable keeps every body line within 78 characters and the body 7-bit.
     message.set_content(text, charset="utf-8", cte="quoted-printable")
     message.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
-    for part in message.iter_parts():  # MIME-Version belongs to the top only (RFC 2045 4)
-        del part["MIME-Version"]
+    for file, data in files:
+        # multipart/mixed around the alternative; base64; a non-ASCII name as RFC 2231's
+        # filename*=utf-8''… (the email package's add_attachment does both).
+        maintype, subtype = _attachment_type(file.content_type)
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=file.filename)
+    for part in message.walk():  # MIME-Version belongs to the top only (RFC 2045 4)
+        if part is not message:
+            del part["MIME-Version"]
     return message
 
 

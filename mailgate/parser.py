@@ -30,7 +30,8 @@ This module keeps the entry point and the result: :func:`parse`, the order of it
 assembly of :class:`InboundMessage` and its defects. Each step lives in :mod:`mailgate.mail`:
 ``headblock`` (where the headers start, their repair), ``large`` (big base64 attachments
 decoded beside the parse), ``charsets`` and ``headers`` (text and header values), ``fields``
-(Message-IDs, addresses, dates), ``mime`` (body and attachments) and ``htmltext``.
+(Message-IDs, addresses, dates), ``mime`` (body and attachments), ``htmltext`` and ``tnef``
+(the files inside Outlook's ``winmail.dat``, added beside it).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from mailgate.mail.mime import (
     _Walk,
     _walk_message,
 )
+from mailgate.mail.tnef import unpack_all
 
 __all__ = [
     "Address",
@@ -270,8 +272,18 @@ def parse(raw: bytes) -> InboundMessage:
         message = _parse_data(raw, skeleton, notes)
         attachments = _restore_large_parts(message.attachments, data, aside)
         if attachments is not None:
-            return dataclasses.replace(message, attachments=attachments)
-    return _parse_data(raw, data, notes)
+            return _unpack_tnef(dataclasses.replace(message, attachments=attachments))
+    return _unpack_tnef(_parse_data(raw, data, notes))
+
+
+def _unpack_tnef(message: InboundMessage) -> InboundMessage:
+    """The files of each Outlook ``winmail.dat`` added after it (:mod:`mailgate.mail.tnef`);
+    one that cannot be unpacked stays as it is, with a defect saying why."""
+    attachments, problems = unpack_all(message.attachments)
+    if attachments is message.attachments and not problems:
+        return message
+    defects = _dedupe((*message.defects, *problems))
+    return dataclasses.replace(message, attachments=attachments, defects=defects)
 
 
 def _parse_data(raw: bytes, data: bytes, notes: list[str]) -> InboundMessage:

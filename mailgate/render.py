@@ -33,6 +33,9 @@ The context contract (every template may rely on exactly these names):
 ``unused_prefix`` mapping: why (``unknown``, ``ambiguous``, ``not_authorised``), prefix (as
                written), names (the organizations it may mean) — for a ticket_created whose
                subject named a customer that did not decide the organization; else None
+``left_out``   list of mappings: filename, size in bytes — an agent_reply's files that were
+               not attached, being above ``[outbound] max_attachment_size`` (the ticket
+               keeps them); else empty
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ CONTEXT_KEYS: tuple[str, ...] = (
     "unused_prefix",
     "by",
     "digest",
+    "left_out",
 )
 
 # A language is a folder name; anything else (a path, "..") must never reach the loader.

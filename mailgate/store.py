@@ -186,6 +186,13 @@ class Store:
             yield session
 
     @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session that only reads, without the writer lock: SQLite's WAL and
+        PostgreSQL's MVCC let it read beside the writer (blobs for an outgoing mail)."""
+        with temporary_failures(), Session(self.engine) as session, session.begin():
+            yield session
+
+    @contextmanager
     def batch(self) -> Iterator[Session]:
         """Group commit: one transaction, one commit (one fsync) for several mails.
 

@@ -76,6 +76,14 @@ def test_discovery_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         ('[[organizations]]\nname = "A"\n[[organizations]]\nname = "a"', "defined twice"),
         ('[[organizations]]\nname = "A"\nagencies = ["B"]', "'B' is not an organization"),
         ("[server\nport = 1", "not valid TOML"),
+        (
+            '[outbound]\nmax_attachment_size = "10 parsecs"',
+            "[outbound].max_attachment_size: must be a size like '10MB'",
+        ),
+        (
+            "[outbound]\nmax_attachment_size = -1",
+            "[outbound].max_attachment_size: must be between 0 and",
+        ),
     ],
 )
 def test_invalid_file_names_key_and_problem(tmp_path: Path, toml: str, message: str) -> None:
@@ -162,3 +170,23 @@ def test_check_config_reports_every_mistake_one_line_each(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
     assert str(info.value) == line.removeprefix("mailgate: error: config error: ")
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ('"10MB"', 10 * 1024 * 1024),
+        ('"10 MB"', 10 * 1024 * 1024),
+        ('"512kb"', 512 * 1024),
+        ('"2MiB"', 2 * 1024 * 1024),
+        ('"1.5GB"', 3 * 1024**3 // 2),
+        ("1048576", 1048576),
+        ('"4096"', 4096),
+        ("0", 0),
+    ],
+)
+def test_max_attachment_size_takes_sizes_with_units(tmp_path: Path, value: str, size: int) -> None:
+    path = tmp_path / "size.toml"
+    path.write_text(f"[outbound]\nmax_attachment_size = {value}\n")
+    assert load_config(str(path)).outbound.max_attachment_size == size
+    assert Config().outbound.max_attachment_size == 10 * 1024 * 1024  # the default

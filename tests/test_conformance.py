@@ -26,7 +26,7 @@ from mailgate.models import Comment, NotificationKind, Outbox, OutboxStatus
 from mailgate.render import LANGUAGES
 from mailgate.store import Store
 
-from .conftest import Clock, mail
+from .conftest import AUTHENTICATED, Clock, mail
 from .test_render import digest
 
 # A message id longer than a header line: the stdlib would fold it as an encoded-word.
@@ -103,8 +103,12 @@ def _check(data: bytes, now: datetime, zone: ZoneInfo) -> EmailMessage:
         assert len(message.get_all(name, [])) == 1, name
         assert MSG_ID_LIST.match(str(message[name])), name
     assert message["Auto-Submitted"] in ("auto-replied", "auto-generated")
-    assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
-    for part in message.iter_parts():
+    texts = message
+    if message.get_content_type() == "multipart/mixed":  # an agent reply with files
+        texts = next(message.iter_parts())  # type: ignore[assignment]
+        assert "MIME-Version" not in texts
+    assert [p.get_content_type() for p in texts.iter_parts()] == ["text/plain", "text/html"]
+    for part in texts.iter_parts():
         assert part["Content-Transfer-Encoding"] == "quoted-printable"
         assert "MIME-Version" not in part
         assert part.get_content().strip()
@@ -170,3 +174,59 @@ def test_a_notification_without_ticket_is_rfc5322(
     assert message["Subject"] == "Rundschreiben – Wartung"
     text = message.get_body(("plain",)).get_content()
     assert "Rundschreiben" in text and "authserv_id" in text
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_an_agent_reply_with_files_is_rfc5322(
+    make_config: Callable[..., tuple[Config, Path]], clock: Clock, language: str
+) -> None:
+    """multipart/mixed: first the text/HTML alternative, then each file in base64 under
+    its name (RFC 2231 for a non-ASCII one); the file left out is listed in both texts."""
+    config, _ = make_config(
+        {"mail": {"language": language}, "outbound": {"max_attachment_size": "1MB"}}
+    )
+    store = Store(config.database.url, config.database.lock_timeout)
+    try:
+        store.migrate()
+        store.sync(config, clock())
+        created = ingest(store, config, mail(message_id=f"<{LONG_ID}>"), InboundEnvelope(), clock())
+        answer = EmailMessage()
+        answer["From"] = "Tech <tech@support.example.com>"
+        answer["To"] = "support@support.example.com"
+        answer["Subject"] = f"Re: [#{created.ticket}] Drucker kaputt"
+        answer["Authentication-Results"] = AUTHENTICATED.split(":", 1)[1].strip()
+        answer.set_content("Anbei die Anleitung.\n")
+        files = [
+            ("Anleitung für Drucker – Übersicht.pdf", "application", "pdf", b"%PDF" + bytes(4000)),
+            ("notes.txt", "text", "plain", b"Zeile 1\n" * 200),
+            ("video.mp4", "video", "mp4", bytes(2 * 1024 * 1024)),
+        ]
+        for name, maintype, subtype, data in files:
+            answer.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+        replied = ingest(store, config, answer.as_bytes(), InboundEnvelope(), clock())
+        assert replied.ticket == created.ticket
+        with store.transaction() as session:
+            session.query(Outbox).filter(Outbox.kind != "agent_reply").delete()
+        clock.advance(minutes=5)
+        Jobs(store, config).deliver_outbox(clock())
+        wire = _wire(store)
+    finally:
+        store.close()
+    assert set(wire) == {NotificationKind.AGENT_REPLY}
+    data = wire[NotificationKind.AGENT_REPLY]
+    message = _check(data, clock(), ZoneInfo(config.hours.timezone))
+    assert message.get_content_type() == "multipart/mixed"
+    attached = list(message.iter_attachments())
+    assert [(p.get_content_type(), p.get_filename()) for p in attached] == [
+        ("application/pdf", "Anleitung für Drucker – Übersicht.pdf"),
+        ("text/plain", "notes.txt"),
+    ]
+    for part, (_, _, _, content) in zip(attached, files, strict=False):
+        assert part["Content-Transfer-Encoding"] == "base64"
+        assert part.get_content_disposition() == "attachment"
+        assert part.get_payload(decode=True) == content
+    # RFC 2231: percent-encoded UTF-8, in numbered continuations for a long name
+    assert b"filename*0*=utf-8''Anleitung%20f%C3%BCr%20Drucker%20%E2%80%93" in data
+    for kind in ("plain", "html"):
+        body = message.get_body((kind,))
+        assert body is not None and "video.mp4 (2.0 MB)" in body.get_content()

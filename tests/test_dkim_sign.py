@@ -6,6 +6,7 @@ import base64
 import mailbox
 import subprocess
 from collections.abc import Callable
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from mailgate.ingest import InboundEnvelope, ingest
 from mailgate.jobs import Jobs
 from mailgate.store import Store
 
-from .conftest import BASE_CONFIG, Clock, _merge, mail, run_cli, toml_dumps
+from .conftest import AUTHENTICATED, BASE_CONFIG, Clock, _merge, mail, run_cli, toml_dumps
 from .sink import Sink
 
 SELECTOR = "mail2026"
@@ -82,6 +83,44 @@ def test_notifications_relayed_by_smtp_carry_a_valid_signature(
         assert not dkim.verify(tampered, dnsfunc=_dns(record))
         # A key other than the published one does not verify either.
         assert not dkim.verify(raw, dnsfunc=_dns(b"v=DKIM1; k=rsa; p=" + record[-64:]))
+
+
+def test_an_agent_reply_with_files_verifies(
+    make_config: Any, store: Store, sink: Sink, clock: Clock, key: tuple[Path, bytes]
+) -> None:
+    """The signature covers the final bytes, files included: a changed byte of one fails."""
+    path, record = key
+    outbound = {
+        "transport": "smtp",
+        "smtp_host": "127.0.0.1",
+        "smtp_port": sink.port,
+        "dkim_selector": SELECTOR,
+        "dkim_key": str(path),
+    }
+    config: Config = make_config({"outbound": outbound}, name="dkim.toml")[0]
+    created = ingest(store, config, mail(), InboundEnvelope(), clock())
+    answer = EmailMessage()
+    answer["From"], answer["To"] = "Tech <tech@support.example.com>", "support@support.example.com"
+    answer["Subject"] = f"Re: [#{created.ticket}] Drucker kaputt"
+    answer["Authentication-Results"] = AUTHENTICATED.split(":", 1)[1].strip()
+    answer.set_content("Anbei die Anleitung.\n")
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 64
+    answer.add_attachment(pdf, maintype="application", subtype="pdf", filename="Übersicht.pdf")
+    ingest(store, config, answer.as_bytes(), InboundEnvelope(), clock())
+    Jobs(store, config).deliver_outbox(clock())
+    (received,) = [
+        r
+        for r in sink.received
+        if r.rcpt_to == ["anna@mueller-logistik.de"] and b"application/pdf" in r.data
+    ]
+    assert dkim.verify(received.data, dnsfunc=_dns(record))
+    (part,) = received.message.iter_attachments()
+    assert part.get_content() == pdf
+    head, _, body = received.data.partition(b"\r\n\r\n")
+    encoded = body.rsplit(b"\r\n\r\n", 1)[0][-60:]  # inside the PDF's base64
+    tampered = head + b"\r\n\r\n" + body.replace(encoded, encoded[:-1] + b"A", 1)
+    assert tampered != received.data
+    assert not dkim.verify(tampered, dnsfunc=_dns(record))
 
 
 def test_maildir_files_are_signed_too(

@@ -104,6 +104,7 @@ def make_context(
         "unused_prefix": None,
         "by": "lisa@support.example.com" if kind == "ticket_assigned" else "",
         "digest": digest(ticket.get("subject", SUBJECT)) if kind == "agent_digest" else None,
+        "left_out": [],
     }
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from mailgate.db.fastexec import Prebuilt, insert_for, insert_once
 from mailgate.db.queries import find_organization
-from mailgate.errors import Refused, StoreUnavailable, TicketLocked
+from mailgate.errors import NotFound, Refused, StoreUnavailable, TicketLocked
 from mailgate.models import Blob, LedgerEntry, Meta, Status, Ticket, User, table_of
 
 _USERS = table_of(User)
@@ -81,6 +81,15 @@ def ensure_blob(db: Session | Connection, data: bytes, digest: str | None = None
         rowid = conn.execute(text("SELECT rowid FROM blobs WHERE sha256 = :d"), {"d": digest})
         write_large(conn, "blobs", "data", rowid.scalar_one(), data)
     return digest
+
+
+def blob_data(db: Session | Connection, sha256: str) -> bytes:
+    """A stored file's content by its SHA-256."""
+    conn = db if isinstance(db, Connection) else db.connection()
+    data = conn.execute(select(Blob.data).where(Blob.sha256 == sha256)).scalar()
+    if data is None:
+        raise NotFound(f"the content {sha256} is missing")
+    return bytes(data)
 
 
 def raw_mail(db: Session | Connection, row: LedgerEntry) -> bytes:
