@@ -8,7 +8,6 @@ one clear line and an exit status (sysexits(3) where an MTA reads it), never a t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -211,7 +210,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     setup_logging(logging.getLevelName(level.upper()))
     config: Config | None = None
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, organizations=_needs_organizations(args))
         code = COMMANDS[args.command](args, config)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return code
@@ -243,6 +242,20 @@ def run(argv: Sequence[str] | None = None) -> int:
         log.debug("internal error", exc_info=True)
         _error(f"internal error: {type(exc).__name__}: {exc}")
         return EX_SOFTWARE
+
+
+def _needs_organizations(args: argparse.Namespace) -> bool:
+    """Whether the command reads the config's organizations (to route, render or check);
+    the others read the database alone and take the config without them (cheap)."""
+    reads_db_only = {
+        "tickets": lambda: True,
+        "outbox": lambda: True,
+        "stats": lambda: True,
+        "follow": lambda: args.follow_command == "list",
+        "quarantine": lambda: args.quarantine_command != "reprocess",
+    }
+    only = reads_db_only.get(args.command)
+    return not (only is not None and only())
 
 
 def _database_name(url: str) -> str:
@@ -293,7 +306,10 @@ def _open_store(config: Config, create: bool = True) -> Any:
         )
     store = Store(config.database.url, config.database.lock_timeout)
     store.migrate()
-    store.sync(config, now())
+    if config.partial and config.file_digest and not store.in_sync(config.file_digest):
+        store.sync(load_config(config.source), now())  # the file changed: all of it, once
+    else:
+        store.sync(config, now())
     return store
 
 
@@ -301,6 +317,8 @@ def _open_store(config: Config, create: bool = True) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
     from mailgate.app import serve_until_signalled
 
     store = _open_store(config)
@@ -376,7 +394,6 @@ def _ingest(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
     from mailgate.db import queries as st
-    from mailgate.db.moves import set_ticket
 
     store = _open_store(config, create=False)
     try:
@@ -398,6 +415,8 @@ def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
                     raise CliError(
                         "nothing to change: give --status, --org, --requester or --assignee", 2
                     )
+                from mailgate.db.moves import set_ticket
+
                 ticket = st.get_ticket(session, args.id)
                 changes = {"status": args.status, "organization": args.org}
                 set_ticket(

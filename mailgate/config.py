@@ -354,6 +354,12 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     hygiene: HygieneConfig = field(default_factory=HygieneConfig)
     source: str = "built-in defaults"  # where the config came from, for messages
+    # The SHA-256 of the file's bytes: the database notes it at sync, so a command finds
+    # an unchanged file in sync without parsing its organizations (mailgate.confcache).
+    file_digest: str | None = None
+    # True: loaded without its organizations (``organizations`` is empty), for commands
+    # that read the database only; never synced, never routed with.
+    partial: bool = False
 
     def organization(self, name: str) -> OrganizationConfig | None:
         """The organization of that name (case-insensitive), or None."""
@@ -394,25 +400,40 @@ def find_config_path(explicit: str | None) -> Path | None:
     return local if local.is_file() else None
 
 
-def load_config(explicit: str | None = None) -> Config:
+def load_config(explicit: str | None = None, organizations: bool = True) -> Config:
     """Load and validate the configuration; raise :class:`ConfigError` with one clear line
-    (a :class:`ConfigProblems` when the file was read: its ``problems``, one per mistake)."""
+    (a :class:`ConfigProblems` when the file was read: its ``problems``, one per mistake).
+
+    ``organizations=False``: a command that only reads the database may take the config
+    without its organizations (``partial``), from the cache a full load of the same bytes
+    left (:mod:`mailgate.confcache`): parsing 100,000 organizations takes seconds.
+    """
+    from mailgate import confcache
+
     path = find_config_path(explicit)
     if path is None:
         return Config()
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    digest = hashlib.sha256(raw).hexdigest()
+    if not organizations and (light := confcache.load(digest)) is not None:
+        data, names = light
+        config = parse_config(data, source=str(path), known=names)
+        return replace(config, file_digest=digest, partial=True)
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
-        return parse_config(data, source=str(path))
+        config = parse_config(data, source=str(path))
     except ConfigProblems as exc:
         raise ConfigProblems(exc.problems, str(path)) from None
+    confcache.save(digest, data)
+    return replace(config, file_digest=digest)
 
 
 def _rule(raw: Any, index: int, problems: list[str]) -> RoutingRule:
@@ -437,11 +458,15 @@ def _rule(raw: Any, index: int, problems: list[str]) -> RoutingRule:
     return rule
 
 
-def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
+def parse_config(
+    data: Mapping[str, Any], source: str = "inline", known: frozenset[str] = frozenset()
+) -> Config:
     """Validate a decoded TOML document; raise :class:`ConfigProblems` naming every bad key.
 
     A mistake is noted and parsing goes on with the key's default, so that every mistake is
     reported at once; checks across keys are skipped when one of their keys was wrong.
+    ``known``: organization names (case-folded) that references may name besides the
+    document's own (a document without its organizations, see :mod:`mailgate.confcache`).
     """
     problems: list[str] = []
 
@@ -745,7 +770,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         organizations.append(org)
         labels.append(label)
 
-    names = {o.casefold() for o in seen}
+    names = {o.casefold() for o in seen} | known
     for label, org in zip(labels, organizations, strict=True):
         for agency in org.agencies:
             if agency.casefold() not in names:

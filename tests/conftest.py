@@ -12,6 +12,7 @@ import logging
 import os
 import smtplib
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +30,10 @@ from mailgate.config import Config, parse_config
 from mailgate.store import Store
 
 from .sink import Sink
+
+# mailgate keeps a parsed config per file digest in a cache directory (mailgate.confcache):
+# the tests' own, never the user's ~/.cache (subprocesses inherit it).
+os.environ.setdefault("MAILGATE_CACHE_DIR", tempfile.mkdtemp(prefix="mailgate-test-cache-"))
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get(
