@@ -673,7 +673,18 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     print(f"accepting mail for: {', '.join(config.mail.domains)}; from {config.mail.address}")
     print(f"outbound: {config.outbound.transport}")
     print(f"organizations: {len(config.organizations)}; agents: {len(config.agents.addresses)}")
-    for warning in config.security.warnings(bool(config.agents.addresses)):
+    support = config.support
+    if support.emergency_keywords:
+        paged = support.paged(config.agents.notified)
+        print(
+            f"emergencies: {', '.join(support.emergency_keywords)}; paged outside hours: "
+            f"{', '.join(paged) or 'nobody'}"
+        )
+    warnings = (
+        *config.security.warnings(bool(config.agents.addresses)),
+        *support.warnings(config.agents.notified),
+    )
+    for warning in warnings:
         print(f"warning: {warning}")
     return EX_OK
 

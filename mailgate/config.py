@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mailgate.confsupport import SUPPORT_KEYS, SupportConfig, parse_support
 from mailgate.confvalues import (
     ConfigProblems,
     _authserv_id,
@@ -341,12 +342,19 @@ class Config:
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     organizations: tuple[OrganizationConfig, ...] = ()
     hours: HoursConfig = field(default_factory=HoursConfig)
+    support: SupportConfig = field(default_factory=SupportConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     hygiene: HygieneConfig = field(default_factory=HygieneConfig)
     source: str = "built-in defaults"  # where the config came from, for messages
+
+    @property
+    def team(self) -> frozenset[str]:
+        """Who may read every ticket and may share our domain: the agents' team and the
+        addresses paged for emergencies (``[support] emergency_notify``)."""
+        return self.agents.team | frozenset(self.support.emergency_notify or ())
 
     def organization(self, name: str) -> OrganizationConfig | None:
         """The organization of that name (case-insensitive), or None."""
@@ -451,6 +459,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         "agents",
         "organizations",
         "hours",
+        "support",
         "jobs",
         "limits",
         "metrics",
@@ -665,12 +674,17 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         addresses=s.get("addresses", (), _list(_email)),
         notify=s.get("notify", None, _list(_email)),
     )
-    for key, addresses in (("addresses", agents.addresses), ("notify", agents.notify or ())):
+    support = parse_support(section(data.get("support", {}), "support", SUPPORT_KEYS))
+    for key, addresses in (
+        ("[agents].addresses", agents.addresses),
+        ("[agents].notify", agents.notify or ()),
+        ("[support].emergency_notify", support.emergency_notify or ()),
+    ):
         for email in addresses:
             if mail.receives(email):
                 # Its notifications would come back to us and be dropped as our own loop.
                 problems.append(
-                    f"[agents].{key}: {email!r} is inside [mail] domains, so mailgate would "
+                    f"{key}: {email!r} is inside [mail] domains, so mailgate would "
                     "take the mail sent to it; set [mail] recipients to the addresses mailgate "
                     f'receives, without this one (e.g. recipients = ["{mail.address}"]), and '
                     "deliver the agent's mail to its own mailbox"
@@ -758,6 +772,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         agents=agents,
         organizations=tuple(organizations),
         hours=hours,
+        support=support,
         jobs=jobs,
         limits=limits,
         metrics=metrics,

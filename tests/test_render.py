@@ -29,6 +29,7 @@ WITH_COMMENT = {
     "customer_reply",
     "ticket_moved",
     "agent_new_ticket",
+    "emergency",
 }
 # The acknowledgement gets the first comment too but does not echo it: short, and a pasted
 # password is not mailed back out again.
@@ -50,6 +51,7 @@ def make_context(
             "requester_name": "Anna Müller",
             "priority": "normal",
             "routing_reason": "sender domain mueller-logistik.de",
+            "emergency": False,
             **ticket,
         },
         "tag": "[#4711]",
@@ -58,6 +60,11 @@ def make_context(
             "address": "support@support.example.com",
             "hours": SupportHours(HoursConfig()).describe(language),
             "open_now": open_now,
+            "secrets_url": None,
+            "phone": None,
+            "emergency_phone": None,
+            "emergency_keywords": ["NOTFALL", "EMERGENCY", "DRINGEND", "URGENT"],
+            "on_call": True,
         },
         "comment": (
             {
@@ -225,7 +232,7 @@ def test_emergency_note_only_outside_hours(
         assert "09:00–17:00" in part
 
 
-@pytest.mark.parametrize("kind", sorted(set(KINDS) - {"ticket_created"}))
+@pytest.mark.parametrize("kind", sorted(set(KINDS) - {"ticket_created", "emergency"}))
 def test_no_emergency_note_elsewhere(renderer: Renderer, kind: str) -> None:
     for language in LANGUAGES:
         out = renderer.render(kind, language, make_context(kind, language, open_now=False))

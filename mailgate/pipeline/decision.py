@@ -113,6 +113,7 @@ class FollowUp:
     public: bool = True
     status: str = "new"  # the follow-up's status before the agent's commands
     changes: tuple[Change, ...] = ()
+    emergency: bool = False  # the customer declared one: urgent, tagged emergency
     outcome = Outcome.CREATED
 
 
@@ -131,6 +132,8 @@ class Comment:
     notify: tuple[Notify, ...]
     author_kind: AuthorKind = AuthorKind.CUSTOMER
     authentication: str | None = None  # the verdict that authenticated the author, if any
+    # A customer's reply declared an emergency on a ticket that was none: urgent, tagged.
+    emergency: bool = False
     outcome = Outcome.COMMENTED
 
     public = True

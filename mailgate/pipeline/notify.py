@@ -94,6 +94,19 @@ def on_new_ticket(
     return (*notify, *secret_warning(sender, secret))
 
 
+def on_emergency(
+    open_now: bool, paged: tuple[str, ...], sender: str, declared: bool
+) -> tuple[Notify, ...]:
+    """An emergency outside support hours pages ``[support] emergency_notify`` at once, one
+    mail each (a reply answers as that agent); in hours the team is there and sees the
+    ticket's priority. Listed first, so its outbox row is queued before the others."""
+    if not declared or open_now or not paged:
+        return ()
+    return (
+        Notify(NotificationKind.EMERGENCY, paged, each=True, exclude=(sender,), with_comment=True),
+    )
+
+
 def on_comment(
     sender: str,
     by_agent: bool,
