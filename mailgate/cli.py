@@ -410,6 +410,8 @@ def cmd_route(args: argparse.Namespace, config: Config) -> int:
     print(f"subject:      {decision.subject}")
     if decision.priority or decision.tags:
         print(f"priority:     {decision.priority or 'normal'}; tags: {', '.join(decision.tags)}")
+    if decision.emergency:
+        print("emergency:    yes (a keyword of [support] emergency_keywords in the subject)")
     for name, score in decision.candidates:
         print(f"  candidate   {score:5.1f}  {name}")
     return EX_OK

@@ -326,6 +326,8 @@ class Jobs:
                 "priority": ticket.priority,
                 "routing_reason": ticket.routing_reason,
                 "emergency": is_emergency(ticket.tags or ()),
+                # This acknowledgement's emergency paged the on-call team (see Notify.paged).
+                "paged": bool(row.payload.get("paged")),
             }
             if ticket is not None
             else None,

@@ -9,7 +9,8 @@ The context contract (every template may rely on exactly these names):
 
 ``ticket``     mapping: id, subject, status, organization (str or None), requester,
                requester_name, priority, routing_reason, emergency (bool: tagged
-               ``emergency``); None for a notification that
+               ``emergency``), paged (bool: this acknowledgement's emergency paged the
+               on-call team); None for a notification that
                belongs to no ticket (agent_unverified for a quarantined mail)
 ``tag``        the ticket's subject tag, e.g. ``"[#12]"``
 ``recipient``  the address this copy goes to

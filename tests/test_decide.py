@@ -293,6 +293,12 @@ def urgent(d: Any) -> bool:
     return (d.priority, d.tags) == URGENT
 
 
+def acknowledged_as_paged(d: Any) -> bool:
+    """The acknowledgement may say the on-call team was alerted: it was."""
+    paged = any(n.kind == "emergency" for n in d.notify)
+    return all(n.paged == paged for n in d.notify if n.kind == "ticket_created")
+
+
 def normal(d: Any) -> bool:
     return (d.priority, d.tags) == ("normal", ())
 
@@ -313,7 +319,7 @@ EMERGENCY_ROWS: list[Row] = [
         lit(f"{MEMBER}; emergency (NOTFALL in the subject)"),
         facts=CLOSED_HOURS,
         told=(PAGE, ACK, FOLLOWERS, TEAM),
-        check=urgent,
+        check=lambda d: urgent(d) and acknowledged_as_paged(d) and d.notify[1].paged,
     ),
     Row(
         "NOTFALL in the subject within support hours: urgent and tagged, nobody paged",
@@ -321,7 +327,7 @@ EMERGENCY_ROWS: list[Row] = [
         NewTicket,
         lit(f"{MEMBER}; emergency (NOTFALL in the subject)"),
         told=(ACK, FOLLOWERS, TEAM),
-        check=urgent,
+        check=lambda d: urgent(d) and acknowledged_as_paged(d),
     ),
     Row(
         "reply prefixes, another case and a customer prefix do not hide the keyword",
@@ -397,7 +403,7 @@ EMERGENCY_ROWS: list[Row] = [
         facts=CLOSED_HOURS,
         router=NOTIFY_NONE,
         told=(ACK, FOLLOWERS),
-        check=urgent,
+        check=lambda d: urgent(d) and acknowledged_as_paged(d),
     ),
     Row(
         "a customer's reply declaring an emergency escalates the open ticket and pages",
@@ -468,7 +474,7 @@ EMERGENCY_ROWS: list[Row] = [
         lit("follow-up of closed ticket #7; emergency (NOTFALL in the first line)"),
         facts=Facts(tag=CLOSED, support_open=False),
         told=(PAGE, ACK, FOLLOWERS, TEAM),
-        check=escalates,
+        check=lambda d: escalates(d) and acknowledged_as_paged(d),
     ),
 ]
 

@@ -52,6 +52,7 @@ def make_context(
             "priority": "normal",
             "routing_reason": "sender domain mueller-logistik.de",
             "emergency": False,
+            "paged": False,
             **ticket,
         },
         "tag": "[#4711]",
@@ -230,6 +231,29 @@ def test_emergency_note_only_outside_hours(
     for part in (closed.text, closed.html, opened.text, opened.html):
         assert credentials in part
         assert "09:00–17:00" in part
+
+
+@pytest.mark.parametrize(
+    ("language", "paged", "word"), [("de", "alarmiert", "NOTFALL"), ("en", "alerted", "EMERGENCY")]
+)
+def test_an_emergency_acknowledgement_says_alerted_only_when_someone_was(
+    renderer: Renderer, language: str, paged: str, word: str
+) -> None:
+    """A ticket tagged emergency by an admin's rule, or inheriting the tag, paged nobody."""
+    for was in (True, False):
+        context = make_context(language=language, open_now=False, emergency=True, paged=was)
+        out = renderer.render("ticket_created", language, context)
+        assert (paged in out.text) is was and (paged in out.html) is was
+        assert word not in out.text  # no "write NOTFALL": it is one already
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_no_keywords_no_promise(renderer: Renderer, language: str) -> None:
+    """``emergency_keywords = []``: the acknowledgement asks for no keyword."""
+    context = make_context(language=language, open_now=False)
+    context["support"]["emergency_keywords"] = []
+    out = renderer.render("ticket_created", language, context)
+    assert "NOTFALL" not in out.text and "EMERGENCY" not in out.text
 
 
 @pytest.mark.parametrize("kind", sorted(set(KINDS) - {"ticket_created", "emergency"}))

@@ -68,6 +68,8 @@ def queue_notification(
         payload["moved"] = {"from": note.moved[0], "to": note.moved[1]}
     if note.unused_prefix is not None:
         payload["unused_prefix"] = note.unused_prefix.as_payload()
+    if note.paged:
+        payload["paged"] = True
     if note.about or note.about_id:
         payload.update(about=note.about, about_id=note.about_id)
     if ticket is None or (note.with_comment and not public):

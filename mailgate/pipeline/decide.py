@@ -319,6 +319,7 @@ def follow_up(case: Case) -> Decision | None:
     found = case.emergency(body, closed.subject)
     if found is not None:
         reason += f"; {found}"
+    page = case.page(found)
     return FollowUp(
         reason=f"{reason}{not_acknowledged(mail)}",
         closed=closed,
@@ -326,7 +327,7 @@ def follow_up(case: Case) -> Decision | None:
         author_name=mail.name,
         body=body,
         emergency=found is not None,
-        notify=case.page(found)
+        notify=page
         + notify.on_new_ticket(
             closed.requester,
             closed.organization,
@@ -334,6 +335,7 @@ def follow_up(case: Case) -> Decision | None:
             answer,
             secret and answer,
             case.config.agents.notified,
+            paged=bool(page),
         ),
         authentication=case.auth.verdict,
     )
@@ -386,6 +388,7 @@ def new_ticket(case: Case) -> Decision:
         reason += f"; {found}"
     reason += not_acknowledged(mail)
     answer = not quiet and mail.no_answer is None
+    page = case.page(found)
     return NewTicket(
         authentication=case.auth.verdict,
         reason=reason,
@@ -399,7 +402,7 @@ def new_ticket(case: Case) -> Decision:
         tags=tags,
         participants=notify.participant_addresses(mail.message, plan.requester, config),
         # The page first: its outbox row is queued, and so sent, before the others.
-        notify=case.page(found)
+        notify=page
         + notify.on_new_ticket(
             plan.requester,
             route.organization,
@@ -408,6 +411,7 @@ def new_ticket(case: Case) -> Decision:
             plan.secret and mail.no_answer is None,
             config.agents.notified,
             route.unused_prefix,
+            paged=bool(page),
         ),
     )
 

@@ -40,6 +40,8 @@ class Notify:
     moved: tuple[str | None, str] | None = None  # a move's old and new organization
     # The acknowledgement of a ticket whose subject prefix did not decide its organization.
     unused_prefix: UnusedPrefix | None = None
+    # The acknowledgement of an emergency that paged the on-call team: it may say so.
+    paged: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ def on_new_ticket(
     secret: bool,
     team: tuple[str, ...],
     unused_prefix: UnusedPrefix | None = None,
+    paged: bool = False,
 ) -> tuple[Notify, ...]:
     """A new ticket: acknowledge it to the requester (saying so when the customer named in
     the subject was not used), tell the team (``[agents] notify``, one mail each, so a
@@ -70,6 +71,7 @@ def on_new_ticket(
                 (requester,),
                 with_comment=True,
                 unused_prefix=unused_prefix,
+                paged=paged,
             )
         )
     if organization is not None:
