@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -212,6 +213,8 @@ class Scheduled:
         intervals = {
             "deliver": server.config.jobs.outbox_interval,
             "close": server.config.jobs.close_interval,
+            # Looks each minute whether the morning's digest is due (it is sent once a day).
+            "digest": timedelta(minutes=1),
         }
         for name, interval in intervals.items():
             self.scheduler.add_job(
@@ -231,7 +234,11 @@ class Scheduled:
         jobs = self._built.get("jobs")
         if jobs is None or jobs.config is not server.config:  # new, or reloaded by SIGHUP
             jobs = self._built["jobs"] = Jobs(server.store, server.config)
-        job = jobs.deliver_outbox if name == "deliver" else jobs.close_solved
+        job = {
+            "deliver": jobs.deliver_outbox,
+            "close": jobs.close_solved,
+            "digest": jobs.send_digest,
+        }[name]
         task = asyncio.current_task()
         assert task is not None
         self._running.add(task)

@@ -30,6 +30,7 @@ EX_OK = 0
 EX_FAILURE = 1
 EX_USAGE = 2  # also: invalid configuration
 EX_DATAERR = 65  # unparseable input, kept in quarantine
+EX_NOUSER = 67  # a mailbox of our domain that is not ours ([mail] recipients): bounced
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75  # database down: the MTA keeps the mail and retries
 
@@ -119,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     p = command(tsub, "list", help="list tickets")
     p.add_argument("--org", metavar="NAME", help="only this organization's tickets")
     p.add_argument("--status", choices=[s.value for s in Status])
+    p.add_argument(
+        "--assignee", metavar="EMAIL|none", help="only tickets this agent handles; none: unassigned"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p = command(tsub, "show", help="show one ticket with its comments")
     p.add_argument("id", type=int)
@@ -132,11 +136,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="where to write it; '-': stdout (default: its file name, here, never overwritten)",
     )
-    p = command(tsub, "set", help="change a ticket's status, organization or requester")
+    p = command(tsub, "set", help="change a ticket's status, organization, requester or assignee")
     p.add_argument("id", type=int)
     p.add_argument("--status", choices=[s.value for s in Status])
     p.add_argument("--org", metavar="NAME")
     p.add_argument("--requester", metavar="EMAIL")
+    p.add_argument("--assignee", metavar="EMAIL|none", help="an agent's address, or none")
     p.add_argument("--json", action="store_true", help="print the changed ticket as JSON")
 
     outbox = command(sub, "outbox", help="notifications waiting, sent and failed")
@@ -325,6 +330,13 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
                 f"--rcpt {rcpt!r} is not an address; give FILE before --rcpt or after --",
                 EX_TEMPFAIL,  # the MTA keeps the mail until its command line is mended
             )
+    if args.rcpt and all(_not_ours(rcpt, config) for rcpt in args.rcpt):
+        # What the listener answers "550 5.1.1" for: an agent's mailbox in our domain.
+        raise CliError(
+            f"{', '.join(args.rcpt)}: not a mailbox of ours ([mail] recipients); "
+            "its mail belongs to its own mailbox",
+            EX_NOUSER,
+        )
     try:
         return _ingest(args, config)
     except (CliError, ConfigError, StoreUnavailable):
@@ -333,6 +345,13 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
         log.debug("ingest failed", exc_info=True)
         detail = " ".join(str(exc).split())  # one line: an MTA logs only the first
         raise CliError(f"{type(exc).__name__}: {detail} (try again later)", EX_TEMPFAIL) from None
+
+
+def _not_ours(rcpt: str, config: Config) -> bool:
+    """An address of our domains that ``[mail] recipients`` leaves out. Other domains are
+    the MTA's business (aliases, rewriting): their mail is taken as before."""
+    domain = rcpt.rpartition("@")[2].lower().rstrip(".")
+    return domain in config.mail.domains and not config.mail.receives(rcpt)
 
 
 def _ingest(args: argparse.Namespace, config: Config) -> int:
@@ -363,9 +382,8 @@ def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
     try:
         with store.transaction() as session:
             if args.tickets_command == "list":
-                rows = [
-                    st.ticket_summary(t) for t in st.list_tickets(session, args.org, args.status)
-                ]
+                found = st.list_tickets(session, args.org, args.status, args.assignee)
+                rows = [st.ticket_summary(t) for t in found]
                 print_list(rows, args.json)
             elif args.tickets_command == "show":
                 detail = st.ticket_detail(session, st.get_ticket(session, args.id))
@@ -375,18 +393,30 @@ def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
                 _, attachment = st.find_attachment(ticket, args.which)
                 _save(st.attachment_data(session, attachment), args.output, attachment.filename)
             else:
-                if args.status is None and args.org is None and args.requester is None:
-                    raise CliError("nothing to change: give --status, --org or --requester", 2)
+                given = (args.status, args.org, args.requester, args.assignee)
+                if all(value is None for value in given):
+                    raise CliError(
+                        "nothing to change: give --status, --org, --requester or --assignee", 2
+                    )
                 ticket = st.get_ticket(session, args.id)
                 changes = {"status": args.status, "organization": args.org}
-                set_ticket(session, config, ticket, now(), requester=args.requester, **changes)
+                set_ticket(
+                    session,
+                    config,
+                    ticket,
+                    now(),
+                    assignee=args.assignee,
+                    requester=args.requester,
+                    **changes,
+                )
                 summary = st.ticket_summary(ticket)
                 if args.json:
                     print(json.dumps(summary, ensure_ascii=False, indent=2))
                 else:
                     print(
                         f"ticket #{summary['id']}: status {summary['status']}, organization "
-                        f"{summary['organization'] or '-'}, requester {summary['requester']}"
+                        f"{summary['organization'] or '-'}, requester {summary['requester']}, "
+                        f"assignee {summary['assignee'] or '-'}"
                     )
     finally:
         store.close()

@@ -304,6 +304,9 @@ class TicketsConfig:
 class AgentsConfig:
     addresses: tuple[str, ...] = ()
     notify: tuple[str, ...] | None = None  # None: every agent address
+    # The first agent who answers an unassigned ticket publicly becomes its assignee.
+    assign_on_reply: bool = True
+    digest: str | None = None  # "08:30": each agent's morning digest on working days
 
     @property
     def notified(self) -> tuple[str, ...]:
@@ -669,10 +672,14 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         notify_closed=s.get("notify_closed", True, _bool),
     )
 
-    s = section(data.get("agents", {}), "agents", {"addresses", "notify"})
+    s = section(
+        data.get("agents", {}), "agents", {"addresses", "notify", "assign_on_reply", "digest"}
+    )
     agents = AgentsConfig(
         addresses=s.get("addresses", (), _list(_email)),
         notify=s.get("notify", None, _list(_email)),
+        assign_on_reply=s.get("assign_on_reply", True, _bool),
+        digest=s.get("digest", None, _clock_time),
     )
     support = parse_support(section(data.get("support", {}), "support", SUPPORT_KEYS))
     for key, addresses in (

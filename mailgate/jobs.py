@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from mailgate.config import Config
 from mailgate.db.outbox import queue_notification
 from mailgate.db.records import ensure_secret
+from mailgate.digest import send_digest, with_reply_addresses
 from mailgate.dkim_sign import DkimSigner
 from mailgate.emergency import is_emergency
 from mailgate.health import DELIVERIES
@@ -41,6 +42,7 @@ from mailgate.pipeline import notify
 from mailgate.pipeline.facts import TicketFacts
 from mailgate.pipeline.reading import shown_subject
 from mailgate.pipeline.threads import reply_address
+from mailgate.quotes import shown_history, split_history
 from mailgate.render import Renderer
 from mailgate.store import Store
 
@@ -51,7 +53,9 @@ BATCH = 50
 
 
 # Kinds that may belong to no ticket: an agent's unauthenticated mail kept in quarantine.
-TICKETLESS = frozenset({NotificationKind.AGENT_UNVERIFIED.value})
+# Kinds that may belong to no ticket: an agent's unauthenticated mail kept in quarantine,
+# the agents' daily digest.
+TICKETLESS = frozenset({NotificationKind.AGENT_UNVERIFIED.value, NotificationKind.AGENT_DIGEST})
 
 # Due rows in the order they go out: pages first, then the oldest. The WHERE clause is the
 # one ix_outbox_status_due serves; the order only sorts the due rows it finds (as ordering
@@ -311,6 +315,11 @@ class Jobs:
         ):
             # Queueing never writes such a row; should one exist, it is never sent.
             raise ValueError("an internal comment is for agents only")
+        body, history = comment.body if comment is not None else "", ""
+        if comment is not None and row.kind == NotificationKind.AGENT_NEW_TICKET:
+            # The request's own words first; what it quoted or forwarded below them.
+            body, history = split_history(comment.body)
+            history = shown_history(history)
         organization = ticket.organization if ticket is not None else None
         org_cfg = config.organization(organization.name) if organization else None
         language = (org_cfg.language if org_cfg else None) or config.mail.language
@@ -328,6 +337,7 @@ class Jobs:
                 "emergency": is_emergency(ticket.tags or ()),
                 # This acknowledgement's emergency paged the on-call team (see Notify.paged).
                 "paged": bool(row.payload.get("paged")),
+                "assignee": ticket.assignee.email if ticket.assignee is not None else None,
             }
             if ticket is not None
             else None,
@@ -338,7 +348,8 @@ class Jobs:
                 {
                     "author": comment.author.email,
                     "author_name": comment.author.name,
-                    "body": comment.body,
+                    "body": body,
+                    "history": history,
                     "attachments": [
                         {"filename": a.filename, "size": a.size} for a in comment.attachments
                     ],
@@ -348,6 +359,8 @@ class Jobs:
             ),
             "errors": list(row.payload.get("errors", [])),
             "about": str(row.payload.get("about", "")),
+            "by": str(row.payload.get("by", "")),  # who assigned the ticket
+            "digest": with_reply_addresses(row.payload.get("digest"), config.mail.address, secret),
             "moved": row.payload.get("moved"),  # {"from": old or None, "to": new}
             # {"why": unknown|ambiguous|not_authorised, "prefix": as written, "names": [...]}
             "unused_prefix": row.payload.get("unused_prefix"),
@@ -422,7 +435,13 @@ class Jobs:
         return ids
 
     def run_once(self, now: datetime) -> dict[str, Any]:
-        """Every job once (``mailgate jobs run``): close first, so its mail goes out too."""
+        """Every job once (``mailgate jobs run``): close first and queue a due digest, so
+        their mail goes out too."""
         closed = self.close_solved(now)
+        digests = self.send_digest(now)
         stats = self.deliver_outbox(now)
-        return {"closed": len(closed), **stats.as_json()}
+        return {"closed": len(closed), **stats.as_json(), "digests": digests}
+
+    def send_digest(self, now: datetime) -> int:
+        """The agents' daily digest, when ``[agents] digest`` says it is due."""
+        return send_digest(self.store, self.config, self.hours, now)

@@ -91,6 +91,8 @@ class NotificationKind(enum.StrEnum):
     TICKET_MOVED = "ticket_moved"  # to the new organization's followers after a move
     AGENT_NEW_TICKET = "agent_new_ticket"  # to each of [agents] notify: a new ticket or follow-up
     EMERGENCY = "emergency"  # to each of [support] emergency_notify, outside support hours
+    TICKET_ASSIGNED = "ticket_assigned"  # to an agent someone else made a ticket's assignee
+    AGENT_DIGEST = "agent_digest"  # each working morning: what waits on the team ([agents] digest)
 
 
 class AuthorKind(enum.StrEnum):
@@ -164,6 +166,7 @@ class Ticket(Base):
     __table_args__ = (
         Index("ix_tickets_org_status", "organization_id", "status"),
         Index("ix_tickets_requester_created", "requester_id", "created_at"),
+        Index("ix_tickets_assignee_status", "assignee_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -180,9 +183,12 @@ class Ticket(Base):
     routing_score: Mapped[float | None] = mapped_column(Float)
     priority: Mapped[str] = mapped_column(String(16), default="normal")
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The agent who handles it: customer replies go to them, not to the whole team.
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
     organization: Mapped[Organization | None] = relationship()
-    requester: Mapped[User] = relationship()
+    requester: Mapped[User] = relationship(foreign_keys=[requester_id])
+    assignee: Mapped[User | None] = relationship(foreign_keys=[assignee_id])
     comments: Mapped[list[Comment]] = relationship(
         back_populates="ticket", order_by="Comment.id", cascade="all, delete-orphan"
     )

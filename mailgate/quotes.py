@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from mailgate.newlines import as_lf
 
-__all__ = ["forwarded_original", "strip_quoted"]
+__all__ = ["forwarded_original", "split_history", "strip_quoted"]
 
 # --------------------------------------------------------------------------------------
 # Vocabulary
@@ -631,9 +631,20 @@ def strip_quoted(text: str) -> str:
     kept. If nothing would be left, the original text (stripped) is returned: an empty
     comment would hide that the customer sent anything at all.
     """
+    return split_history(text)[0]
+
+
+def split_history(text: str) -> tuple[str, str]:
+    """The new text (as :func:`strip_quoted` gives it) and what follows it: signature,
+    quoted or forwarded history, "" when there is none.
+
+    For a reader who needs both, new text first: an agent told of a new ticket reads what
+    the customer wrote, and below it what they quoted or forwarded, which may be the point
+    (a forwarded invoice).
+    """
     normalised = as_lf(text)
     if not normalised.strip():
-        return ""
+        return "", ""
     lines = normalised.split("\n")
     clean = [_clean(line) for line in lines]
     cut = _history_start(clean)
@@ -646,7 +657,20 @@ def strip_quoted(text: str) -> str:
     while kept and _is_blank(kept[0]):
         kept.pop(0)
     result = "\n".join(kept).rstrip()
-    return result if result.strip() else normalised.strip()
+    if not result.strip():
+        return normalised.strip(), ""
+    return result, "\n".join(lines[len(kept_clean) :]).strip()
+
+
+HISTORY_LINES = 60  # of quoted history shown below a new ticket's text in agents' mail
+
+
+def shown_history(history: str) -> str:
+    """History cut to :data:`HISTORY_LINES` lines, saying that it was: the ticket keeps it."""
+    lines = history.split("\n")
+    if len(lines) <= HISTORY_LINES:
+        return history
+    return "\n".join([*lines[:HISTORY_LINES], f"[… {len(lines) - HISTORY_LINES} more lines]"])
 
 
 def _parse_sender(value: str) -> tuple[str, str] | None:

@@ -8,9 +8,10 @@ context and sends the result.
 The context contract (every template may rely on exactly these names):
 
 ``ticket``     mapping: id, subject, status, organization (str or None), requester,
-               requester_name, priority, routing_reason, emergency (bool: tagged
-               ``emergency``), paged (bool: this acknowledgement's emergency paged the
-               on-call team); None for a notification that
+               requester_name, priority, routing_reason, assignee (the agent who handles
+               it, or None), emergency (bool: tagged ``emergency``), paged (bool: this
+               acknowledgement's emergency paged the on-call team); None for a
+               notification that
                belongs to no ticket (agent_unverified for a quarantined mail)
 ``tag``        the ticket's subject tag, e.g. ``"[#12]"``
 ``recipient``  the address this copy goes to
@@ -20,13 +21,21 @@ The context contract (every template may rely on exactly these names):
                emergency_phone, emergency_keywords (list; empty: no emergencies), on_call
                (bool: an emergency outside hours pages someone)
 ``comment``    mapping: author, author_name, body, attachments (list of mappings:
-               filename, size in bytes) — for ticket_created, new_ticket_follower,
-               agent_reply, customer_reply, agent_new_ticket, emergency, and for ticket_moved the
-               ticket's first public comment (None when it has none); None otherwise
+               filename, size in bytes), history (for agent_new_ticket the quoted or
+               forwarded text below the new text, which ``body`` then holds alone; else
+               "") — for ticket_created, new_ticket_follower,
+               agent_reply, customer_reply, agent_new_ticket, emergency, and for
+               ticket_moved the ticket's first public comment, for ticket_assigned the
+               customer's latest (None when it has none); None otherwise
 ``errors``     list of str — the refused commands for command_error, what each
                authentication method found for agent_unverified; else empty
 ``about``      the subject of the mail a notification without ticket is about, else ""
 ``moved``      mapping: from (str or None), to — the move a ticket_moved tells of; else None
+``by``         who gave the ticket to the recipient, for ticket_assigned; else ""
+``digest``     mapping for agent_digest: day (ISO date), mine, unassigned, overdue (each a
+               mapping: tickets, a list of mappings id, subject, status, priority, since,
+               organization, requester, assignee, reply (its reply address); total, how
+               many match); else None
 ``unused_prefix`` mapping: why (``unknown``, ``ambiguous``, ``not_authorised``), prefix (as
                written), names (the organizations it may mean) — for a ticket_created whose
                subject named a customer that did not decide the organization; else None
@@ -72,6 +81,8 @@ CONTEXT_KEYS: tuple[str, ...] = (
     "about",
     "moved",
     "unused_prefix",
+    "by",
+    "digest",
 )
 
 # A language is a folder name; anything else (a path, "..") must never reach the loader.

@@ -24,12 +24,13 @@ def print_list(rows: list[dict[str, Any]], as_json: bool) -> None:
             r["status"],
             r["organization"] or "-",
             r["requester"],
+            r["assignee"] or "-",
             r["updated_at"][:16].replace("T", " "),
             r["subject"],
         )
         for r in rows
     ]
-    header = ("ID", "STATUS", "ORGANIZATION", "REQUESTER", "UPDATED (UTC)", "SUBJECT")
+    header = ("ID", "STATUS", "ORGANIZATION", "REQUESTER", "ASSIGNEE", "UPDATED (UTC)", "SUBJECT")
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header[:-1])]
     for row in (header, *table):
         cells = [c.ljust(min(w, 40))[:40] for c, w in zip(row[:-1], widths, strict=True)]
@@ -60,6 +61,7 @@ def print_detail(detail: dict[str, Any], as_json: bool) -> None:
     print(f"  status:       {detail['status']}")
     print(f"  organization: {detail['organization'] or '-'}  ({detail['routing']['reason']})")
     print(f"  requester:    {detail['requester']}")
+    print(f"  assignee:     {detail['assignee'] or '-'}")
     if people := [
         p + (" (inactive)" if p in detail["inactive_participants"] else "")
         for p in detail["participants"]

@@ -129,7 +129,9 @@ def test_default_tells_every_agent_and_a_reply_to_it_is_an_agent_reply(
     assert send(server, answer, mail_from=AGENT, rcpt=(str(sent["Reply-To"]),)) == {}
     assert rows(store, "agent_reply") == [(ticket, ["anna@mueller-logistik.de"])]
     with store.transaction() as session:
-        last = session.scalars(select(Comment).order_by(Comment.id.desc())).first()
+        last = session.scalars(
+            select(Comment).where(Comment.public.is_(True)).order_by(Comment.id.desc())
+        ).first()
         assert last is not None and last.author_kind == "agent" and last.ticket_id == ticket
 
 
@@ -237,3 +239,34 @@ def test_acknowledgement_names_the_organization_a_prefix_chose(
     body = " ".join(text_of(sent).split())
     assert "Organisation: Müller Logistik GmbH" in body
     assert "Ihr Betreff nennt" not in body
+
+
+def test_agents_read_the_new_text_first_and_the_quoted_history_below_it(
+    config: Config, store: Store, server: int, clock: Clock
+) -> None:
+    """A new ticket that quotes an old conversation or forwards a mail: the agent reads the
+    customer's words first, and what they quoted or forwarded below them, marked as such."""
+    body = (
+        "Hallo,\nder Drucker zeigt wieder Fehler 49.\n\n"
+        "---------- Forwarded message ---------\n"
+        "From: Service <service@drucker.example>\nDate: Mon, 30 Nov 2026\n"
+        "Subject: Wartung\n\nIhre Wartung ist am 3.12. fällig.\n"
+    )
+    assert send(server, mail(subject="Fwd: Wartung", body=body)) == {}
+    (sent,) = delivered(config, store, clock, AGENT)
+    text = text_of(sent)
+    new = text.index("der Drucker zeigt wieder Fehler 49.")
+    label = text.index("Darunter zitiert oder weitergeleitet:")
+    forwarded = text.index("Ihre Wartung ist am 3.12. fällig.")
+    assert new < label < forwarded
+    html = sent.get_body(("html",))
+    assert html is not None and "Darunter zitiert oder weitergeleitet:" in str(html.get_content())
+
+
+def test_a_plain_request_has_no_history_line(
+    config: Config, store: Store, server: int, clock: Clock
+) -> None:
+    assert send(server, mail(body="Hallo,\nder Drucker druckt nicht.\n")) == {}
+    (sent,) = delivered(config, store, clock, AGENT)
+    assert "Darunter zitiert" not in text_of(sent)
+    assert "der Drucker druckt nicht." in text_of(sent)

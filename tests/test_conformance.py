@@ -27,6 +27,7 @@ from mailgate.render import LANGUAGES
 from mailgate.store import Store
 
 from .conftest import Clock, mail
+from .test_render import digest
 
 # A message id longer than a header line: the stdlib would fold it as an encoded-word.
 LONG_ID = "CAH" + "x" * 70 + ".4711@mail.mueller-logistik.de"
@@ -55,6 +56,8 @@ def _queue_every_kind(store: Store, ticket: int, now: datetime) -> None:
                             "prefix": "Müller Logistik",
                             "names": ["Müller Logistik GmbH"],
                         },
+                        "by": "tech@support.example.com",
+                        "digest": digest("Lieferung – Übergabe"),
                     },
                     status=OutboxStatus.PENDING.value,
                     created_at=now,

@@ -19,7 +19,7 @@ import pytest
 from mailgate.config import Config, parse_config
 from mailgate.dkim_check import DkimResult
 from mailgate.parser import UnparseableMessage, parse
-from mailgate.pipeline.commands import Change, command_address
+from mailgate.pipeline.commands import FIRST_ANSWER, Change, command_address
 from mailgate.pipeline.decide import STAGES, UNAUTHENTICATED, decide
 from mailgate.pipeline.decision import (
     Bounce,
@@ -103,6 +103,10 @@ FROM_HEADER = Router(_config(security={"agent_auth": ["from-header"]}))
 TEAM_LIST = "team@support.example.com"
 NOTIFY_LIST = Router(_config(agents={"notify": [TEAM_LIST, "leitung@kunde.example"]}))
 NOTIFY_NONE = Router(_config(agents={"notify": []}))
+LISA = "lisa@support.example.com"
+TWO_AGENTS = Router(_config(agents={"addresses": [AGENT, LISA]}))
+LISA_NOT_TOLD = Router(_config(agents={"addresses": [AGENT, LISA], "notify": [AGENT]}))
+NO_AUTO_ASSIGN = Router(_config(agents={"assign_on_reply": False}))
 
 
 def ticket(
@@ -112,6 +116,7 @@ def ticket(
     organization: str | None = MUELLER,
     participants: tuple[str, ...] = (),
     members: frozenset[str] = MUELLER_MEMBERS,
+    assignee: str | None = None,
 ) -> TicketFacts:
     return TicketFacts(
         number,
@@ -121,6 +126,7 @@ def ticket(
         participants=participants,
         members=members,
         subject="Drucker kaputt",
+        assignee=assignee,
     )
 
 
@@ -142,6 +148,11 @@ class Row:
     dkim: DkimResult | None = None
     told: tuple[tuple[str, tuple[str, ...]], ...] | None = None  # (kind, to); followers: "*"
     check: Callable[[Any], bool] = field(default=lambda d: True)
+
+
+def asked(decision: Any) -> tuple[Change, ...]:
+    """The changes the agent's commands ask for, without ``assign_on_reply``'s own."""
+    return tuple(c for c in decision.changes if c.line != FIRST_ANSWER)
 
 
 def lit(text: str) -> str:
@@ -206,7 +217,7 @@ def unused_prefix(decision: Any) -> UnusedPrefix | None:
 
 def refused(error: str) -> Callable[[Any], bool]:
     """The check of a row whose one command is refused with ``error``: nothing changes."""
-    return lambda d: d.changes == () and d.notify[-1].errors == (error,)
+    return lambda d: asked(d) == () and d.notify[-1].errors == (error,)
 
 
 ACK = ("ticket_created", (ANNA,))
@@ -994,7 +1005,7 @@ ROWS: list[Row] = [
         Comment,
         lit("subject tag [#5]"),
         facts=TAGGED,
-        check=lambda d: d.changes == () and d.body.startswith("#status solved"),
+        check=lambda d: asked(d) == () and d.body.startswith("#status solved"),
     ),
     Row(
         "a customer's password is masked and the customer warned",
@@ -1055,7 +1066,7 @@ ROWS: list[Row] = [
         lit("subject tag [#5]"),
         facts=TAGGED,
         told=(("agent_reply", (ANNA,)),),
-        check=lambda d: d.changes == (Change("status", "solved", "#status solved"),),
+        check=lambda d: asked(d) == (Change("status", "solved", "#status solved"),),
     ),
     Row(
         "#status with a word we do not know",
@@ -1086,7 +1097,7 @@ ROWS: list[Row] = [
         lit("subject tag [#5]"),
         facts=TAGGED,
         check=lambda d: (
-            d.changes == (Change("organization", "Bäckerei Groß", "#org Baeckerei Gross"),)
+            asked(d) == (Change("organization", "Bäckerei Groß", "#org Baeckerei Gross"),)
         ),
     ),
     Row(
@@ -1096,7 +1107,7 @@ ROWS: list[Row] = [
         lit("subject tag [#5]"),
         facts=TAGGED,
         check=lambda d: (
-            d.changes == ()
+            asked(d) == ()
             and d.notify[-1].errors
             == ("#org Gibtsnicht Konzern: no organization matches 'Gibtsnicht Konzern'",)
         ),
@@ -1108,7 +1119,7 @@ ROWS: list[Row] = [
         lit("subject tag [#5]"),
         facts=TAGGED,
         check=lambda d: (
-            d.changes == ()
+            asked(d) == ()
             and re.fullmatch(
                 r"#org Nordwind: 'Nordwind' is ambiguous: Nordwind \w+ or Nordwind \w+",
                 d.notify[-1].errors[0],
@@ -1124,7 +1135,7 @@ ROWS: list[Row] = [
         facts=TAGGED,
         told=(("agent_reply", (CHEF,)),),
         check=lambda d: (
-            d.changes == (Change("requester", CHEF, "#requester <chef@mueller-logistik.de>"),)
+            asked(d) == (Change("requester", CHEF, "#requester <chef@mueller-logistik.de>"),)
         ),
     ),
     Row(
@@ -1145,21 +1156,21 @@ ROWS: list[Row] = [
             d.notify[-1].errors
             == (
                 "#prio hoch: unknown command; known are "
-                "#status, #org, #requester, #cc, #note, #private",
+                "#status, #org, #requester, #cc, #assign, #note, #private",
             )
         ),
     ),
     cc_row(
         "#cc add copies someone on the ticket, who hears this very answer",
         "#cc add Peter <Peter@Kunde.example>\nDie Lösung.\n",
-        lambda d: d.changes == (Change("cc_add", PETER, "#cc add Peter <Peter@Kunde.example>"),),
+        lambda d: asked(d) == (Change("cc_add", PETER, "#cc add Peter <Peter@Kunde.example>"),),
         participants=(CHEF,),
         told=(("agent_reply", (ANNA, CHEF, PETER)),),
     ),
     cc_row(
         "#cc remove stops a participant, for this very answer already",
         "#status pending\n#cc REMOVE chef@mueller-logistik.de\nText.\n",
-        lambda d: d.changes[-1] == Change("cc_remove", CHEF, d.changes[-1].line),
+        lambda d: asked(d)[-1] == Change("cc_remove", CHEF, asked(d)[-1].line),
         participants=(CHEF, PETER),
         told=(("agent_reply", (ANNA, PETER)),),
     ),
@@ -1203,7 +1214,7 @@ ROWS: list[Row] = [
         router=DKIM_ONLY,
         told=(("command_error", (AGENT,)),),
         check=lambda d: (
-            d.changes == ()
+            asked(d) == ()
             and d.notify[0].errors
             == (
                 "#status solved: refused: commands need a valid DKIM signature of "
@@ -1219,7 +1230,7 @@ ROWS: list[Row] = [
         facts=TAGGED,
         router=DKIM_ONLY,
         dkim=DkimResult("pass", "support.example.com"),
-        check=lambda d: d.changes == (Change("status", "pending", "#status pending"),),
+        check=lambda d: asked(d) == (Change("status", "pending", "#status pending"),),
     ),
     Row(
         "an agent's Cc joins the ticket and hears the answer",
@@ -1237,7 +1248,7 @@ ROWS: list[Row] = [
         lit("subject tag [#5]"),
         facts=TAGGED,
         told=(),
-        check=lambda d: d.changes == (Change("status", "pending", "#status pending"),),
+        check=lambda d: asked(d) == (Change("status", "pending", "#status pending"),),
     ),
     # --- new tickets: routing -------------------------------------------------------------------
     Row(
@@ -1393,7 +1404,7 @@ ROWS: list[Row] = [
         facts=TAGGED,
         told=(("agent_unverified", (AGENT,)),),
         check=lambda d: (
-            d.changes == ()
+            asked(d) == ()
             and d.status == "open"
             and d.author_kind == "unverified_agent"
             and d.notify[0].errors[0].startswith("authentication-results: no pass")
@@ -1455,7 +1466,7 @@ ROWS: list[Row] = [
         lit("subject tag [#5]"),
         facts=TAGGED,
         dkim=DkimResult("pass", "support.example.com"),
-        check=lambda d: d.changes == (Change("status", "pending", "#status pending"),),
+        check=lambda d: asked(d) == (Change("status", "pending", "#status pending"),),
     ),
     Row(
         "a DKIM signature of another domain does not",
@@ -1472,7 +1483,7 @@ ROWS: list[Row] = [
         lit("subject tag [#5]"),
         facts=TAGGED,
         router=FROM_HEADER,
-        check=lambda d: d.changes == (Change("status", "solved", "#status solved"),),
+        check=lambda d: asked(d) == (Change("status", "solved", "#status solved"),),
     ),
     Row(
         "an authenticated agent's own mail that names no ticket is ours: never a ticket",
@@ -1487,7 +1498,7 @@ ROWS: list[Row] = [
         lit("subject tag [#5]"),
         facts=TAGGED,
         told=(),
-        check=lambda d: d.changes == (Change("status", "solved", "#status solved"),),
+        check=lambda d: asked(d) == (Change("status", "solved", "#status solved"),),
     ),
     Row(
         "an agent's note to a closed ticket opens a follow-up that stays internal",
@@ -1508,7 +1519,7 @@ ROWS: list[Row] = [
         check=lambda d: (
             d.public
             and d.status == "open"
-            and d.changes == (Change("status", "pending", "#status pending"),)
+            and asked(d) == (Change("status", "pending", "#status pending"),)
         ),
     ),
     Row(
@@ -1544,6 +1555,119 @@ ROWS: list[Row] = [
         lit(f"{UNKNOWN}; tag [#5] from unauthorised sender"),
         facts=TAGGED,
         check=lambda d: d.subject == "Wie besprochen",
+    ),
+    # --- owners: #assign, assign_on_reply, customer replies to the assignee ------------------
+    Row(
+        "#assign me takes the ticket; commands alone tell nobody",
+        agent("#assign me\n"),
+        InternalNote,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        told=(),
+        check=lambda d: d.changes == (Change("assignee", AGENT, "#assign me"),),
+    ),
+    Row(
+        "#assign gives the ticket to another agent",
+        agent(f"#assign Lisa <{LISA}>\n"),
+        InternalNote,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        router=TWO_AGENTS,
+        check=lambda d: d.changes == (Change("assignee", LISA, f"#assign Lisa <{LISA}>"),),
+    ),
+    Row(
+        "#assign none leaves the ticket to the team",
+        agent("#assign none\n"),
+        InternalNote,
+        lit("subject tag [#5]"),
+        facts=Facts(tag=ticket(assignee=AGENT)),
+        check=lambda d: d.changes == (Change("assignee", "", "#assign none"),),
+    ),
+    Row(
+        "#assign of someone who is not an agent is refused and explained",
+        agent(f"#assign {ANNA}\n"),
+        InternalNote,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        told=(("command_error", (AGENT,)),),
+        check=refused(
+            f"#assign {ANNA}: {ANNA} is not an agent address ([agents] addresses): "
+            "only agents handle tickets"
+        ),
+    ),
+    Row(
+        "the first public answer to an unassigned ticket takes it (assign_on_reply)",
+        agent("Bitte neu starten.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        told=(("agent_reply", (ANNA,)),),
+        check=lambda d: d.changes == (Change("assignee", AGENT, FIRST_ANSWER),),
+    ),
+    Row(
+        "an answer with its own #assign is not taken over by assign_on_reply",
+        agent(f"#assign {LISA}\nLisa meldet sich.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        router=TWO_AGENTS,
+        check=lambda d: d.changes == (Change("assignee", LISA, f"#assign {LISA}"),),
+    ),
+    Row(
+        "an answer to a ticket a colleague handles leaves it with them",
+        agent("Ich springe kurz ein.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=Facts(tag=ticket(assignee=LISA)),
+        router=TWO_AGENTS,
+        check=lambda d: d.changes == (),
+    ),
+    Row(
+        "an internal note never takes a ticket",
+        agent("#note\nIntern.\n"),
+        InternalNote,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        check=lambda d: d.changes == (),
+    ),
+    Row(
+        "assign_on_reply = false: answering takes nothing",
+        agent("Bitte neu starten.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=TAGGED,
+        router=NO_AUTO_ASSIGN,
+        check=lambda d: d.changes == (),
+    ),
+    Row(
+        "a customer's reply goes to the assignee alone",
+        reply(),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=Facts(tag=ticket(assignee=LISA)),
+        router=TWO_AGENTS,
+        told=(("customer_reply", (LISA,)),),
+    ),
+    Row(
+        "a customer's reply to a ticket of a former agent goes to the team",
+        reply(),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=Facts(tag=ticket(assignee="weg@support.example.com")),
+        told=(CUSTOMER_REPLY,),
+    ),
+    Row(
+        "a customer's reply to a closed ticket tells the team and the ticket's assignee",
+        reply(),
+        FollowUp,
+        lit("follow-up of closed ticket #5"),
+        facts=Facts(tag=ticket(status="closed", assignee=LISA)),
+        router=LISA_NOT_TOLD,
+        told=(
+            ("ticket_created", (ANNA,)),
+            ("new_ticket_follower", ("*",)),
+            ("agent_new_ticket", (AGENT, LISA)),
+        ),
     ),
 ]
 

@@ -106,7 +106,13 @@ def test_jobs_run_exits_0_with_a_summary(
     proc = run_cli(path, "jobs", "run", "--now", clock().isoformat())
     assert proc.returncode == 0, proc.stderr
     # stdout keeps the JSON that scripts read; the summary line is for the person, on stderr
-    assert json.loads(proc.stdout) == {"closed": 0, "sent": 1, "retry": 0, "failed": 3}
+    assert json.loads(proc.stdout) == {
+        "closed": 0,
+        "sent": 1,
+        "retry": 0,
+        "failed": 3,
+        "digests": 0,
+    }
     assert proc.stderr.decode().splitlines()[-1] == "sent 1, retrying 0, failed 3"
     assert b"Traceback" not in proc.stderr
     _assert_outcome(store, sink)
@@ -121,7 +127,10 @@ def test_a_dropped_connection_is_retried_then_sent(
     sink.answer("drop")
     proc = run_cli(path, "jobs", "run", "--json", "--now", clock().isoformat())
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.decode().strip() == '{"closed": 0, "sent": 0, "retry": 1, "failed": 1}'
+    assert (
+        proc.stdout.decode().strip()
+        == '{"closed": 0, "sent": 0, "retry": 1, "failed": 1, "digests": 0}'
+    )
     ack = _rows(store)[0]
     assert (ack.status, ack.last_error is not None) == ("retry", True)
     clock.advance(minutes=2)

@@ -177,12 +177,19 @@ def test_jobs_run_with_simulated_time(relayed: tuple[Config, Path], sink: Sink) 
 
     ticket = cli("ingest", stdin=mail())["ticket"]
     assert run_cli(path, "tickets", "set", str(ticket), "--status", "solved").returncode == 0
-    assert cli("jobs", "run", "--json") == {"closed": 0, "sent": 3, "retry": 0, "failed": 0}
+    assert cli("jobs", "run", "--json") == {
+        "closed": 0,
+        "sent": 3,
+        "retry": 0,
+        "failed": 0,
+        "digests": 0,
+    }
     assert cli("jobs", "run", "--json", "--now", "2099-01-01T00:00:00+00:00") == {
         "closed": 1,
         "sent": 1,
         "retry": 0,
         "failed": 0,
+        "digests": 0,
     }
     listed = cli("outbox", "list", "--json")
     assert [o["kind"] for o in listed] == [

@@ -141,3 +141,17 @@ def test_settle_names_recipients_only_when_they_differ() -> None:
         "550 no",
         {"a@x.de": "550 no"},
     )
+
+
+def test_ingest_refuses_a_mailbox_of_our_domain_that_is_not_ours(config_path: Path) -> None:
+    """The pipe's answer to what the listener refuses with 550 5.1.1: exit 67, nothing kept."""
+    raw = mail()
+    refused = run_cli(config_path, "ingest", "-", "--rcpt", "tech@support.example.com", stdin=raw)
+    assert refused.returncode == 67, refused.stderr
+    assert b"not a mailbox of ours" in refused.stderr and b"Traceback" not in refused.stderr
+    taken = run_cli(config_path, "ingest", "--rcpt", "help@support.example.com", stdin=raw)
+    assert taken.returncode == 0, taken.stderr
+    assert json.loads(taken.stdout)["action"] == "created"
+    elsewhere = run_cli(config_path, "ingest", "--rcpt", "support@alias.example", stdin=raw)
+    assert elsewhere.returncode == 0, elsewhere.stderr  # the MTA's aliases: taken as before
+    assert json.loads(elsewhere.stdout)["action"] == "duplicate"

@@ -30,11 +30,34 @@ WITH_COMMENT = {
     "ticket_moved",
     "agent_new_ticket",
     "emergency",
+    "ticket_assigned",
 }
 # The acknowledgement gets the first comment too but does not echo it: short, and a pasted
 # password is not mailed back out again.
 SHOWS_COMMENT = WITH_COMMENT - {"ticket_created"}
 MOVED = {"from": "Müller Logistik GmbH", "to": "Agentur Blau"}
+_WAITING = {
+    "id": 4711,
+    "subject": SUBJECT,
+    "status": "open",
+    "priority": "urgent",
+    "since": "03.12. 14:05",
+    "organization": "Müller Logistik GmbH",
+    "requester": "anna@mueller-logistik.de",
+    "assignee": None,
+    "reply": "support+4711-0123456789ab@support.example.com",
+}
+
+
+def digest(subject: str = SUBJECT) -> dict[str, Any]:
+    """An agent_digest's lists as rendered: nothing of one's own, one ticket shown of 51."""
+    waiting = {**_WAITING, "subject": subject}
+    return {
+        "day": "2026-12-07",
+        "mine": {"tickets": [], "total": 0},
+        "unassigned": {"tickets": [waiting], "total": 51},
+        "overdue": {"tickets": [waiting], "total": 1},
+    }
 
 
 def make_context(
@@ -53,6 +76,7 @@ def make_context(
             "routing_reason": "sender domain mueller-logistik.de",
             "emergency": False,
             "paged": False,
+            "assignee": None,
             **ticket,
         },
         "tag": "[#4711]",
@@ -72,6 +96,7 @@ def make_context(
                 "author": "anna@mueller-logistik.de",
                 "author_name": "Anna Müller",
                 "body": "Guten Tag,\n\nder Drucker zeigt Fehler 49.\n\nViele Grüße\nAnna Müller",
+                "history": "",
                 "attachments": [{"filename": "fehler.jpg", "size": 348_160}],
             }
             if kind in WITH_COMMENT
@@ -85,6 +110,8 @@ def make_context(
         "about": "",
         "moved": MOVED if kind == "ticket_moved" else None,
         "unused_prefix": None,
+        "by": "lisa@support.example.com" if kind == "ticket_assigned" else "",
+        "digest": digest(ticket.get("subject", SUBJECT)) if kind == "agent_digest" else None,
     }
 
 

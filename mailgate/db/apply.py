@@ -162,6 +162,8 @@ def _follow_up(
         "routing_score": None,
         "priority": closed.priority,
         "tags": list(closed.tags),
+        # The closed ticket's owner keeps its follow-up, while still an agent.
+        "assignee_id": closed.assignee_id if closed.assignee in config.agents.addresses else None,
     }
     if decision.emergency:
         priority, tags = escalated(closed.tags)

@@ -26,6 +26,8 @@ _PARTICIPANTS = table_of(Participant)
 _COMMENTS = table_of(CommentRow)
 _OUTBOX = table_of(Outbox)
 
+_ASSIGNEE = _USERS.alias("assignee")
+
 _MAX_REFERENCES = 50  # a References header can be long; the newest entries matter
 
 
@@ -75,7 +77,8 @@ def ticket_facts(conn: Connection, ticket_id: int) -> TicketFacts | None:
     row = _TICKET_QUERY.run(conn, {"ticket": ticket_id}).first()
     if row is None:
         return None
-    ticket, subject, status, org_id, org, requester_id, requester, priority, tags = row
+    ticket, subject, status, org_id, org, requester_id, requester, priority, tags = row[:9]
+    assignee_id, assignee = row[9:]
     active, inactive = participant_emails(conn, ticket)
     return TicketFacts(
         id=ticket,
@@ -88,8 +91,10 @@ def ticket_facts(conn: Connection, ticket_id: int) -> TicketFacts | None:
         subject=subject,
         priority=priority,
         tags=tuple(tags or ()),
+        assignee=assignee,
         organization_id=org_id,
         requester_id=requester_id,
+        assignee_id=assignee_id,
     )
 
 
@@ -133,11 +138,13 @@ _TICKET_QUERY = Prebuilt(
         _USERS.c.email,
         _TICKETS.c.priority,
         _TICKETS.c.tags,
+        _TICKETS.c.assignee_id,
+        _ASSIGNEE.c.email,
     )
     .select_from(
-        _TICKETS.join(_USERS, _USERS.c.id == _TICKETS.c.requester_id).outerjoin(
-            _ORGS, _ORGS.c.id == _TICKETS.c.organization_id
-        )
+        _TICKETS.join(_USERS, _USERS.c.id == _TICKETS.c.requester_id)
+        .outerjoin(_ORGS, _ORGS.c.id == _TICKETS.c.organization_id)
+        .outerjoin(_ASSIGNEE, _ASSIGNEE.c.id == _TICKETS.c.assignee_id)
     )
     .where(_TICKETS.c.id == bindparam("ticket"))
 )

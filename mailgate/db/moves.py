@@ -1,4 +1,4 @@
-"""A ticket that moves to another organization, and who is copied on it.
+"""A ticket that moves to another organization, who is copied on it, and who handles it.
 
 Visibility follows organization membership (user rule). When an open ticket moves, the
 participants outside its new organization stop receiving its mail (they stay in its
@@ -21,11 +21,20 @@ from sqlalchemy.orm import Session
 from mailgate.config import Config
 from mailgate.db.gather import ticket_facts
 from mailgate.db.outbox import queue_notification
-from mailgate.db.records import update_ticket, user_id
+from mailgate.db.records import ensure_user, update_ticket, user_id
 from mailgate.errors import NotFound, Refused
-from mailgate.models import AuthorKind, Comment, Membership, Participant, Ticket, User, table_of
+from mailgate.models import (
+    AuthorKind,
+    Comment,
+    Membership,
+    Participant,
+    Status,
+    Ticket,
+    User,
+    table_of,
+)
 from mailgate.pipeline import notify
-from mailgate.pipeline.commands import Change
+from mailgate.pipeline.commands import FIRST_ANSWER, Change
 
 _PARTICIPANTS = table_of(Participant)
 _MEMBERS = table_of(Membership)
@@ -56,7 +65,12 @@ def apply_changes(
         if change.field in ("cc_add", "cc_remove"):
             continue
         try:
-            update_ticket(session, ticket, now, **{change.field: change.value})
+            if change.field == "assignee":
+                # Taken by answering: the answer on the ticket says so, no note needed.
+                noted = change.line != FIRST_ANSWER
+                assign(session, config, ticket, change.value or None, by, change.line, now, noted)
+            else:
+                update_ticket(session, ticket, now, **{change.field: change.value})
         except (Refused, NotFound) as exc:
             refused.append(f"{change.line}: {exc}")
     _after_changes(session, config, ticket, old, by, now)
@@ -72,13 +86,70 @@ def apply_changes(
 
 
 def set_ticket(
-    session: Session, config: Config, ticket: Ticket, now: datetime, **changes: str | None
+    session: Session,
+    config: Config,
+    ticket: Ticket,
+    now: datetime,
+    assignee: str | None = None,
+    **changes: str | None,
 ) -> None:
     """The admin's ``tickets set``: :func:`update_ticket` with ``changes`` (status,
-    organization, requester), and what a move entails."""
+    organization, requester), what a move entails, and the ``assignee`` (an agent's
+    address, or ``"none"``)."""
     old = _name(ticket)
     update_ticket(session, ticket, now, **changes)
     _after_changes(session, config, ticket, old, CLI_ACTOR, now)
+    if assignee is not None:
+        email = None if assignee.lower() == "none" else assignee.lower()
+        assign(session, config, ticket, email, CLI_ACTOR, "tickets set --assignee", now)
+
+
+def assign(
+    session: Session,
+    config: Config,
+    ticket: Ticket,
+    email: str | None,
+    by: str,
+    how: str,
+    now: datetime,
+    noted: bool = True,
+) -> None:
+    """Make ``email`` (an agent) the ticket's assignee, or nobody: noted on the ticket, and
+    told to that agent when someone else gave it to them.
+
+    Only agents handle tickets; a closed ticket is done and keeps who handled it.
+    """
+    if email is not None and email not in config.agents.addresses:
+        raise Refused(
+            f"{email} is not an agent address ([agents] addresses): only agents handle tickets"
+        )
+    if ticket.status == Status.CLOSED:
+        raise Refused(f"ticket {ticket.id} is closed; its assignee stays who handled it")
+    previous = ticket.assignee.email if ticket.assignee is not None else None
+    if email == previous:
+        return
+    ticket.assignee = ensure_user(session, email, "", now) if email is not None else None
+    ticket.updated_at = now
+    conn = session.connection()
+    if noted:
+        system = user_id(conn, config.mail.address, "mailgate", now)
+        session.add(
+            Comment(
+                ticket_id=ticket.id,
+                author_id=system,
+                body=(f"Assigned to {email}" if email else "Unassigned")
+                + f" by {by} ({how}); before: {previous or 'nobody'}",
+                public=False,
+                author_kind=AuthorKind.SYSTEM.value,
+                created_at=now,
+            )
+        )
+    session.flush()
+    facts = ticket_facts(conn, ticket.id)
+    assert facts is not None
+    latest = conn.execute(_LATEST_CUSTOMER_COMMENT, {"ticket": ticket.id}).scalar()
+    for note in notify.assigned(email, by, previous):
+        queue_notification(conn, config, facts, facts.organization_id, note, now, latest)
 
 
 def _after_changes(
@@ -175,6 +246,11 @@ _REQUESTER = (
 _ONE_PARTICIPANT = (
     _PARTICIPANTS.c.ticket_id == bindparam("ticket"),
     _PARTICIPANTS.c.user_id == bindparam("user"),
+)
+_LATEST_CUSTOMER_COMMENT = select(func.max(_COMMENTS.c.id)).where(
+    _COMMENTS.c.ticket_id == bindparam("ticket"),
+    _COMMENTS.c.public.is_(True),
+    _COMMENTS.c.author_kind == AuthorKind.CUSTOMER.value,
 )
 _PARTICIPANT = select(_PARTICIPANTS.c.active).where(*_ONE_PARTICIPANT)
 _SET_ACTIVE = update(_PARTICIPANTS).where(*_ONE_PARTICIPANT).values(active=bindparam("value"))

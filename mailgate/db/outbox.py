@@ -70,6 +70,10 @@ def queue_notification(
         payload["unused_prefix"] = note.unused_prefix.as_payload()
     if note.paged:
         payload["paged"] = True
+    if note.by:
+        payload["by"] = note.by
+    if note.digest is not None:
+        payload["digest"] = dict(note.digest)
     if note.about or note.about_id:
         payload.update(about=note.about, about_id=note.about_id)
     if ticket is None or (note.with_comment and not public):

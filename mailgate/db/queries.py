@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from mailgate.errors import NotFound
-from mailgate.models import Attachment, Blob, Comment, Organization, Participant, Ticket
+from mailgate.models import Attachment, Blob, Comment, Organization, Participant, Ticket, User
 
 
 def iso(value: datetime | None) -> str | None:
@@ -28,6 +28,7 @@ def ticket_summary(ticket: Ticket) -> dict[str, Any]:
         "status": ticket.status,
         "organization": ticket.organization.name if ticket.organization else None,
         "requester": ticket.requester.email,
+        "assignee": ticket.assignee.email if ticket.assignee is not None else None,
         "created_at": iso(ticket.created_at),
         "updated_at": iso(ticket.updated_at),
     }
@@ -122,13 +123,26 @@ def attachment_data(session: Session, attachment: Attachment) -> bytes:
 
 
 def list_tickets(
-    session: Session, organization: str | None = None, status: str | None = None
+    session: Session,
+    organization: str | None = None,
+    status: str | None = None,
+    assignee: str | None = None,
 ) -> list[Ticket]:
+    """Tickets, oldest first; ``assignee`` is an address or ``"none"`` (unassigned)."""
     query = (
         select(Ticket)
-        .options(selectinload(Ticket.organization), selectinload(Ticket.requester))
+        .options(
+            selectinload(Ticket.organization),
+            selectinload(Ticket.requester),
+            selectinload(Ticket.assignee),
+        )
         .order_by(Ticket.id)
     )
+    if assignee is not None and assignee.lower() == "none":
+        query = query.where(Ticket.assignee_id.is_(None))
+    elif assignee is not None:
+        agent = select(User.id).where(User.email == assignee.lower()).scalar_subquery()
+        query = query.where(Ticket.assignee_id == agent)
     if organization is not None:
         org = find_organization(session, organization)
         query = query.where(Ticket.organization_id == org.id)

@@ -1,4 +1,5 @@
-"""What an agent's mail asks for: ``#status``, ``#org``, ``#requester``, ``#cc``, ``#note``.
+"""What an agent's mail asks for: ``#status``, ``#org``, ``#requester``, ``#cc``, ``#assign``,
+``#note``.
 
 Agents work from their mail client, so lines at the top of their reply are commands. This
 module reads them and checks each one without the database: an unknown or refused command
@@ -17,7 +18,10 @@ from mailgate.models import Status
 from mailgate.pipeline.filters import is_ours
 from mailgate.routing import NameMatch, Router
 
-COMMANDS = ("status", "org", "requester", "cc", "note", "private")
+COMMANDS = ("status", "org", "requester", "cc", "assign", "note", "private")
+UNASSIGNED = ""  # the value of an ``assignee`` change that leaves the ticket to nobody
+# The line of the change ``[agents] assign_on_reply`` adds: the answer itself is the record.
+FIRST_ANSWER = "#assign me (the first public answer)"
 PRIVATE = ("note", "private")  # the comment stays internal
 _COMMAND_LINE = re.compile(r"^#(?P<name>[a-z]+)\b[ \t]*(?P<argument>.*?)\s*$", re.IGNORECASE)
 
@@ -35,7 +39,8 @@ class Command:
 class Change:
     """A checked command: which field of the ticket it sets, to what, and the line it came from."""
 
-    field: str  # "status" | "organization" | "requester" | "cc_add" | "cc_remove"
+    # "status" | "organization" | "requester" | "cc_add" | "cc_remove" | "assignee"
+    field: str
     value: str
     line: str
 
@@ -69,15 +74,16 @@ def is_private(commands: Iterable[Command]) -> bool:
 
 
 def check_commands(
-    commands: Iterable[Command], router: Router
+    commands: Iterable[Command], router: Router, sender: str
 ) -> tuple[tuple[Change, ...], tuple[str, ...]]:
-    """The changes the commands make, in order, and one explanation per refused line."""
+    """The changes the commands of ``sender`` (an agent) make, in order, and one
+    explanation per refused line."""
     changes: list[Change] = []
     errors: list[str] = []
     for command in commands:
         if command.name in PRIVATE:
             continue
-        change = _check(command, router)
+        change = _check(command, router, sender)
         if isinstance(change, Change):
             changes.append(change)
         else:
@@ -85,7 +91,7 @@ def check_commands(
     return tuple(changes), tuple(errors)
 
 
-def _check(command: Command, router: Router) -> Change | str:
+def _check(command: Command, router: Router, sender: str) -> Change | str:
     """The change one command makes, or why it is refused."""
     if command.name not in COMMANDS:
         return f"unknown command; known are {', '.join('#' + c for c in COMMANDS)}"
@@ -108,6 +114,8 @@ def _check(command: Command, router: Router) -> Change | str:
         return Change("organization", match.organization, command.line)
     if command.name == "cc":
         return _check_cc(command, router.config)
+    if command.name == "assign":
+        return _check_assign(command, router.config, sender)
     email = command.argument.strip("<>").lower()  # requester
     if "@" not in email or " " in email:
         return f"{command.argument!r} is not an email address"
@@ -126,6 +134,19 @@ def _check_cc(command: Command, config: Config) -> Change | str:
         # Agents see every ticket already; our own addresses would mail ourselves (a loop).
         return f"{email} is one of our own addresses, never a participant"
     return Change(f"cc_{action.lower()}", email, command.line)
+
+
+def _check_assign(command: Command, config: Config, sender: str) -> Change | str:
+    """``#assign me``, ``#assign ADDRESS`` (an agent) or ``#assign none``."""
+    argument = command.argument.strip()
+    if argument.lower() == "none":
+        return Change("assignee", UNASSIGNED, command.line)
+    email = sender if argument.lower() == "me" else command_address(argument)
+    if email is None:
+        return f"{argument!r} is not one email address; use #assign me, ADDRESS or none"
+    if email not in config.agents.addresses:
+        return f"{email} is not an agent address ([agents] addresses): only agents handle tickets"
+    return Change("assignee", email, command.line)
 
 
 def command_address(text: str) -> str | None:

@@ -16,7 +16,13 @@ from mailgate.config import Config
 from mailgate.emergency import Emergency, emergency, escalated, is_emergency
 from mailgate.models import AuthorKind, NotificationKind, Status
 from mailgate.pipeline import notify
-from mailgate.pipeline.commands import Change, check_commands, is_private, split_commands
+from mailgate.pipeline.commands import (
+    FIRST_ANSWER,
+    Change,
+    check_commands,
+    is_private,
+    split_commands,
+)
 from mailgate.pipeline.decision import (
     Bounce,
     Comment,
@@ -202,8 +208,23 @@ def agent_commands(case: Case) -> tuple[tuple[Change, ...], tuple[str, ...], str
             if c.name not in ("note", "private")
         )
         commands = tuple(c for c in commands if c.name in ("note", "private"))
-    changes, refused = check_commands(commands, case.router)
-    return changes, (*errors, *refused), body, public, secret
+    changes, refused = check_commands(commands, case.router, mail.sender)
+    return changes + first_answer(case, public, changes), (*errors, *refused), body, public, secret
+
+
+def first_answer(case: Case, public: bool, changes: tuple[Change, ...]) -> tuple[Change, ...]:
+    """``[agents] assign_on_reply``: the first agent who answers an unassigned ticket
+    publicly takes it, unless the answer's own ``#assign`` says otherwise."""
+    ticket, config = case.ticket, case.config
+    if (
+        not public
+        or not config.agents.assign_on_reply
+        or ticket is None
+        or ticket.assignee in config.agents.addresses
+        or any(c.field == "assignee" for c in changes)
+    ):
+        return ()
+    return (Change("assignee", case.mail.sender, FIRST_ANSWER),)
 
 
 def new_requester(changes: tuple[Change, ...]) -> str | None:
@@ -267,7 +288,7 @@ def reply(case: Case) -> Decision | None:
             public,
             mail.auto_reply is not None,
             audience,
-            config.agents.notified,
+            notify.owners(ticket.assignee, config),
             errors,
             secret,
         ),
@@ -334,11 +355,17 @@ def follow_up(case: Case) -> Decision | None:
             mail.sender,
             answer,
             secret and answer,
-            case.config.agents.notified,
+            # The team, and the closed ticket's assignee, who keeps the follow-up.
+            tuple(dict.fromkeys((*case.config.agents.notified, *closed_owner(case, closed)))),
             paged=bool(page),
         ),
         authentication=case.auth.verdict,
     )
+
+
+def closed_owner(case: Case, closed: TicketFacts) -> tuple[str, ...]:
+    owner = closed.assignee
+    return (owner,) if owner is not None and owner in case.router.agents else ()
 
 
 def agent_without_ticket(case: Case) -> Decision | None:

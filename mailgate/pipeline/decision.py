@@ -8,7 +8,9 @@ one value that a test can compare.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from mailgate.models import AuthorKind, NotificationKind, Outcome
 from mailgate.pipeline.commands import Change
@@ -42,6 +44,8 @@ class Notify:
     unused_prefix: UnusedPrefix | None = None
     # The acknowledgement of an emergency that paged the on-call team: it may say so.
     paged: bool = False
+    by: str = ""  # who did what the notification tells of (an assignment)
+    digest: Mapping[str, Any] | None = None  # the lists of an agent_digest
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,11 @@ class TicketFacts:
     subject: str = ""
     priority: str = "normal"
     tags: tuple[str, ...] = ()
+    assignee: str | None = None  # the agent who handles it
     # Row ids, for the store that writes the decision; decisions never look at them.
     organization_id: int | None = None
     requester_id: int | None = None
+    assignee_id: int | None = None
 
     def knows(self, email: str, agents: frozenset[str]) -> bool:
         """Requester, participant, member of its organization, or agent (user rule)."""

@@ -45,6 +45,23 @@ def reply_audience(
     return tuple(e for e in dict.fromkeys((requester, *participants, *added)) if e not in removed)
 
 
+def owners(assignee: str | None, config: Config) -> tuple[str, ...]:
+    """Who hears of a customer's reply: the ticket's assignee while that is an agent, else
+    the team (``[agents] notify``). An assignee no longer among the agents is nobody's
+    owner: their replies must not go unread."""
+    if assignee is not None and assignee in config.agents.addresses:
+        return (assignee,)
+    return config.agents.notified
+
+
+def assigned(assignee: str | None, by: str, previous: str | None) -> tuple[Notify, ...]:
+    """A ticket given to an agent by someone else: that agent hears of it. Taking a ticket
+    oneself, or leaving it to nobody, tells nobody."""
+    if assignee is None or assignee in (by, previous):
+        return ()
+    return (Notify(NotificationKind.TICKET_ASSIGNED, (assignee,), with_comment=True, by=by),)
+
+
 def secret_warning(sender: str, secret: bool) -> tuple[Notify, ...]:
     """Credentials never travel in plain mail: ask the sender to use the secret link."""
     return (Notify(NotificationKind.SECRET_WARNING, (sender,)),) if secret else ()
