@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import smtp_load  # noqa: E402  (the load generator and config writer are shared)
 
-from mailgate.config import load_config  # noqa: E402
+from mailgate.confload import load_config  # noqa: E402
 from mailgate.ingest import InboundEnvelope, IngestResult, ingest_batch, prepare  # noqa: E402
 from mailgate.routing import Router  # noqa: E402
 from mailgate.store import Store  # noqa: E402

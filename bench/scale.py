@@ -57,7 +57,7 @@ sys.path.insert(0, str(BENCH))
 
 from smtp_load import percentile, proc_cpu, process_tree, stop, wait_for_port  # noqa: E402
 
-from mailgate.config import load_config  # noqa: E402
+from mailgate.confload import load_config  # noqa: E402
 from mailgate.models import (  # noqa: E402
     Comment,
     LedgerEntry,

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from mailgate import __version__
-from mailgate.config import Config, load_config
+from mailgate.config import Config
+from mailgate.confload import load_config
 from mailgate.errors import ConfigError, MailgateError, NotFound, Refused, StoreUnavailable
 from mailgate.logsetup import setup_logging
 from mailgate.models import OutboxStatus, Status
@@ -459,6 +460,8 @@ def cmd_route(args: argparse.Namespace, config: Config) -> int:
     print(f"subject:      {decision.subject}")
     if decision.priority or decision.tags:
         print(f"priority:     {decision.priority or 'normal'}; tags: {', '.join(decision.tags)}")
+    if decision.emergency:
+        print("emergency:    yes (a keyword of [support] emergency_keywords in the subject)")
     for name, score in decision.candidates:
         print(f"  candidate   {score:5.1f}  {name}")
     return EX_OK
@@ -723,7 +726,18 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     limit = config.outbound.max_attachment_size
     print(f"outbound: {config.outbound.transport}; agents' files attached up to {limit} bytes")
     print(f"organizations: {len(config.organizations)}; agents: {len(config.agents.addresses)}")
-    for warning in config.security.warnings(bool(config.agents.addresses)):
+    support = config.support
+    if support.emergency_keywords:
+        paged = support.paged(config.agents.notified)
+        print(
+            f"emergencies: {', '.join(support.emergency_keywords)}; paged outside hours: "
+            f"{', '.join(paged) or 'nobody'}"
+        )
+    warnings = (
+        *config.security.warnings(bool(config.agents.addresses)),
+        *support.warnings(config.agents.notified),
+    )
+    for warning in warnings:
         print(f"warning: {warning}")
     return EX_OK
 

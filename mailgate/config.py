@@ -7,17 +7,14 @@ here, once, and the rest of mailgate trusts the dataclasses it gets.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
+from mailgate.confsupport import SUPPORT_KEYS, SupportConfig, parse_support
 from mailgate.confvalues import (
     ConfigProblems,
     _authserv_id,
@@ -47,7 +44,6 @@ from mailgate.confvalues import (
     _url,
     _workers,
 )
-from mailgate.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -348,6 +344,7 @@ class Config:
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     organizations: tuple[OrganizationConfig, ...] = ()
     hours: HoursConfig = field(default_factory=HoursConfig)
+    support: SupportConfig = field(default_factory=SupportConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -361,79 +358,16 @@ class Config:
     # that read the database only; never synced, never routed with.
     partial: bool = False
 
+    @property
+    def team(self) -> frozenset[str]:
+        """Who may read every ticket and may share our domain: the agents' team and the
+        addresses paged for emergencies (``[support] emergency_notify``)."""
+        return self.agents.team | frozenset(self.support.emergency_notify or ())
+
     def organization(self, name: str) -> OrganizationConfig | None:
         """The organization of that name (case-insensitive), or None."""
         wanted = name.casefold()
         return next((o for o in self.organizations if o.name.casefold() == wanted), None)
-
-
-def fingerprint(config: Config, parts: tuple[str, ...] | None = None) -> str:
-    """A digest of the config that is the same in every process that holds it.
-
-    Work done ahead with one config (in a parser process) is used by another process only
-    when that one holds the same config; ``repr`` would not do (set order differs per
-    process). ``parts``: only those top-level sections (the store syncs two into the
-    database, and an edit elsewhere must not cost every start a sync under its lock).
-    """
-    data = {k: v for k, v in asdict(config).items() if parts is None or k in parts}
-    text = json.dumps(data, sort_keys=True, default=_plain)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=repr)
-    return repr(value)
-
-
-# --- locating the file -------------------------------------------------------------------
-
-
-def find_config_path(explicit: str | None) -> Path | None:
-    """``--config`` wins, then ``$MAILGATE_CONFIG``, then ``./mailgate.toml``, else None."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env)
-    local = Path(DEFAULT_FILE)
-    return local if local.is_file() else None
-
-
-def load_config(explicit: str | None = None, organizations: bool = True) -> Config:
-    """Load and validate the configuration; raise :class:`ConfigError` with one clear line
-    (a :class:`ConfigProblems` when the file was read: its ``problems``, one per mistake).
-
-    ``organizations=False``: a command that only reads the database may take the config
-    without its organizations (``partial``), from the cache a full load of the same bytes
-    left (:mod:`mailgate.confcache`): parsing 100,000 organizations takes seconds.
-    """
-    from mailgate import confcache
-
-    path = find_config_path(explicit)
-    if path is None:
-        return Config()
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    digest = hashlib.sha256(raw).hexdigest()
-    if not organizations and (light := confcache.load(digest)) is not None:
-        data, names = light
-        config = parse_config(data, source=str(path), known=names)
-        return replace(config, file_digest=digest, partial=True)
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        config = parse_config(data, source=str(path))
-    except ConfigProblems as exc:
-        raise ConfigProblems(exc.problems, str(path)) from None
-    confcache.save(digest, data)
-    return replace(config, file_digest=digest)
 
 
 def _rule(raw: Any, index: int, problems: list[str]) -> RoutingRule:
@@ -483,6 +417,7 @@ def parse_config(
         "agents",
         "organizations",
         "hours",
+        "support",
         "jobs",
         "limits",
         "metrics",
@@ -705,12 +640,17 @@ def parse_config(
         assign_on_reply=s.get("assign_on_reply", True, _bool),
         digest=s.get("digest", None, _clock_time),
     )
-    for key, addresses in (("addresses", agents.addresses), ("notify", agents.notify or ())):
+    support = parse_support(section(data.get("support", {}), "support", SUPPORT_KEYS))
+    for key, addresses in (
+        ("[agents].addresses", agents.addresses),
+        ("[agents].notify", agents.notify or ()),
+        ("[support].emergency_notify", support.emergency_notify or ()),
+    ):
         for email in addresses:
             if mail.receives(email):
                 # Its notifications would come back to us and be dropped as our own loop.
                 problems.append(
-                    f"[agents].{key}: {email!r} is inside [mail] domains, so mailgate would "
+                    f"{key}: {email!r} is inside [mail] domains, so mailgate would "
                     "take the mail sent to it; set [mail] recipients to the addresses mailgate "
                     f'receives, without this one (e.g. recipients = ["{mail.address}"]), and '
                     "deliver the agent's mail to its own mailbox"
@@ -798,6 +738,7 @@ def parse_config(
         agents=agents,
         organizations=tuple(organizations),
         hours=hours,
+        support=support,
         jobs=jobs,
         limits=limits,
         metrics=metrics,

@@ -18,7 +18,7 @@ import logging
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -207,6 +207,7 @@ def _decide_and_apply(
             secret = router.config.mail.secret or ensure_secret(session)
             tag_regex = router.config.tickets.tag_regex
             facts = gather(session.connection(), mail, tag_regex, secret, now)
+            facts = replace(facts, support_open=router.hours.is_open(now))
         decision = decide(mail, facts, router, hints)
         message = mail.message if isinstance(mail, Mail) else None
         applied = apply(session, router.config, message, entry, decision, now)

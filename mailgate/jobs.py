@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailgate.config import Config
@@ -22,6 +22,7 @@ from mailgate.db.outbox import queue_notification
 from mailgate.db.records import blob_data, ensure_secret, raw_mail
 from mailgate.digest import send_digest, with_reply_addresses
 from mailgate.dkim_sign import DkimSigner
+from mailgate.emergency import is_emergency
 from mailgate.errors import StoreUnavailable
 from mailgate.health import DELIVERIES
 from mailgate.hours import SupportHours
@@ -69,6 +70,11 @@ BATCH = 50
 # Kinds that may belong to no ticket: an agent's unauthenticated mail kept in quarantine,
 # the agents' daily digest.
 TICKETLESS = frozenset({NotificationKind.AGENT_UNVERIFIED.value, NotificationKind.AGENT_DIGEST})
+
+# Due rows in the order they go out: pages first, then the oldest. The WHERE clause is the
+# one ix_outbox_status_due serves; the order only sorts the due rows it finds (as ordering
+# by id alone did), so an emergency never waits behind a backlog of a full batch or more.
+CLAIM_ORDER = (case((Outbox.kind == NotificationKind.EMERGENCY.value, 0), else_=1), Outbox.id)
 
 
 @dataclass
@@ -193,7 +199,7 @@ class Jobs:
             rows = session.scalars(
                 select(Outbox)
                 .where(due)
-                .order_by(Outbox.id)
+                .order_by(*CLAIM_ORDER)
                 .limit(BATCH)
                 .with_for_update(skip_locked=True)
             ).all()
@@ -361,7 +367,7 @@ class Jobs:
         if (
             comment is not None
             and not comment.public
-            and not config.agents.team.issuperset(row.recipients)
+            and not config.team.issuperset(row.recipients)
         ):
             # Queueing never writes such a row; should one exist, it is never sent.
             raise ValueError("an internal comment is for agents only")
@@ -384,18 +390,16 @@ class Jobs:
                 "requester_name": ticket.requester.name,
                 "priority": ticket.priority,
                 "routing_reason": ticket.routing_reason,
+                "emergency": is_emergency(ticket.tags or ()),
+                # This acknowledgement's emergency paged the on-call team (see Notify.paged).
+                "paged": bool(row.payload.get("paged")),
                 "assignee": ticket.assignee.email if ticket.assignee is not None else None,
             }
             if ticket is not None
             else None,
             "tag": config.tickets.tag_for(ticket.id) if ticket is not None else "",
             "recipient": row.recipients[0] if row.recipients else "",
-            "support": {
-                "address": config.mail.address,
-                "hours": self.hours.describe(language),
-                "open_now": self.hours.is_open(row.created_at),
-                "secrets_url": config.mail.secrets_url,
-            },
+            "support": self._support(language, row.created_at),
             "comment": (
                 {
                     "author": comment.author.email,
@@ -444,6 +448,24 @@ class Jobs:
             )
         inbound = comment.inbound_message_id if comment is not None else None
         return _Draft(row.kind, language, context, envelope, files, inbound)
+
+    def _support(self, language: str, when: datetime) -> dict[str, Any]:
+        """The support desk as the mail describes it at ``when`` (the row's time): hours,
+        whether open, the phone number that applies then, and what an emergency does."""
+        config, support = self.config, self.config.support
+        open_now = self.hours.is_open(when)
+        return {
+            "address": config.mail.address,
+            "hours": self.hours.describe(language),
+            "open_now": open_now,
+            "secrets_url": config.mail.secrets_url,
+            "phone": support.phone if open_now else support.emergency_phone,
+            "emergency_phone": support.emergency_phone,
+            "emergency_keywords": list(support.emergency_keywords),
+            # Someone is paged for an emergency outside support hours.
+            "on_call": bool(support.emergency_keywords)
+            and bool(support.paged(config.agents.notified)),
+        }
 
     # --- auto-close -----------------------------------------------------------------------
 

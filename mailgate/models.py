@@ -90,6 +90,7 @@ class NotificationKind(enum.StrEnum):
     AGENT_UNVERIFIED = "agent_unverified"  # to an agent address whose mail was not authenticated
     TICKET_MOVED = "ticket_moved"  # to the new organization's followers after a move
     AGENT_NEW_TICKET = "agent_new_ticket"  # to each of [agents] notify: a new ticket or follow-up
+    EMERGENCY = "emergency"  # to each of [support] emergency_notify, outside support hours
     TICKET_ASSIGNED = "ticket_assigned"  # to an agent someone else made a ticket's assignee
     AGENT_DIGEST = "agent_digest"  # each working morning: what waits on the team ([agents] digest)
 

@@ -9,18 +9,24 @@ The context contract (every template may rely on exactly these names):
 
 ``ticket``     mapping: id, subject, status, organization (str or None), requester,
                requester_name, priority, routing_reason, assignee (the agent who handles
-               it, or None); None for a notification that
+               it, or None), emergency (bool: tagged ``emergency``), paged (bool: this
+               acknowledgement's emergency paged the on-call team); None for a
+               notification that
                belongs to no ticket (agent_unverified for a quarantined mail)
 ``tag``        the ticket's subject tag, e.g. ``"[#12]"``
 ``recipient``  the address this copy goes to
-``support``    mapping: address, hours (:meth:`SupportHours.describe`), open_now (bool)
+``support``    mapping: address, hours (:meth:`SupportHours.describe`), open_now (bool),
+               secrets_url, phone (the number that applies at the row's time: ``[support]
+               phone`` in hours, ``emergency_phone`` outside; None when unset),
+               emergency_phone, emergency_keywords (list; empty: no emergencies), on_call
+               (bool: an emergency outside hours pages someone)
 ``comment``    mapping: author, author_name, body, attachments (list of mappings:
                filename, size in bytes), history (for agent_new_ticket the quoted or
                forwarded text below the new text, which ``body`` then holds alone; else
                "") — for ticket_created, new_ticket_follower,
-               agent_reply, customer_reply, agent_new_ticket, and for ticket_moved the
-               ticket's first public comment, for ticket_assigned the customer's latest
-               (None when it has none); None otherwise
+               agent_reply, customer_reply, agent_new_ticket, emergency, and for
+               ticket_moved the ticket's first public comment, for ticket_assigned the
+               customer's latest (None when it has none); None otherwise
 ``errors``     list of str — the refused commands for command_error, what each
                authentication method found for agent_unverified; else empty
 ``about``      the subject of the mail a notification without ticket is about, else ""

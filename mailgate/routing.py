@@ -20,7 +20,10 @@ from functools import cached_property
 
 from rapidfuzz import fuzz, process
 
-from mailgate.config import Config, OrganizationConfig, RoutingRule, TicketsConfig, fingerprint
+from mailgate.config import Config, OrganizationConfig, RoutingRule, TicketsConfig
+from mailgate.confload import fingerprint
+from mailgate.emergency import emergency, escalated
+from mailgate.hours import SupportHours
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class RouteDecision:
     priority: str | None = None
     tags: tuple[str, ...] = ()
     unused_prefix: UnusedPrefix | None = None  # a subject prefix given but not honoured
+    emergency: bool = False  # a keyword of [support] emergency_keywords in the subject
 
     def as_json(self) -> dict[str, object]:
         """The contract of ``mailgate route --json``."""
@@ -70,6 +74,7 @@ class RouteDecision:
             "candidates": [{"name": n, "score": round(s, 1)} for n, s in self.candidates],
             "priority": self.priority,
             "tags": list(self.tags),
+            "emergency": self.emergency,
         }
 
 
@@ -413,8 +418,13 @@ class Router:
         self._by_casefold = {org.name.casefold(): org.name for org in config.organizations}
 
     @cached_property
+    def hours(self) -> SupportHours:
+        """``[hours]`` compiled (its holiday calendar is built once per year and kept)."""
+        return SupportHours(self.config.hours)
+
+    @cached_property
     def fingerprint(self) -> str:
-        """Of the config (see :func:`mailgate.config.fingerprint`), computed when first asked."""
+        """Of the config (see :func:`mailgate.confload.fingerprint`), computed when first asked."""
         return fingerprint(self.config)
 
     def memberships(self, email: str) -> tuple[OrganizationConfig, ...]:
@@ -442,7 +452,15 @@ class Router:
         return any(agency.casefold() in mine for agency in org.agencies)
 
     def route(self, sender: str, subject: str, recipients: Iterable[str] = ()) -> RouteDecision:
-        """Rules, then the named customer, then the sender's fallbacks."""
+        """Rules, then the named customer, then the sender's fallbacks; an emergency's
+        subject makes the ticket urgent and tags it, whatever the organization."""
+        decision = self._route(sender, subject, recipients)
+        if emergency(subject, "", self.config.support.emergency_keywords) is None:
+            return decision
+        priority, tags = escalated(decision.tags)
+        return _with(decision, priority=priority, tags=tags, emergency=True)
+
+    def _route(self, sender: str, subject: str, recipients: Iterable[str]) -> RouteDecision:
         sender = sender.lower()
         recipients = tuple(recipients)
         original = " ".join(subject.split())

@@ -25,7 +25,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from mailgate.config import Config, fingerprint
+from mailgate.config import Config
+from mailgate.confload import fingerprint
 from mailgate.db.sqlite import WalFile, WriterLock, immediate_transactions
 from mailgate.db.sync import SYNCED_PARTS, sync_config
 from mailgate.errors import ConfigError, StoreUnavailable

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.config import Config, load_config, parse_config
+from mailgate.config import Config, parse_config
+from mailgate.confload import load_config
 from mailgate.errors import ConfigError
 
 from .conftest import MAILGATE, ROOT, run_cli
@@ -31,7 +32,17 @@ def test_example_file_is_valid_and_documents_every_key() -> None:
     config = parse_config(data)
     assert config.organizations, "the example should show organizations"
     text = path.read_text(encoding="utf-8")
-    sections = ("server", "database", "mail", "outbound", "routing", "tickets", "agents", "hours")
+    sections = (
+        "server",
+        "database",
+        "mail",
+        "outbound",
+        "routing",
+        "tickets",
+        "agents",
+        "hours",
+        "support",
+    )
     for section in (*sections, "jobs", "limits", "metrics", "security"):
         fields = getattr(Config(), section).__dataclass_fields__
         for key in fields:

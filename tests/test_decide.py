@@ -61,7 +61,7 @@ BASE: dict[str, Any] = {
                 "priority": "high",
                 "tags": ["monitoring"],
             },
-            {"subject": "^NOTFALL", "priority": "urgent", "tags": ["emergency"]},
+            {"subject": "^STÖRUNG", "priority": "high", "tags": ["stoerung"]},
         ]
     },
     "organizations": [
@@ -287,6 +287,208 @@ DMARC_ZIP = report_mail(
 )
 
 UNKNOWN = "no organization: sender is unknown"
+
+# --- emergencies: a keyword in the subject or first line; paged outside support hours ----
+CLOSED_HOURS = Facts(support_open=False)
+PAGE = ("emergency", (AGENT,))
+URGENT = ("urgent", ("emergency",))
+PAGER = "bereitschaft@pager.example.net"
+ON_CALL = Router(_config(support={"emergency_notify": [PAGER]}))
+NO_KEYWORDS = Router(_config(support={"emergency_keywords": []}))
+MINE = Router(_config(support={"emergency_keywords": ["Havarie"]}))
+EMERGENCY_TICKET = replace(OPEN, priority="urgent", tags=("emergency",))
+KEYWORD_TICKET = replace(OPEN, subject="NOTFALL: Server down")
+
+
+def urgent(d: Any) -> bool:
+    return (d.priority, d.tags) == URGENT
+
+
+def acknowledged_as_paged(d: Any) -> bool:
+    """The acknowledgement may say the on-call team was alerted: it was."""
+    paged = any(n.kind == "emergency" for n in d.notify)
+    return all(n.paged == paged for n in d.notify if n.kind == "ticket_created")
+
+
+def normal(d: Any) -> bool:
+    return (d.priority, d.tags) == ("normal", ())
+
+
+def escalates(d: Any) -> bool:
+    return bool(d.emergency)
+
+
+def stays(d: Any) -> bool:
+    return not d.emergency
+
+
+EMERGENCY_ROWS: list[Row] = [
+    Row(
+        "NOTFALL in the subject outside support hours: urgent, tagged, paged first",
+        mail(subject="NOTFALL: Server down"),
+        NewTicket,
+        lit(f"{MEMBER}; emergency (NOTFALL in the subject)"),
+        facts=CLOSED_HOURS,
+        told=(PAGE, ACK, FOLLOWERS, TEAM),
+        check=lambda d: urgent(d) and acknowledged_as_paged(d) and d.notify[1].paged,
+    ),
+    Row(
+        "NOTFALL in the subject within support hours: urgent and tagged, nobody paged",
+        mail(subject="NOTFALL: Server down"),
+        NewTicket,
+        lit(f"{MEMBER}; emergency (NOTFALL in the subject)"),
+        told=(ACK, FOLLOWERS, TEAM),
+        check=lambda d: urgent(d) and acknowledged_as_paged(d),
+    ),
+    Row(
+        "reply prefixes, another case and a customer prefix do not hide the keyword",
+        mail(subject="Re: AW: Müller Logistik: urgent – Server down"),
+        NewTicket,
+        r".*; emergency \(URGENT in the subject\)",
+        facts=CLOSED_HOURS,
+        told=(PAGE, ACK, FOLLOWERS, TEAM),
+        check=urgent,
+    ),
+    Row(
+        "a keyword inside a word is none (Notfallplan)",
+        mail(subject="Notfallplan für 2027"),
+        NewTicket,
+        r"sender is a member of Müller Logistik GmbH(; .*)?",
+        facts=CLOSED_HOURS,
+        told=(ACK, FOLLOWERS, TEAM),
+        check=normal,
+    ),
+    Row(
+        "the keyword on the first line of the text counts",
+        mail(body="\n  DRINGEND: Kasse 3 bucht nicht\nSeit heute früh.\n"),
+        NewTicket,
+        lit(f"{MEMBER}; emergency (DRINGEND in the first line)"),
+        facts=CLOSED_HOURS,
+        told=(PAGE, ACK, FOLLOWERS, TEAM),
+        check=urgent,
+    ),
+    Row(
+        "the keyword further down or in quoted text does not count",
+        mail(body="Hallo,\nim Notfall bitte anrufen.\n> NOTFALL: alt\nURGENT\n"),
+        NewTicket,
+        lit(MEMBER),
+        facts=CLOSED_HOURS,
+        told=(ACK, FOLLOWERS, TEAM),
+        check=normal,
+    ),
+    Row(
+        "a page goes to [support] emergency_notify when it is set",
+        mail(subject="EMERGENCY server down"),
+        NewTicket,
+        lit(f"{MEMBER}; emergency (EMERGENCY in the subject)"),
+        facts=CLOSED_HOURS,
+        router=ON_CALL,
+        told=(("emergency", (PAGER,)), ACK, FOLLOWERS, TEAM),
+        check=urgent,
+    ),
+    Row(
+        "emergency_keywords = [] turns emergencies off",
+        mail(subject="NOTFALL: Server down"),
+        NewTicket,
+        lit(MEMBER),
+        facts=CLOSED_HOURS,
+        router=NO_KEYWORDS,
+        told=(ACK, FOLLOWERS, TEAM),
+        check=normal,
+    ),
+    Row(
+        "the admin's own keywords replace the default ones",
+        mail(subject="havarie im Lager"),
+        NewTicket,
+        lit(f"{MEMBER}; emergency (Havarie in the subject)"),
+        facts=CLOSED_HOURS,
+        router=MINE,
+        told=(PAGE, ACK, FOLLOWERS, TEAM),
+        check=urgent,
+    ),
+    Row(
+        "with nobody to notify there is no page, but the ticket is urgent",
+        mail(subject="NOTFALL: Server down"),
+        NewTicket,
+        lit(f"{MEMBER}; emergency (NOTFALL in the subject)"),
+        facts=CLOSED_HOURS,
+        router=NOTIFY_NONE,
+        told=(ACK, FOLLOWERS),
+        check=lambda d: urgent(d) and acknowledged_as_paged(d),
+    ),
+    Row(
+        "a customer's reply declaring an emergency escalates the open ticket and pages",
+        reply(body="NOTFALL: jetzt geht gar nichts mehr\n"),
+        Comment,
+        lit("subject tag [#5]; emergency (NOTFALL in the first line)"),
+        facts=Facts(tag=OPEN, support_open=False),
+        told=(PAGE, CUSTOMER_REPLY),
+        check=escalates,
+    ),
+    Row(
+        "a customer's reply with the keyword added to the subject escalates too",
+        mail(subject="Re: [#5] NOTFALL Drucker kaputt", body="Bitte dringend!\n"),
+        Comment,
+        lit("subject tag [#5]; emergency (NOTFALL in the subject)"),
+        facts=Facts(tag=OPEN, support_open=False),
+        told=(PAGE, CUSTOMER_REPLY),
+        check=escalates,
+    ),
+    Row(
+        "within support hours a reply escalates without a page",
+        reply(body="NOTFALL: jetzt geht gar nichts mehr\n"),
+        Comment,
+        lit("subject tag [#5]; emergency (NOTFALL in the first line)"),
+        facts=Facts(tag=OPEN),
+        told=(CUSTOMER_REPLY,),
+        check=escalates,
+    ),
+    Row(
+        "a ticket that already is an emergency is not paged again",
+        reply(body="NOTFALL: immer noch kaputt\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=Facts(tag=EMERGENCY_TICKET, support_open=False),
+        told=(CUSTOMER_REPLY,),
+        check=stays,
+    ),
+    Row(
+        "a reply whose subject only repeats the ticket's keyword declares nothing",
+        mail(subject="Re: [#5] NOTFALL: Server down", body="Danke, läuft wieder.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=Facts(tag=KEYWORD_TICKET, support_open=False),
+        told=(CUSTOMER_REPLY,),
+        check=stays,
+    ),
+    Row(
+        "quoted history with the keyword declares nothing",
+        reply(body="Danke!\n\nAm 26.11.2026 schrieb Support:\n> NOTFALL: Server down\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=Facts(tag=OPEN, support_open=False),
+        told=(CUSTOMER_REPLY,),
+        check=stays,
+    ),
+    Row(
+        "an agent's answer with the keyword declares nothing",
+        agent("NOTFALL behoben, bitte testen.\n"),
+        Comment,
+        lit("subject tag [#5]"),
+        facts=Facts(tag=OPEN, support_open=False),
+        check=stays,
+    ),
+    Row(
+        "a reply declaring an emergency on a closed ticket opens an urgent follow-up, paged",
+        reply(body="NOTFALL: wieder kaputt\n"),
+        FollowUp,
+        lit("follow-up of closed ticket #7; emergency (NOTFALL in the first line)"),
+        facts=Facts(tag=CLOSED, support_open=False),
+        told=(PAGE, ACK, FOLLOWERS, TEAM),
+        check=lambda d: escalates(d) and acknowledged_as_paged(d),
+    ),
+]
+
 
 ROWS: list[Row] = [
     # --- input that is no mail, no sender, our own mail, bounces -------------------------
@@ -1151,11 +1353,12 @@ ROWS: list[Row] = [
     ),
     Row(
         "an admin rule that only sets priority and tags",
-        mail(subject="NOTFALL Server down"),
+        mail(subject="STÖRUNG Server down"),
         NewTicket,
         lit(f"{MEMBER}; rule 2 set priority/tags"),
-        check=lambda d: (d.priority, d.tags) == ("urgent", ("emergency",)),
+        check=lambda d: (d.priority, d.tags) == ("high", ("stoerung",)),
     ),
+    *EMERGENCY_ROWS,
     Row(
         "an agent forwards a customer's mail",
         agent(FORWARD, subject="Fwd: Drucker"),

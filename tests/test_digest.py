@@ -94,7 +94,8 @@ def config_path(made: tuple[Config, Path]) -> Path:
 
 def digests(store: Store) -> list[tuple[list[str], dict[str, Any]]]:
     with store.transaction() as session:
-        rows = session.scalars(select(Outbox).where(Outbox.kind == "agent_digest"))
+        query = select(Outbox).where(Outbox.kind == "agent_digest").order_by(Outbox.id)
+        rows = session.scalars(query)
         return [(row.recipients, row.payload["digest"]) for row in rows]
 
 

@@ -29,6 +29,7 @@ WITH_COMMENT = {
     "customer_reply",
     "ticket_moved",
     "agent_new_ticket",
+    "emergency",
     "ticket_assigned",
 }
 # The acknowledgement gets the first comment too but does not echo it: short, and a pasted
@@ -73,6 +74,8 @@ def make_context(
             "requester_name": "Anna Müller",
             "priority": "normal",
             "routing_reason": "sender domain mueller-logistik.de",
+            "emergency": False,
+            "paged": False,
             "assignee": None,
             **ticket,
         },
@@ -82,6 +85,11 @@ def make_context(
             "address": "support@support.example.com",
             "hours": SupportHours(HoursConfig()).describe(language),
             "open_now": open_now,
+            "secrets_url": None,
+            "phone": None,
+            "emergency_phone": None,
+            "emergency_keywords": ["NOTFALL", "EMERGENCY", "DRINGEND", "URGENT"],
+            "on_call": True,
         },
         "comment": (
             {
@@ -253,7 +261,30 @@ def test_emergency_note_only_outside_hours(
         assert "09:00–17:00" in part
 
 
-@pytest.mark.parametrize("kind", sorted(set(KINDS) - {"ticket_created"}))
+@pytest.mark.parametrize(
+    ("language", "paged", "word"), [("de", "alarmiert", "NOTFALL"), ("en", "alerted", "EMERGENCY")]
+)
+def test_an_emergency_acknowledgement_says_alerted_only_when_someone_was(
+    renderer: Renderer, language: str, paged: str, word: str
+) -> None:
+    """A ticket tagged emergency by an admin's rule, or inheriting the tag, paged nobody."""
+    for was in (True, False):
+        context = make_context(language=language, open_now=False, emergency=True, paged=was)
+        out = renderer.render("ticket_created", language, context)
+        assert (paged in out.text) is was and (paged in out.html) is was
+        assert word not in out.text  # no "write NOTFALL": it is one already
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_no_keywords_no_promise(renderer: Renderer, language: str) -> None:
+    """``emergency_keywords = []``: the acknowledgement asks for no keyword."""
+    context = make_context(language=language, open_now=False)
+    context["support"]["emergency_keywords"] = []
+    out = renderer.render("ticket_created", language, context)
+    assert "NOTFALL" not in out.text and "EMERGENCY" not in out.text
+
+
+@pytest.mark.parametrize("kind", sorted(set(KINDS) - {"ticket_created", "emergency"}))
 def test_no_emergency_note_elsewhere(renderer: Renderer, kind: str) -> None:
     for language in LANGUAGES:
         out = renderer.render(kind, language, make_context(kind, language, open_now=False))

@@ -13,7 +13,8 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from mailgate.config import Config, fingerprint
+from mailgate.config import Config
+from mailgate.confload import fingerprint
 from mailgate.db.fastexec import Prebuilt
 from mailgate.db.records import ensure_blob
 from mailgate.db.sqlite import WalFile

@@ -22,6 +22,7 @@ from mailgate.db.gather import ticket_facts
 from mailgate.db.moves import apply_changes
 from mailgate.db.outbox import queue_notification
 from mailgate.db.records import ensure_blob, user_id
+from mailgate.emergency import escalated
 from mailgate.models import (
     Attachment,
     AuthorKind,
@@ -164,6 +165,9 @@ def _follow_up(
         # The closed ticket's owner keeps its follow-up, while still an agent.
         "assignee_id": closed.assignee_id if closed.assignee in config.agents.addresses else None,
     }
+    if decision.emergency:
+        priority, tags = escalated(closed.tags)
+        values.update(priority=priority, tags=list(tags))
     ticket_id = _insert_ticket(conn, values)
     for person in _PARTICIPANT_IDS.run(conn, {"ticket": closed.id}).scalars():
         _INSERT_PARTICIPANT.run(conn, {"ticket_id": ticket_id, "user_id": person})
@@ -206,6 +210,9 @@ def _comment(
     changes: dict[str, Any] = {"updated_at": now}
     if decision.status != ticket.status:
         changes.update(status=decision.status, solved_at=None)
+    if decision.emergency:
+        priority, tags = escalated(ticket.tags)
+        changes.update(priority=priority, tags=list(tags))
     _UPDATE_TICKET.run(conn, {"ticket": ticket.id, **changes})
     added = _add_participants(conn, ticket.id, decision.participants, now)
     if decision.changes:

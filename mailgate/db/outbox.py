@@ -20,7 +20,16 @@ from sqlalchemy import Connection, bindparam, insert, select
 
 from mailgate.config import Config
 from mailgate.db.fastexec import Prebuilt
-from mailgate.models import Follower, Membership, Outbox, OutboxStatus, Suppression, User, table_of
+from mailgate.models import (
+    Follower,
+    Membership,
+    NotificationKind,
+    Outbox,
+    OutboxStatus,
+    Suppression,
+    User,
+    table_of,
+)
 from mailgate.pipeline.decision import Notify
 from mailgate.pipeline.facts import TicketFacts
 from mailgate.pipeline.filters import is_ours
@@ -59,6 +68,8 @@ def queue_notification(
         payload["moved"] = {"from": note.moved[0], "to": note.moved[1]}
     if note.unused_prefix is not None:
         payload["unused_prefix"] = note.unused_prefix.as_payload()
+    if note.paged:
+        payload["paged"] = True
     if note.by:
         payload["by"] = note.by
     if note.digest is not None:
@@ -66,7 +77,7 @@ def queue_notification(
     if note.about or note.about_id:
         payload.update(about=note.about, about_id=note.about_id)
     if ticket is None or (note.with_comment and not public):
-        team = config.agents.team
+        team = config.team
         note = replace(note, to=tuple(r for r in note.to if r in team), followers=False)
     if ticket is None:
         return _queue(conn, config, note.kind, None, note.to, note.exclude, payload, now)
@@ -104,7 +115,7 @@ def _queue(
     payload: dict[str, Any],
     now: datetime,
 ) -> int:
-    agents = config.agents.team  # the support team: agents and the addresses told of tickets
+    agents = config.team  # the support team: agents and the addresses told of tickets
     suppressed = set(_SUPPRESSED.run(conn, {"emails": list(recipients), "now": now}).scalars())
     to = [
         r
@@ -118,12 +129,16 @@ def _queue(
     if not to:
         return 0
     about = str(payload.get("about", ""))
+    # A page must stand out in an inbox full of tickets, and be told apart by a mail filter.
+    flag = "EMERGENCY " if kind == NotificationKind.EMERGENCY else ""
     row = {
         "kind": kind,
         "ticket_id": ticket.id if ticket is not None else None,
         "recipients": to,
         "subject": shown_subject(
-            f"{config.tickets.tag_for(ticket.id)} {ticket.subject}" if ticket is not None else about
+            f"{flag}{config.tickets.tag_for(ticket.id)} {ticket.subject}"
+            if ticket is not None
+            else about
         ),
         "payload": payload,
         "status": OutboxStatus.PENDING.value,

@@ -26,7 +26,7 @@ from mailgate.db.fastexec import insert_for
 from mailgate.models import Follower, Membership, Organization, User, table_of
 
 # The sections of the config that sync_config reads: Store.sync runs it again only when
-# their fingerprint (mailgate.config.fingerprint) changed.
+# their fingerprint (mailgate.confload.fingerprint) changed.
 SYNCED_PARTS = ("organizations", "agents")
 
 _ORGS = table_of(Organization)

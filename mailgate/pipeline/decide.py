@@ -13,6 +13,7 @@ from collections.abc import Callable
 from functools import cached_property
 
 from mailgate.config import Config
+from mailgate.emergency import Emergency, emergency, escalated, is_emergency
 from mailgate.models import AuthorKind, NotificationKind, Status
 from mailgate.pipeline import notify
 from mailgate.pipeline.commands import (
@@ -84,6 +85,26 @@ class Case:
     @property
     def ticket(self) -> TicketFacts | None:
         return self.match.ticket
+
+    def emergency(self, text: str, known: str = "") -> Emergency | None:
+        """The emergency the mail declares in its subject or the first line of ``text``
+        (its own text). A subject that only repeats the ticket's (``known``) declares
+        nothing new: a reply keeps "NOTFALL" in "Re: [#12] NOTFALL: …" by itself."""
+        keywords = self.config.support.emergency_keywords
+        subject = self.mail.subject
+        if known and emergency(known, "", keywords) is not None:
+            subject = ""
+        return emergency(subject, text, keywords)
+
+    def page(self, found: Emergency | None) -> tuple[Notify, ...]:
+        """The page an emergency outside support hours sends (see :func:`notify.on_emergency`)."""
+        config = self.config
+        return notify.on_emergency(
+            self.facts.support_open,
+            config.support.paged(config.agents.notified),
+            self.mail.sender,
+            found is not None,
+        )
 
 
 Stage = Callable[[Case], Decision | None]
@@ -225,6 +246,13 @@ def reply(case: Case) -> Decision | None:
     else:
         body, secret = reply_text(mail, case.hints)
         public = not mail.auto_reply
+    # A customer's reply may declare an emergency (the out-of-hours acknowledgement says
+    # so); on a ticket that already is one it changes nothing and pages nobody again.
+    found = (
+        case.emergency(body, ticket.subject)
+        if public and not by_agent and not is_emergency(ticket.tags)
+        else None
+    )
     participants: tuple[tuple[str, str], ...] = ()
     if by_agent or mail.sender == ticket.requester:
         known = {ticket.requester, *ticket.participants, *ticket.inactive}
@@ -241,6 +269,8 @@ def reply(case: Case) -> Decision | None:
     reason = case.match.reason
     if mail.auto_reply:
         reason += f"; auto-reply ({mail.auto_reply}) kept as internal note"
+    if found is not None:
+        reason += f"; {found}"
     kind = Comment if public else InternalNote
     return kind(
         reason=reason,
@@ -251,7 +281,8 @@ def reply(case: Case) -> Decision | None:
         status=status_after_reply(ticket.status, by_agent, mail.auto_reply is not None),
         participants=participants,
         changes=changes,
-        notify=notify.on_comment(
+        notify=case.page(found)
+        + notify.on_comment(
             mail.sender,
             by_agent,
             public,
@@ -263,6 +294,7 @@ def reply(case: Case) -> Decision | None:
         ),
         author_kind=AuthorKind.AGENT if by_agent else AuthorKind.CUSTOMER,
         authentication=case.auth.verdict,
+        emergency=found is not None,
     )
 
 
@@ -304,13 +336,20 @@ def follow_up(case: Case) -> Decision | None:
         )
     body, secret = reply_text(mail, case.hints)
     answer = mail.no_answer is None
+    # A new ticket: an emergency declared now pages, even when the closed one was one too.
+    found = case.emergency(body, closed.subject)
+    if found is not None:
+        reason += f"; {found}"
+    page = case.page(found)
     return FollowUp(
         reason=f"{reason}{not_acknowledged(mail)}",
         closed=closed,
         author=mail.sender,
         author_name=mail.name,
         body=body,
-        notify=notify.on_new_ticket(
+        emergency=found is not None,
+        notify=page
+        + notify.on_new_ticket(
             closed.requester,
             closed.organization,
             mail.sender,
@@ -318,6 +357,7 @@ def follow_up(case: Case) -> Decision | None:
             secret and answer,
             # The team, and the closed ticket's assignee, who keeps the follow-up.
             tuple(dict.fromkeys((*case.config.agents.notified, *closed_owner(case, closed)))),
+            paged=bool(page),
         ),
         authentication=case.auth.verdict,
     )
@@ -367,9 +407,15 @@ def new_ticket(case: Case) -> Decision:
     quiet = case.facts.recent_tickets >= config.limits.acks_per_hour
     if quiet:
         reason += f"; no acknowledgement (more than {config.limits.acks_per_hour} this hour)"
+    route = plan.decision
+    priority, tags = route.priority or "normal", route.tags
+    found = case.emergency(plan.body)
+    if found is not None:
+        priority, tags = escalated(tags)
+        reason += f"; {found}"
     reason += not_acknowledged(mail)
     answer = not quiet and mail.no_answer is None
-    route = plan.decision
+    page = case.page(found)
     return NewTicket(
         authentication=case.auth.verdict,
         reason=reason,
@@ -379,10 +425,12 @@ def new_ticket(case: Case) -> Decision:
         subject=plan.subject,
         body=plan.body,
         score=route.score,
-        priority=route.priority or "normal",
-        tags=route.tags,
+        priority=priority,
+        tags=tags,
         participants=notify.participant_addresses(mail.message, plan.requester, config),
-        notify=notify.on_new_ticket(
+        # The page first: its outbox row is queued, and so sent, before the others.
+        notify=page
+        + notify.on_new_ticket(
             plan.requester,
             route.organization,
             mail.sender,
@@ -390,6 +438,7 @@ def new_ticket(case: Case) -> Decision:
             plan.secret and mail.no_answer is None,
             config.agents.notified,
             route.unused_prefix,
+            paged=bool(page),
         ),
     )
 

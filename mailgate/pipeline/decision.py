@@ -42,6 +42,8 @@ class Notify:
     moved: tuple[str | None, str] | None = None  # a move's old and new organization
     # The acknowledgement of a ticket whose subject prefix did not decide its organization.
     unused_prefix: UnusedPrefix | None = None
+    # The acknowledgement of an emergency that paged the on-call team: it may say so.
+    paged: bool = False
     by: str = ""  # who did what the notification tells of (an assignment)
     digest: Mapping[str, Any] | None = None  # the lists of an agent_digest
 
@@ -117,6 +119,7 @@ class FollowUp:
     public: bool = True
     status: str = "new"  # the follow-up's status before the agent's commands
     changes: tuple[Change, ...] = ()
+    emergency: bool = False  # the customer declared one: urgent, tagged emergency
     outcome = Outcome.CREATED
 
 
@@ -135,6 +138,8 @@ class Comment:
     notify: tuple[Notify, ...]
     author_kind: AuthorKind = AuthorKind.CUSTOMER
     authentication: str | None = None  # the verdict that authenticated the author, if any
+    # A customer's reply declared an emergency on a ticket that was none: urgent, tagged.
+    emergency: bool = False
     outcome = Outcome.COMMENTED
 
     public = True

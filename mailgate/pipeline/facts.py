@@ -69,3 +69,6 @@ class Facts:
     tag: TicketFacts | None = None  # the ticket behind the subject tag
     recent_tickets: int = 0  # new tickets the sender opened in the last hour
     bounced: tuple[SentNotification, ...] = ()  # our notifications a bounce returns
+    # Whether support is staffed when the mail arrives ([hours] at the mail's time): the
+    # store's answer about the clock, so decide need not read one.
+    support_open: bool = True

@@ -75,6 +75,7 @@ def on_new_ticket(
     secret: bool,
     team: tuple[str, ...],
     unused_prefix: UnusedPrefix | None = None,
+    paged: bool = False,
 ) -> tuple[Notify, ...]:
     """A new ticket: acknowledge it to the requester (saying so when the customer named in
     the subject was not used), tell the team (``[agents] notify``, one mail each, so a
@@ -87,6 +88,7 @@ def on_new_ticket(
                 (requester,),
                 with_comment=True,
                 unused_prefix=unused_prefix,
+                paged=paged,
             )
         )
     if organization is not None:
@@ -109,6 +111,19 @@ def on_new_ticket(
             )
         )
     return (*notify, *secret_warning(sender, secret))
+
+
+def on_emergency(
+    open_now: bool, paged: tuple[str, ...], sender: str, declared: bool
+) -> tuple[Notify, ...]:
+    """An emergency outside support hours pages ``[support] emergency_notify`` at once, one
+    mail each (a reply answers as that agent); in hours the team is there and sees the
+    ticket's priority. Listed first, so its outbox row is queued before the others."""
+    if not declared or open_now or not paged:
+        return ()
+    return (
+        Notify(NotificationKind.EMERGENCY, paged, each=True, exclude=(sender,), with_comment=True),
+    )
 
 
 def on_comment(
