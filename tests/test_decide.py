@@ -1564,7 +1564,10 @@ ROWS: list[Row] = [
         lit("subject tag [#5]"),
         facts=TAGGED,
         told=(),
-        check=lambda d: d.changes == (Change("assignee", AGENT, "#assign me"),),
+        # The note shows what the mail asked for, not an empty comment.
+        check=lambda d: (
+            d.changes == (Change("assignee", AGENT, "#assign me"),) and d.body == "#assign me"
+        ),
     ),
     Row(
         "#assign gives the ticket to another agent",

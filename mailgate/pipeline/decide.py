@@ -194,6 +194,9 @@ def agent_commands(case: Case) -> tuple[tuple[Change, ...], tuple[str, ...], str
     body, secret = mask_secrets(text)
     # Commands and nothing else are an action, not an answer: nothing to send the customer.
     public = not (mail.auto_reply or is_private(commands) or (commands and not body.strip()))
+    if commands and not body.strip():
+        # The internal note of such a mail shows what it asked for, not an empty comment.
+        body = "\n".join(command.line for command in commands)
     errors: tuple[str, ...] = ()
     if (
         commands
