@@ -54,7 +54,10 @@ def save(digest: str, data: Mapping[str, Any]) -> None:
     """Keep ``data`` without its organizations for :func:`load`; quietly, if at all."""
     folder = directory()
     path = folder / f"config-{digest}.json"
-    if path.exists():
+    try:
+        if path.exists():
+            return
+    except OSError:  # a directory of another user's (an MTA's pipe runs as its own user)
         return
     organizations = data.get("organizations") or []
     names = [

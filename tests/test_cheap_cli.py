@@ -166,3 +166,18 @@ def test_the_schema_head_is_read_from_the_migration_files(store: Store) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     assert schema_head() == ScriptDirectory.from_config(cfg).get_current_head()
     assert store.schema_is_current()
+
+
+def test_a_cache_directory_the_user_cannot_use_costs_nothing_but_time(
+    store: Store, config_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No cache where none can be: a command works all the same (the Postfix tests run the
+    pipe as another user, whose cache directory is not the tests' to read)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("MAILGATE_CACHE_DIR", str(blocker / "cache"))
+    full = load_config(str(config_path))
+    assert full.organizations
+    assert not load_config(str(config_path), organizations=False).partial
+    result = run_cli(config_path, "stats", "--json")
+    assert result.returncode == 0, result.stderr
