@@ -3,8 +3,9 @@
 This is the one place that knows how the parts of a running daemon fit: which ingestor
 takes the mail (:mod:`mailgate.workers`), the SMTP/LMTP listener that hands it over
 (:mod:`mailgate.smtp`), the outbox and auto-close jobs on a scheduler
-(:mod:`mailgate.jobs`), the metrics endpoint (:mod:`mailgate.health`), and the signals
-that reload the config (SIGHUP) or stop the daemon (SIGTERM, SIGINT).
+(:mod:`mailgate.jobs`), the HTTP listener (:mod:`mailgate.web`: metrics, health, the
+vault's links), and the signals that reload the config (SIGHUP) or stop the daemon
+(SIGTERM, SIGINT).
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from mailgate.config import Config
 from mailgate.errors import ConfigError, StoreUnavailable
-from mailgate.health import start_http
 from mailgate.jobs import Jobs
 from mailgate.routing import Router
 from mailgate.smtp import Clock, Handler, listen, utc_now
 from mailgate.store import Store
+from mailgate.vault.pages import SecretPages
+from mailgate.web import start_http
 from mailgate.workers import (
     SWITCH_INTERVAL,
     Ingestor,
@@ -303,7 +305,13 @@ async def serve_until_signalled(
                 return "mailgate is stopping"
             return None
 
-        http = await start_http(config.metrics.host, config.metrics.port, healthy)
+        pages = SecretPages(lambda: server.config, store, server.clock)
+        http, _ = await start_http(
+            config.metrics.host,
+            config.metrics.port,
+            healthy,
+            pages.routes if config.secrets.vault else None,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -323,7 +331,7 @@ async def serve_until_signalled(
     # A second SIGTERM changes nothing: the drain is already under way, and bounded.
     deadline = loop.time() + timeout
     if http is not None:
-        http.close()  # a stopping instance is no longer healthy
+        await http.cleanup()  # a stopping instance is no longer healthy
     jobs = loop.create_task(scheduled.stop(timeout))
     drained = await server.stop(timeout)
     await jobs

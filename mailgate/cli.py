@@ -23,6 +23,7 @@ from mailgate.confload import load_config
 from mailgate.errors import ConfigError, MailgateError, NotFound, Refused, StoreUnavailable
 from mailgate.logsetup import setup_logging
 from mailgate.models import OutboxStatus, Status
+from mailgate.vault import cli as vault_cli
 from mailgate.views import print_detail, print_list, print_table
 
 # sysexits(3): what Postfix's pipe(8) and procmail understand.
@@ -189,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--to", action="append", default=[], metavar="ADDR", help="recipient")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    vault_cli.add_parser(sub, command)
     command(sub, "check-config", help="validate the configuration and print a summary")
     command(sub, "init-db", help="create or migrate the database schema and sync the config")
     return parser
@@ -252,6 +254,7 @@ def _needs_organizations(args: argparse.Namespace) -> bool:
         "tickets": lambda: True,
         "outbox": lambda: True,
         "stats": lambda: True,
+        "secrets": lambda: True,
         "follow": lambda: args.follow_command == "list",
         "quarantine": lambda: args.quarantine_command != "reprocess",
     }
@@ -761,6 +764,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "jobs": cmd_jobs,
     "check-config": cmd_check_config,
     "init-db": cmd_init_db,
+    "secrets": lambda a, c: vault_cli.run(a, c, _open_store(c, create=False), now()),
 }
 
 

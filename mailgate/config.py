@@ -36,6 +36,7 @@ from mailgate.confvalues import (
     _recipient,
     _regex,
     _secret,
+    _secrets_key,
     _Section,
     _size,
     _str,
@@ -230,6 +231,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretsConfig:
+    """``[secrets]``: credentials found in mail, encrypted behind one-time links for agents."""
+
+    vault: bool = False  # default: on when a key is given
+    key: bytes | None = field(default=None, repr=False)  # 32 bytes; never in the database
+    ttl: timedelta = timedelta(days=7)  # how long a link reveals its value
+    base_url: str = ""  # where links point; "": http://<[metrics] host>:<port>
+
+
+@dataclass(frozen=True, slots=True)
 class JobsConfig:
     outbox_interval: timedelta = timedelta(seconds=10)
     close_interval: timedelta = timedelta(minutes=5)
@@ -348,6 +359,7 @@ class Config:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     hygiene: HygieneConfig = field(default_factory=HygieneConfig)
     source: str = "built-in defaults"  # where the config came from, for messages
@@ -421,6 +433,7 @@ def parse_config(
         "jobs",
         "limits",
         "metrics",
+        "secrets",
         "security",
         "hygiene",
     }
@@ -567,6 +580,24 @@ def parse_config(
     metrics = MetricsConfig(
         host=s.get("host", "127.0.0.1", _str), port=s.get("port", None, _int(0, 65535))
     )
+
+    s = section(data.get("secrets", {}), "secrets", {"vault", "key", "ttl", "base_url"})
+    sealing = s.get("key", None, _secrets_key)
+    if sealing is None and os.environ.get("MAILGATE_SECRETS_KEY"):
+        try:
+            sealing = _secrets_key(os.environ["MAILGATE_SECRETS_KEY"])
+        except ValueError as exc:
+            problems.append(f"$MAILGATE_SECRETS_KEY: {exc}")
+    secrets = SecretsConfig(
+        vault=s.get("vault", sealing is not None, _bool),
+        key=sealing,
+        ttl=s.get("ttl", timedelta(days=7), _duration),
+        base_url=s.get("base_url", "", _url).rstrip("/"),
+    )
+    if secrets.vault and sealing is None:
+        problems.append("[secrets].vault: needs [secrets].key or $MAILGATE_SECRETS_KEY")
+    elif secrets.vault and metrics.port is None:
+        problems.append("[secrets].vault: the links need the HTTP listener; set [metrics].port")
 
     s = section(
         data.get("security", {}),
@@ -742,6 +773,7 @@ def parse_config(
         jobs=jobs,
         limits=limits,
         metrics=metrics,
+        secrets=secrets,
         security=security,
         hygiene=hygiene,
         source=source,

@@ -6,6 +6,8 @@ checks live here so the config's dataclasses and its parsing stay readable in on
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -312,6 +314,17 @@ def _secret(value: Any) -> str:
     if len(text) < 16:
         raise ValueError("must be at least 16 characters (it keys the reply tokens)")
     return text
+
+
+def _secrets_key(value: Any) -> bytes:
+    """The vault's key: 32 random bytes in base64 (``openssl rand -base64 32``)."""
+    try:
+        key = base64.b64decode(_str(value), validate=True)
+    except binascii.Error:
+        key = b""
+    if len(key) != 32:
+        raise ValueError("must be 32 bytes in base64, e.g. from `openssl rand -base64 32`")
+    return key
 
 
 def _tag(value: Any) -> str:

@@ -59,6 +59,7 @@ from mailgate.pipeline.threads import reply_address
 from mailgate.quotes import shown_history, split_history
 from mailgate.render import Renderer
 from mailgate.store import Store
+from mailgate.vault.store import make_links
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,16 @@ BATCH = 50
 # Kinds that may belong to no ticket: an agent's unauthenticated mail kept in quarantine,
 # the agents' daily digest.
 TICKETLESS = frozenset({NotificationKind.AGENT_UNVERIFIED.value, NotificationKind.AGENT_DIGEST})
+
+# The agents' notifications that show a comment: theirs carry the links to its secrets.
+SECRET_LINK_KINDS = frozenset(
+    {
+        NotificationKind.AGENT_NEW_TICKET.value,
+        NotificationKind.CUSTOMER_REPLY.value,
+        NotificationKind.TICKET_ASSIGNED.value,
+        NotificationKind.EMERGENCY.value,
+    }
+)
 
 # Due rows in the order they go out: pages first, then the oldest. The WHERE clause is the
 # one ix_outbox_status_due serves; the order only sorts the due rows it finds (as ordering
@@ -212,7 +223,7 @@ class Jobs:
                         # (on PostgreSQL an error would otherwise abort the whole batch).
                         with session.begin_nested():
                             secret = secret or self.config.mail.secret or ensure_secret(session)
-                            draft = self._draft(session, row, secret)
+                            draft = self._draft(session, row, secret, now)
                     except Exception as exc:  # a broken row must not block the queue
                         self._fail_render(row, exc, stats)
                         continue
@@ -356,8 +367,10 @@ class Jobs:
                 )
         return dict.fromkeys(claim.recipients, (verdict, error))
 
-    def _draft(self, session: Session, row: Outbox, secret: str) -> _Draft:
-        """Read what the row's notification says: the ticket, the comment, the thread."""
+    def _draft(self, session: Session, row: Outbox, secret: str, now: datetime) -> _Draft:
+        """Read what the row's notification says: the ticket, the comment, the thread, and
+        for one agent the one-time links to the comment's secrets (made now: the token is
+        in this mail alone)."""
         config = self.config
         ticket = session.get(Ticket, row.ticket_id) if row.ticket_id is not None else None
         if ticket is None and (row.ticket_id is not None or row.kind not in TICKETLESS):
@@ -409,6 +422,7 @@ class Jobs:
                     "attachments": [
                         {"filename": a.filename, "size": a.size} for a in comment.attachments
                     ],
+                    "secrets": self._links(session, row, comment.id, now),
                 }
                 if comment is not None
                 else None
@@ -448,6 +462,20 @@ class Jobs:
             )
         inbound = comment.inbound_message_id if comment is not None else None
         return _Draft(row.kind, language, context, envelope, files, inbound)
+
+    def _links(
+        self, session: Session, row: Outbox, comment: int, now: datetime
+    ) -> list[dict[str, Any]]:
+        """Links to the secrets behind ``[secret N]``: in an agent's own mail only, never in
+        a customer's or a follower's, nor in one mail to several (a reveal names who)."""
+        if (
+            not self.config.secrets.vault
+            or row.kind not in SECRET_LINK_KINDS
+            or len(row.recipients) != 1
+            or row.recipients[0] not in self.config.team
+        ):
+            return []
+        return make_links(session, self.config, comment, row.recipients[0], now)
 
     def _support(self, language: str, when: datetime) -> dict[str, Any]:
         """The support desk as the mail describes it at ``when`` (the row's time): hours,

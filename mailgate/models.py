@@ -304,3 +304,39 @@ class Suppression(Base):
     email: Mapped[str] = mapped_column(String(320), primary_key=True)
     until: Mapped[datetime] = mapped_column(UTCDateTime)
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class Secret(Base):
+    """A credential found in a mail, encrypted (``[secrets] vault``): shown once, then gone.
+
+    The comment says ``[secret N]`` where the value stood. ``ciphertext`` is AES-GCM with the
+    key of ``[secrets] key`` (never stored here), bound to this row's id and ticket; it is
+    emptied by the one reveal, and by ``mailgate secrets purge`` once expired.
+    """
+
+    __tablename__ = "secrets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    comment_id: Mapped[int] = mapped_column(ForeignKey("comments.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  # the N of "[secret N]" in the comment
+    ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    nonce: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    revealed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revealed_by: Mapped[str | None] = mapped_column(String(320))
+
+
+class SecretLink(Base):
+    """One agent's one-time link to a secret: only the SHA-256 of its token is kept.
+
+    Made when the agent's notification is written, one per secret and recipient, so a
+    reveal says who it was; the first reveal through any link uses the secret up.
+    """
+
+    __tablename__ = "secret_links"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret_id: Mapped[int] = mapped_column(ForeignKey("secrets.id"), index=True)
+    recipient: Mapped[str] = mapped_column(String(320))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

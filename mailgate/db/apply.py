@@ -49,6 +49,7 @@ from mailgate.pipeline.decision import (
     Quarantine,
 )
 from mailgate.pipeline.facts import TicketFacts
+from mailgate.vault.store import store_secrets
 
 _TICKETS = table_of(Ticket)
 _ORGS = table_of(Organization)
@@ -124,6 +125,8 @@ def _new_ticket(
     participants = _add_participants(conn, ticket_id, decision.participants, now)
     author = Author(requester_id, AuthorKind.CUSTOMER, decision.authentication)
     comment = _add_comment(conn, ticket_id, author, decision.body, True, message, entry, now)
+    if decision.secrets:
+        store_secrets(conn, config, ticket_id, comment, decision.secrets, now)
     facts = TicketFacts(
         id=ticket_id,
         status=Status.NEW.value,
@@ -179,6 +182,8 @@ def _follow_up(
     comment = _add_comment(
         conn, ticket_id, author, decision.body, decision.public, message, entry, now
     )
+    if decision.secrets:
+        store_secrets(conn, config, ticket_id, comment, decision.secrets, now)
     # The participants copied above are the closed ticket's, already read for deciding.
     facts = replace(closed, id=ticket_id, status=decision.status, members=frozenset())
     notify = decision.notify
@@ -207,6 +212,8 @@ def _comment(
     comment = _add_comment(
         conn, ticket.id, author, decision.body, decision.public, message, entry, now
     )
+    if decision.secrets:
+        store_secrets(conn, config, ticket.id, comment, decision.secrets, now)
     changes: dict[str, Any] = {"updated_at": now}
     if decision.status != ticket.status:
         changes.update(status=decision.status, solved_at=None)

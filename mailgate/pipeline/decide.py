@@ -36,7 +36,7 @@ from mailgate.pipeline.decision import (
 )
 from mailgate.pipeline.facts import Facts, TicketFacts
 from mailgate.pipeline.filters import our_own_address, own_mail
-from mailgate.pipeline.inputs import Hints, agent_text, mask_secrets, planned_ticket, reply_text
+from mailgate.pipeline.inputs import Found, Hints, agent_text, masked, planned_ticket, reply_text
 from mailgate.pipeline.reading import Mail, Unreadable
 from mailgate.pipeline.threads import NO_REFERENCE, ThreadMatch, match_thread, status_after_reply
 from mailgate.pipeline.trust import Authentication, authentication
@@ -95,6 +95,15 @@ class Case:
         if known and emergency(known, "", keywords) is not None:
             subject = ""
         return emergency(subject, text, keywords)
+
+    @property
+    def vault(self) -> bool:
+        """``[secrets] vault``: credentials become ``[secret N]``, kept behind links."""
+        return self.config.secrets.vault
+
+    def kept(self, found: Found) -> Found:
+        """The credentials the store encrypts: none without the vault (masked for good)."""
+        return found if self.vault else ()
 
     def page(self, found: Emergency | None) -> tuple[Notify, ...]:
         """The page an emergency outside support hours sends (see :func:`notify.on_emergency`)."""
@@ -171,7 +180,7 @@ def unverified_agent(case: Case) -> Decision | None:
     )
     if ticket is None:
         return Quarantine(UNAUTHENTICATED, notify)
-    body, _ = mask_secrets(agent_text(mail, case.hints))
+    body, found = masked(agent_text(mail, case.hints), case.vault)
     return InternalNote(
         reason=f"{case.match.reason}; {UNAUTHENTICATED}, {kept}",
         ticket=ticket,
@@ -183,15 +192,16 @@ def unverified_agent(case: Case) -> Decision | None:
         changes=(),
         notify=notify,
         author_kind=AuthorKind.UNVERIFIED_AGENT,
+        secrets=case.kept(found),
     )
 
 
-def agent_commands(case: Case) -> tuple[tuple[Change, ...], tuple[str, ...], str, bool, bool]:
+def agent_commands(case: Case) -> tuple[tuple[Change, ...], tuple[str, ...], str, bool, Found]:
     """An authenticated agent's mail: checked commands, refusals, masked text, whether it
-    is public and whether it held credentials."""
+    is public and the credentials it held."""
     mail, config = case.mail, case.config
     commands, text = split_commands(agent_text(mail, case.hints))
-    body, secret = mask_secrets(text)
+    body, secret = masked(text, case.vault)
     # Commands and nothing else are an action, not an answer: nothing to send the customer.
     public = not (mail.auto_reply or is_private(commands) or (commands and not body.strip()))
     if commands and not body.strip():
@@ -247,7 +257,7 @@ def reply(case: Case) -> Decision | None:
     if by_agent:  # only agents' commands count; a customer's "#status solved" is text
         changes, errors, body, public, secret = agent_commands(case)
     else:
-        body, secret = reply_text(mail, case.hints)
+        body, secret = reply_text(mail, case.hints, case.vault)
         public = not mail.auto_reply
     # A customer's reply may declare an emergency (the out-of-hours acknowledgement says
     # so); on a ticket that already is one it changes nothing and pages nobody again.
@@ -293,11 +303,12 @@ def reply(case: Case) -> Decision | None:
             audience,
             notify.owners(ticket.assignee, config),
             errors,
-            secret,
+            bool(secret),
         ),
         author_kind=AuthorKind.AGENT if by_agent else AuthorKind.CUSTOMER,
         authentication=case.auth.verdict,
         emergency=found is not None,
+        secrets=case.kept(secret),
     )
 
 
@@ -329,15 +340,16 @@ def follow_up(case: Case) -> Decision | None:
                 audience,
                 case.config.agents.notified,
                 errors,
-                secret,
+                bool(secret),
             ),
             author_kind=AuthorKind.AGENT,
             authentication=case.auth.verdict,
             public=public,
             status=status_after_reply(Status.NEW.value, True, False),
             changes=changes,
+            secrets=case.kept(secret),
         )
-    body, secret = reply_text(mail, case.hints)
+    body, secret = reply_text(mail, case.hints, case.vault)
     answer = mail.no_answer is None
     # A new ticket: an emergency declared now pages, even when the closed one was one too.
     found = case.emergency(body, closed.subject)
@@ -357,12 +369,13 @@ def follow_up(case: Case) -> Decision | None:
             closed.organization,
             mail.sender,
             answer,
-            secret and answer,
+            bool(secret) and answer,
             # The team, and the closed ticket's assignee, who keeps the follow-up.
             tuple(dict.fromkeys((*case.config.agents.notified, *closed_owner(case, closed)))),
             paged=bool(page),
         ),
         authentication=case.auth.verdict,
+        secrets=case.kept(secret),
     )
 
 
@@ -443,6 +456,7 @@ def new_ticket(case: Case) -> Decision:
             route.unused_prefix,
             paged=bool(page),
         ),
+        secrets=plan.secrets,
     )
 
 

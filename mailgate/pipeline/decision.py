@@ -96,6 +96,8 @@ class NewTicket:
     participants: tuple[tuple[str, str], ...]  # To/Cc people copied on it: (email, name)
     notify: tuple[Notify, ...]
     authentication: str | None = None  # the verdict that authenticated the sender, if any
+    # The credentials behind "[secret N]" in subject and body, for the vault to encrypt.
+    secrets: tuple[str, ...] = ()
     outcome = Outcome.CREATED
 
 
@@ -120,6 +122,7 @@ class FollowUp:
     status: str = "new"  # the follow-up's status before the agent's commands
     changes: tuple[Change, ...] = ()
     emergency: bool = False  # the customer declared one: urgent, tagged emergency
+    secrets: tuple[str, ...] = ()  # behind "[secret N]" in body, for the vault
     outcome = Outcome.CREATED
 
 
@@ -140,6 +143,7 @@ class Comment:
     authentication: str | None = None  # the verdict that authenticated the author, if any
     # A customer's reply declared an emergency on a ticket that was none: urgent, tagged.
     emergency: bool = False
+    secrets: tuple[str, ...] = ()  # behind "[secret N]" in body, for the vault
     outcome = Outcome.COMMENTED
 
     public = True

@@ -19,7 +19,9 @@ from mailgate.pipeline.threads import names_a_ticket
 from mailgate.pipeline.trust import Authentication, authentication
 from mailgate.quotes import forwarded_original, strip_quoted
 from mailgate.routing import RouteDecision, Router, normalize_subject
-from mailgate.secrets_scan import mask_secrets as scan_and_mask
+from mailgate.secrets_scan import MASK, find_secrets
+
+Found = tuple[str, ...]  # the credentials a text held, in the order of their references
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,7 @@ class TicketPlan:
     subject: str  # untagged, credentials masked, at most SUBJECT_LIMIT characters
     body: str  # credentials masked
     secret: bool  # subject or body held credentials
+    secrets: Found = ()  # their values, subject's first, when the vault keeps them
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +45,7 @@ class Hints:
     fingerprint: str
     plan: TicketPlan | None = None  # the ticket a mail that names none would open
     stripped: str | None = None  # a reply's text without quoted history
-    reply: tuple[str, bool] | None = None  # that text with credentials masked, and if any were
+    reply: tuple[str, Found] | None = None  # that text with credentials masked, and them
 
 
 def prefetch(router: Router, mail: Mail) -> Hints:
@@ -58,7 +61,8 @@ def prefetch(router: Router, mail: Mail) -> Hints:
     references = (*message.in_reply_to, *message.references)
     if names_a_ticket(mail.recipients, references, mail.subject, router.config.tickets.tag_regex):
         stripped = strip_quoted(message.text)
-        return Hints(router.fingerprint, stripped=stripped, reply=mask_secrets(stripped))
+        vault = router.config.secrets.vault
+        return Hints(router.fingerprint, stripped=stripped, reply=masked(stripped, vault))
     return Hints(router.fingerprint, plan=ticket_plan(router, mail))
 
 
@@ -78,11 +82,11 @@ def planned_ticket(
     return ticket_plan(router, mail, auth)
 
 
-def reply_text(mail: Mail, hints: Hints | None) -> tuple[str, bool]:
-    """A reply's new text, credentials masked, and whether any were."""
+def reply_text(mail: Mail, hints: Hints | None, vault: bool) -> tuple[str, Found]:
+    """A reply's new text, credentials masked, and the credentials."""
     if hints is not None and hints.reply is not None:
         return hints.reply
-    return mask_secrets(strip_quoted(mail.message.text))
+    return masked(strip_quoted(mail.message.text), vault)
 
 
 def agent_text(mail: Mail, hints: Hints | None) -> str:
@@ -94,8 +98,26 @@ def agent_text(mail: Mail, hints: Hints | None) -> str:
 
 def mask_secrets(text: str) -> tuple[str, bool]:
     """The text with credentials masked (the raw mail keeps the original), and whether any."""
-    masked, findings = scan_and_mask(text)
-    return masked, bool(findings)
+    shown, found = masked(text, vault=False)
+    return shown, bool(found)
+
+
+def masked(text: str, vault: bool, first: int = 1) -> tuple[str, Found]:
+    """The text with each credential masked, and the credentials found.
+
+    With ``[secrets] vault`` the N-th value becomes ``[secret N]`` (counting from
+    ``first``), which the vault keeps behind one-time links; else the mask hides it for good.
+    The raw stored mail keeps the original either way.
+    """
+    findings = find_secrets(text)
+    parts: list[str] = []
+    pos = 0
+    for number, finding in enumerate(findings, first):
+        parts.append(text[pos : finding.start])
+        parts.append(f"[secret {number}]" if vault else MASK)
+        pos = finding.end
+    parts.append(text[pos:])
+    return "".join(parts), tuple(text[f.start : f.end] for f in findings)
 
 
 def ticket_plan(router: Router, mail: Mail, auth: Authentication | None = None) -> TicketPlan:
@@ -119,8 +141,9 @@ def ticket_plan(router: Router, mail: Mail, auth: Authentication | None = None) 
     # Another ticket's tag in a new ticket's subject would only confuse: it goes.
     untagged = " ".join(re.sub(config.tickets.tag_regex, " ", decision.subject or subject).split())
     # Masked whole, then cut: a credential straddling the cut is masked all the same.
-    subject_text, subject_secret = mask_secrets(untagged or NO_SUBJECT)
-    body, body_secret = mask_secrets(mail.message.text)
+    vault = config.secrets.vault
+    subject_text, in_subject = masked(untagged or NO_SUBJECT, vault)
+    body, in_body = masked(mail.message.text, vault, len(in_subject) + 1)
     return TicketPlan(
         requester=requester.lower(),
         name=name,
@@ -128,7 +151,8 @@ def ticket_plan(router: Router, mail: Mail, auth: Authentication | None = None) 
         reason=decision.reason + note,
         subject=shown_subject(subject_text),
         body=body,
-        secret=subject_secret or body_secret,
+        secret=bool(in_subject or in_body),
+        secrets=(*in_subject, *in_body) if vault else (),
     )
 
 

@@ -143,8 +143,15 @@ def on_comment(
     if by_agent and public:
         notify.append(Notify(NotificationKind.AGENT_REPLY, audience, with_comment=True))
     elif not by_agent and not auto_reply and team:
+        # With credentials in it one mail each: each agent gets links of their own.
         notify.append(
-            Notify(NotificationKind.CUSTOMER_REPLY, team, exclude=(sender,), with_comment=True)
+            Notify(
+                NotificationKind.CUSTOMER_REPLY,
+                team,
+                each=secret,
+                exclude=(sender,),
+                with_comment=True,
+            )
         )
     if errors:
         notify.append(Notify(NotificationKind.COMMAND_ERROR, (sender,), errors=errors))
