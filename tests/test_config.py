@@ -43,7 +43,7 @@ def test_example_file_is_valid_and_documents_every_key() -> None:
         "hours",
         "support",
     )
-    for section in (*sections, "jobs", "limits", "metrics", "security"):
+    for section in (*sections, "jobs", "limits", "metrics", "secrets", "security"):
         fields = getattr(Config(), section).__dataclass_fields__
         for key in fields:
             documented = (f"{key.rstrip('_')} =", f"[[{section}.{key}]]")
