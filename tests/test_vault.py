@@ -404,3 +404,27 @@ def test_config_vault_follows_the_key_and_needs_the_listener(
         _parse({"secrets": {"vault": True}, "metrics": {"port": 9100}})
     with pytest.raises(ConfigProblems, match=r"\[secrets\]\.key: must be 32 bytes in base64"):
         _parse({"secrets": {"key": "c2hvcnQ="}, "metrics": {"port": 9100}})
+
+
+def test_references_are_numbered_across_subject_and_body(
+    config: Config, store: Store, clock: Clock, server: int
+) -> None:
+    """A credential in the subject is ``[secret 1]``, the body's follow on; without the
+    vault both stay masked for good (``••••••``) and nothing is stored."""
+    from mailgate.pipeline.inputs import masked
+
+    assert masked("Passwort: A1b2c3d4! und PIN 4471", vault=True, first=2) == (
+        "Passwort: [secret 2] und PIN [secret 3]",
+        ("A1b2c3d4!", "4471"),
+    )
+    assert masked("Passwort: A1b2c3d4!", vault=False)[0] == "Passwort: ••••••"
+    subject = "Login anna / Xk9#mmQ2pL"
+    assert send(server, mail(subject=subject, body="Passwort: Sommer2026!\n")) == {}
+    with store.reading() as s:
+        ticket = s.scalars(select(Ticket)).one()
+        assert ticket.subject == "Login anna / [secret 1]"
+        assert [c.body for c in ticket.comments] == ["Passwort: [secret 2]"]
+        assert [r.number for r in s.scalars(select(Secret).order_by(Secret.id))] == [1, 2]
+    Jobs(store, config).deliver_outbox(clock())
+    [text] = [text for kind, _, text in sent_mail(store) if kind == "agent_new_ticket"]
+    assert sorted(links(text)) == [1, 2] and "Xk9#mmQ2pL" not in text
