@@ -23,7 +23,9 @@ The context contract (every template may rely on exactly these names):
 ``comment``    mapping: author, author_name, body, attachments (list of mappings:
                filename, size in bytes), history (for agent_new_ticket the quoted or
                forwarded text below the new text, which ``body`` then holds alone; else
-               "") — for ticket_created, new_ticket_follower,
+               ""), secrets (list of mappings: number, url, expires — the one-time links to
+               the ``[secret N]`` of the body, in an agent's own mail with ``[secrets]
+               vault`` only; else empty or absent) — for ticket_created, new_ticket_follower,
                agent_reply, customer_reply, agent_new_ticket, emergency, and for
                ticket_moved the ticket's first public comment, for ticket_assigned the
                customer's latest (None when it has none); None otherwise

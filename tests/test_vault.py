@@ -428,3 +428,51 @@ def test_references_are_numbered_across_subject_and_body(
     Jobs(store, config).deliver_outbox(clock())
     [text] = [text for kind, _, text in sent_mail(store) if kind == "agent_new_ticket"]
     assert sorted(links(text)) == [1, 2] and "Xk9#mmQ2pL" not in text
+
+
+def test_serve_reveals_through_its_own_listener(
+    make_config: Callable[..., tuple[Config, Path]], tmp_path: Path
+) -> None:
+    """``mailgate serve`` with parser processes: the mail's secret is sealed by the writer,
+    the link from ``jobs run`` opens on the daemon's listener, once."""
+    import signal
+
+    from .test_cli import Daemon
+
+    _, path = make_config({**VAULT, "server": {"workers": "auto"}}, name="serve.toml")
+    daemon = Daemon(path)
+    try:
+        port = int(daemon.wait_for(r"http://127\.0\.0\.1:(\d+)/metrics").group(1))
+        assert send(daemon.port, mail(subject="Zugang", body=BODY)) == {}
+        assert run_cli(path, "jobs", "run").returncode == 0
+        texts = [readable(p.read_bytes()) for p in (tmp_path / "outbox").rglob("*") if p.is_file()]
+        [agent_text] = [t for t in texts if "/secret/" in t]
+        url = f"http://127.0.0.1:{port}/secret/{links(agent_text)[2]}"
+        status, _, html = request(url)
+        assert status == 200
+        status, _, html = request(url, {"page_token": page_token(html)})
+        assert status == 200 and VALUES[1] in html
+        assert request(url)[0] == 410
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(30) == 0
+
+
+def test_two_clicks_at_once_reveal_once(
+    config: Config, store: Store, clock: Clock, server: int
+) -> None:
+    """Two POSTs racing for one link: one shows the value, the other says used."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    new_ticket_with_secrets(config, store, clock, server)
+    [text] = [text for kind, _, text in sent_mail(store) if kind == "agent_new_ticket"]
+    with http(config, store, clock) as listener:
+        url = listener.url(links(text)[1])
+        form = {"page_token": page_token(request(url)[2])}
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: request(url, form), range(4)))
+    assert sorted(status for status, _, _ in answers) == [200, 410, 410, 410]
+    assert sum("geheim123" in html for _, _, html in answers) == 1
+    with store.reading() as s:
+        notes = s.scalars(select(Comment).where(Comment.author_kind == "system")).all()
+        assert len(notes) == 1
