@@ -306,12 +306,8 @@ async def serve_until_signalled(
             return None
 
         pages = SecretPages(lambda: server.config, store, server.clock)
-        http, _ = await start_http(
-            config.metrics.host,
-            config.metrics.port,
-            healthy,
-            pages.routes if config.secrets.vault else None,
-        )
+        # Mounted with the vault off too: a reload may turn it on (the pages ask each time).
+        http, _ = await start_http(config.metrics.host, config.metrics.port, healthy, pages.routes)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

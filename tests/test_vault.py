@@ -476,3 +476,30 @@ def test_two_clicks_at_once_reveal_once(
     with store.reading() as s:
         notes = s.scalars(select(Comment).where(Comment.author_kind == "system")).all()
         assert len(notes) == 1
+
+
+def test_without_the_vault_credentials_stay_masked_and_links_lead_nowhere(
+    make_config: Callable[..., tuple[Config, Path]], clock: Clock
+) -> None:
+    """The vault off (no key): masked for good, nothing stored, no link page."""
+    from mailgate.app import ServerThread
+
+    plain, _ = make_config({"metrics": {"port": 0}}, name="plain.toml")
+    assert not plain.secrets.vault
+    store = Store(plain.database.url, plain.database.lock_timeout)
+    store.migrate()
+    store.sync(plain, clock())
+    try:
+        with ServerThread(plain, store, clock) as thread:
+            assert thread.server.port is not None
+            assert send(thread.server.port, mail(subject="Zugang", body=BODY)) == {}
+        with store.reading() as s:
+            assert s.scalars(select(Secret)).all() == []
+            [comment] = s.scalars(select(Comment)).all()
+            assert "Das Passwort ist ••••••" in comment.body
+        with http(plain, store, clock) as listener:
+            status, headers, html = request(listener.url("A" * 43))
+            assert status == 404 and "Unknown link" in html
+            assert headers["Referrer-Policy"] == "no-referrer"
+    finally:
+        store.close()
