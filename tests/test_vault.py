@@ -125,7 +125,7 @@ def readable(raw: bytes) -> str:
 
 def sent_mail(store: Store) -> list[tuple[str, list[str], str]]:
     """Every delivered notification: kind, recipients, headers and text parts."""
-    with store.reading() as s:
+    with store.transaction() as s:
         rows = s.scalars(select(Outbox).order_by(Outbox.id)).all()
         return [(r.kind, list(r.recipients), readable(r.message or b"")) for r in rows]
 
@@ -138,7 +138,7 @@ def links(text: str) -> dict[int, str]:
 def new_ticket_with_secrets(config: Config, store: Store, clock: Clock, port: int) -> int:
     assert send(port, mail(subject="Kein Zugang", body=BODY)) == {}
     Jobs(store, config).deliver_outbox(clock())
-    with store.reading() as s:
+    with store.transaction() as s:
         return s.scalars(select(Ticket)).one().id
 
 
@@ -154,7 +154,7 @@ def test_round_trip_secret_sealed_linked_revealed_once(
     the agent's mail carries a link per secret; the link's page shows a button, its POST
     reveals the value once and notes who on the ticket; the link then says "already used"."""
     tid = new_ticket_with_secrets(config, store, clock, server)
-    with store.reading() as s:
+    with store.transaction() as s:
         [comment] = s.scalars(select(Comment).where(Comment.ticket_id == tid)).all()
         rows = s.scalars(select(Secret).order_by(Secret.number)).all()
         assert [(r.number, r.comment_id, r.revealed_at) for r in rows] == [
@@ -180,7 +180,7 @@ def test_round_trip_secret_sealed_linked_revealed_once(
     assert "Das Passwort ist [secret 1]" in agent_text
     tokens = links(agent_text)
     assert sorted(tokens) == [1, 2]
-    with store.reading() as s:
+    with store.transaction() as s:
         stored = s.scalars(select(SecretLink).order_by(SecretLink.id)).all()
         assert [link.recipient for link in stored] == ["tech@support.example.com"] * 2
         assert {link.token_hash for link in stored} == {token_hash(t) for t in tokens.values()}
@@ -214,7 +214,7 @@ def test_round_trip_secret_sealed_linked_revealed_once(
         # The other secret is still there.
         assert request(listener.url(tokens[2]))[0] == 200
 
-    with store.reading() as s:
+    with store.transaction() as s:
         first = s.scalars(select(Secret).where(Secret.number == 1)).one()
         assert first.ciphertext is None and first.nonce is None
         assert (first.revealed_at, first.revealed_by) == (clock(), "tech@support.example.com")
@@ -265,7 +265,7 @@ def test_each_agent_gets_own_links_and_the_first_reveal_uses_the_secret(
             assert status == 200 and "Sommer2026!" in html
             status, _, html = request(listener.url(tokens["tech@support.example.com"]))
             assert status == 410 and "already used" in html
-        with store.reading() as s:
+        with store.transaction() as s:
             assert s.scalars(select(Secret)).one().revealed_by == "ops@support.example.com"
     finally:
         store.close()
@@ -304,7 +304,7 @@ def test_wrong_key_leaves_values_unreadable_with_a_clear_error(
         html = request(listener.url(token))[2]
         status, _, html = request(listener.url(token), {"page_token": page_token(html)})
         assert status == 200 and "geheim123" in html
-    with store.reading() as s:
+    with store.transaction() as s:
         assert s.get(Ticket, tid) is not None
 
 
@@ -336,11 +336,11 @@ def test_expired_links_say_so_and_purge_deletes_the_values(
     now = clock().isoformat()
     dry = run_cli(path, "secrets", "purge", "--dry-run", "--now", now)
     assert dry.returncode == 0 and b"would delete 2 expired" in dry.stdout
-    with store.reading() as s:
+    with store.transaction() as s:
         assert all(r.ciphertext is not None for r in s.scalars(select(Secret)))
     purged = run_cli(path, "secrets", "purge", "--now", now)
     assert purged.returncode == 0 and b"deleted 2 expired" in purged.stdout
-    with store.reading() as s:
+    with store.transaction() as s:
         assert [r.ciphertext for r in s.scalars(select(Secret))] == [None, None]
 
 
@@ -420,7 +420,7 @@ def test_references_are_numbered_across_subject_and_body(
     assert masked("Passwort: A1b2c3d4!", vault=False)[0] == "Passwort: ••••••"
     subject = "Login anna / Xk9#mmQ2pL"
     assert send(server, mail(subject=subject, body="Passwort: Sommer2026!\n")) == {}
-    with store.reading() as s:
+    with store.transaction() as s:
         ticket = s.scalars(select(Ticket)).one()
         assert ticket.subject == "Login anna / [secret 1]"
         assert [c.body for c in ticket.comments] == ["Passwort: [secret 2]"]
@@ -473,7 +473,7 @@ def test_two_clicks_at_once_reveal_once(
             answers = list(pool.map(lambda _: request(url, form), range(4)))
     assert sorted(status for status, _, _ in answers) == [200, 410, 410, 410]
     assert sum("geheim123" in html for _, _, html in answers) == 1
-    with store.reading() as s:
+    with store.transaction() as s:
         notes = s.scalars(select(Comment).where(Comment.author_kind == "system")).all()
         assert len(notes) == 1
 
@@ -493,7 +493,7 @@ def test_without_the_vault_credentials_stay_masked_and_links_lead_nowhere(
         with ServerThread(plain, store, clock) as thread:
             assert thread.server.port is not None
             assert send(thread.server.port, mail(subject="Zugang", body=BODY)) == {}
-        with store.reading() as s:
+        with store.transaction() as s:
             assert s.scalars(select(Secret)).all() == []
             [comment] = s.scalars(select(Comment)).all()
             assert "Das Passwort ist ••••••" in comment.body

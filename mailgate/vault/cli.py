@@ -30,7 +30,7 @@ def run(args: argparse.Namespace, config: Config, store: Any, now: datetime) -> 
 
     try:
         if args.secrets_command == "list":
-            with store.reading() as session:
+            with store.transaction() as session:
                 rows = listing(session, now)
             if args.json:
                 print(json.dumps(rows, indent=2))
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace, config: Config, store: Any, now: datetime) -> 
         else:
             if config.secrets.key is None:
                 raise Refused("no key: set [secrets] key or $MAILGATE_SECRETS_KEY")
-            with store.reading() as session:
+            with store.transaction() as session:
                 opened, total = check_key(session, config)
             if opened < total:
                 raise Refused(

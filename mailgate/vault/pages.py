@@ -136,7 +136,8 @@ class SecretPages:
         return self._page(request, state)
 
     def _look_up(self, token: str, now: datetime) -> LinkState:
-        with self.store.reading() as session:
+        # A short ORM session (it writes nothing): a link is looked at now and then.
+        with self.store.transaction() as session:
             return look_up(session, token, now)
 
     def _reveal(self, config: Config, token: str, now: datetime) -> LinkState:
