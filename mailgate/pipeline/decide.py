@@ -212,7 +212,9 @@ def agent_commands(case: Case) -> tuple[tuple[Change, ...], tuple[str, ...], str
         )
         commands = tuple(c for c in commands if c.name in ("note", "private"))
     changes, refused = check_commands(commands, case.router, mail.sender)
-    return changes + first_answer(case, public, changes), (*errors, *refused), body, public, secret
+    # A refused line is quoted back to the agent: masked like every text that leaves.
+    explained = tuple(mask_secrets(line)[0] for line in (*errors, *refused))
+    return changes + first_answer(case, public, changes), explained, body, public, secret
 
 
 def first_answer(case: Case, public: bool, changes: tuple[Change, ...]) -> tuple[Change, ...]:
