@@ -372,7 +372,10 @@ class Jobs:
             # Queueing never writes such a row; should one exist, it is never sent.
             raise ValueError("an internal comment is for agents only")
         body, history = comment.body if comment is not None else "", ""
-        if comment is not None and row.kind == NotificationKind.AGENT_NEW_TICKET:
+        if comment is not None and row.kind in (
+            NotificationKind.AGENT_NEW_TICKET,
+            NotificationKind.EMERGENCY,
+        ):
             # The request's own words first; what it quoted or forwarded below them.
             body, history = split_history(comment.body)
             history = shown_history(history)
