@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from mailgate.config import Config, fingerprint
-from mailgate.db.sqlite import WalFile, WriterLock, immediate_transactions
+from mailgate.db.sqlite import READ_ONLY, WalFile, WriterLock, immediate_transactions
 from mailgate.db.sync import SYNCED_PARTS, sync_config
 from mailgate.errors import ConfigError, StoreUnavailable
 from mailgate.models import Meta
@@ -184,6 +184,20 @@ class Store:
             session.begin(),
         ):
             yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection in a read-only transaction: for lists that may stream for minutes.
+
+        It takes neither the writer lock nor, on SQLite, the write lock (``BEGIN``, not
+        ``BEGIN IMMEDIATE``): in WAL mode its snapshot does not hold up ingest.
+        """
+        with temporary_failures(), self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                if self.dialect == "postgresql":
+                    conn.execute(text("SET TRANSACTION READ ONLY"))
+                yield conn
 
     @contextmanager
     def batch(self) -> Iterator[Session]:
