@@ -181,7 +181,7 @@ def _rows(conn: Connection, listing: Listing, page: Page) -> Iterator[dict[str, 
 
 
 def print_hint(conn: Connection, listing: Listing, page: Page, first: int, last: int) -> None:
-    """ "N more: …" after a full page, with the option that shows them."""
+    """The line after a full page: how many more match, and the option that shows them."""
     if page.ascending:  # a page above --after-id: what is newer still
         more = conn.execute(listing.remaining(below=page.before_id, above=first)).scalar() or 0
         option = f"--after-id {first}"

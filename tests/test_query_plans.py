@@ -30,8 +30,9 @@ from mailgate.db import lists
 from mailgate.db.lists import Filters, Page
 from mailgate.jobs import Jobs
 from mailgate.store import Store
-from tests.conftest import Clock
-from tests.test_fastexec import CASES
+
+from .conftest import Clock
+from .test_fastexec import CASES
 
 CHECKED = ("tickets", "comments", "outbox", "inbound_messages")
 SINCE = datetime(2026, 11, 1, tzinfo=UTC)
