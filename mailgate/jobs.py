@@ -282,7 +282,7 @@ class Jobs:
         """
         if not draft.files:
             return [], []
-        with self.store.reading() as session:
+        with self.store.reading() as conn, Session(bind=conn) as session:
             shown = frozenset[str]()
             if draft.inbound is not None and any(f.content_id for f in draft.files):
                 entry = session.get(LedgerEntry, draft.inbound)
