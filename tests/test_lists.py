@@ -235,8 +235,9 @@ def test_filters(filled: Path) -> None:
         ("--json", "--jsonl"),
     ],
 )
-def test_bad_values_are_usage_errors(filled: Path, args: tuple[str, ...]) -> None:
-    result = run_cli(filled, "tickets", "list", *args)
+def test_bad_values_are_usage_errors(args: tuple[str, ...]) -> None:
+    """Refused by the command line itself, before any config or database is read."""
+    result = run_cli(None, "tickets", "list", *args)
     assert result.returncode == 2
     assert b"Traceback" not in result.stderr and b"error:" in result.stderr
 
