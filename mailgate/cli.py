@@ -21,10 +21,11 @@ from mailgate import __version__
 from mailgate.config import Config
 from mailgate.confload import load_config
 from mailgate.errors import ConfigError, MailgateError, NotFound, Refused, StoreUnavailable
+from mailgate.listing import add_list_options
 from mailgate.logsetup import setup_logging
 from mailgate.models import OutboxStatus, Status
 from mailgate.vault import cli as vault_cli
-from mailgate.views import print_detail, print_list, print_table
+from mailgate.views import print_detail
 
 # sysexits(3): what Postfix's pipe(8) and procmail understand.
 EX_OK = 0
@@ -124,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--assignee", metavar="EMAIL|none", help="only tickets this agent handles; none: unassigned"
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_list_options(p, ("requester", "time", "tag", "search"))
     p = command(tsub, "show", help="show one ticket with its comments")
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -151,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     # Every status but bounced, as the command has always offered.
     listed = [s.value for s in OutboxStatus if s is not OutboxStatus.BOUNCED]
     p.add_argument("--status", choices=listed)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_list_options(p, ("time", "search"))
 
     follow = command(sub, "follow", help="who is told of every new ticket in an organization")
     fsub = _choice(follow, "follow_command", "ACTION")
@@ -162,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     p = command(fsub, "list", help="list followers")
     p.add_argument("email", nargs="?", help="only this user")
     p.add_argument("org", nargs="?", help="only this organization")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_list_options(p, paging=False)
 
     jobs = command(sub, "jobs", help="scheduled work, for cron and tests")
     jsub = _choice(jobs, "jobs_command", "ACTION")
@@ -173,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     quarantine = command(sub, "quarantine", help="mail kept aside, and processing it again")
     qsub = _choice(quarantine, "quarantine_command", "ACTION")
     p = command(qsub, "list", help="list quarantined mail")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_list_options(p, ("time",))
     p = command(qsub, "show", help="show one quarantined mail with its error")
     p.add_argument("id", type=int)
     p.add_argument("--raw", action="store_true", help="write the raw mail, byte for byte")
@@ -401,12 +402,11 @@ def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
 
     store = _open_store(config, create=False)
     try:
+        if args.tickets_command == "list":
+            _list(store, args, "tickets list")
+            return EX_OK
         with store.transaction() as session:
-            if args.tickets_command == "list":
-                found = st.list_tickets(session, args.org, args.status, args.assignee)
-                rows = [st.ticket_summary(t) for t in found]
-                print_list(rows, args.json)
-            elif args.tickets_command == "show":
+            if args.tickets_command == "show":
                 detail = st.ticket_detail(session, st.get_ticket(session, args.id))
                 print_detail(detail, args.json)
             elif args.tickets_command == "attachment":
@@ -471,97 +471,48 @@ def cmd_route(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
-    from sqlalchemy import select
-
-    from mailgate.db.queries import iso
-    from mailgate.models import Outbox
-
     store = _open_store(config, create=False)
     try:
-        with store.transaction() as session:
-            query = select(Outbox).order_by(Outbox.id)
-            if args.status:
-                query = query.where(Outbox.status == args.status)
-            rows = [
-                {
-                    "id": o.id,
-                    "kind": o.kind,
-                    "ticket": o.ticket_id,
-                    "to": list(o.recipients),
-                    "subject": o.subject,
-                    "status": o.status,
-                    "attempts": o.attempts,
-                    "last_error": o.last_error,
-                    "created_at": iso(o.created_at),
-                    "sent_at": iso(o.sent_at),
-                    "message_id": o.message_id,
-                    "accepted": o.payload.get("accepted", []),  # who has it: never re-sent
-                    "refused": o.payload.get("refused", {}),  # refused for good, with reply
-                    "history": o.payload.get("attempts", []),
-                }
-                for o in session.scalars(query)
-            ]
+        _list(store, args, "outbox list")
     finally:
         store.close()
-    if args.json:
-        print(json.dumps(rows, ensure_ascii=False, indent=2))
-    elif not rows:
-        print("outbox is empty")
-    else:
-        print_table(
-            ("ID", "STATUS", "KIND", "TICKET", "TRIES", "TO", "LAST ERROR"),
-            [
-                (
-                    str(r["id"]),
-                    r["status"],
-                    r["kind"],
-                    f"#{r['ticket']}" if r["ticket"] is not None else "-",
-                    str(r["attempts"]),
-                    ", ".join(r["to"]),
-                    r["last_error"] or "",
-                )
-                for r in rows
-            ],
-            right=(0, 4),
-        )
     return EX_OK
 
 
-def cmd_follow(args: argparse.Namespace, config: Config) -> int:
-    from sqlalchemy import select
+def _list(store: Any, args: argparse.Namespace, command: str) -> None:
+    """``tickets list``, ``outbox list``, ``quarantine list``: streamed from a read-only
+    transaction, which holds up no writer (see :mod:`mailgate.listing`)."""
+    from mailgate import views
+    from mailgate.db import lists
+    from mailgate.listing import filters_of, page_of, show
 
+    filters, page = filters_of(args), page_of(args)
+    with store.reading() as conn:
+        if command == "tickets list":
+            org = lists.organization_id(conn, filters.organization)
+            listing = lists.ticket_listing(store.dialect, filters, org)
+            show(conn, listing, page, args, views.print_tickets, "no tickets")
+        elif command == "outbox list":
+            listing = lists.outbox_listing(store.dialect, filters)
+            show(conn, listing, page, args, views.print_outbox, "outbox is empty")
+        else:
+            listing = lists.quarantine_listing(store.dialect, filters)
+            show(conn, listing, page, args, views.print_quarantine, "quarantine is empty")
+
+
+def cmd_follow(args: argparse.Namespace, config: Config) -> int:
     from mailgate.db.queries import find_organization
     from mailgate.db.records import ensure_user
-    from mailgate.models import Follower, Membership, Organization, User
+    from mailgate.listing import show_followers
+    from mailgate.models import Follower, Membership
 
     store = _open_store(config, create=False)
     try:
+        if args.follow_command == "list":
+            with store.reading() as conn:
+                show_followers(conn, args)
+            return EX_OK
         with store.transaction() as session:
-            if args.follow_command == "list":
-                query = (
-                    select(User.email, Organization.name, Follower.source)
-                    .join(Follower, Follower.user_id == User.id)
-                    .join(Organization, Organization.id == Follower.organization_id)
-                    .order_by(Organization.name, User.email)
-                )
-                if args.email:
-                    query = query.where(User.email == args.email.lower())
-                if args.org:
-                    query = query.where(Organization.id == find_organization(session, args.org).id)
-                rows = [
-                    {"email": e, "organization": o, "source": src}
-                    for e, o, src in session.execute(query)
-                ]
-                if args.json:
-                    print(json.dumps(rows, ensure_ascii=False, indent=2))
-                elif not rows:
-                    print("no followers")
-                else:
-                    print_table(
-                        ("EMAIL", "ORGANIZATION", "SOURCE"),
-                        [(r["email"], r["organization"], r["source"]) for r in rows],
-                    )
-                return EX_OK
             org = find_organization(session, args.org)
             email = args.email.lower()
             user = ensure_user(session, email, "", now())
@@ -615,8 +566,6 @@ def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
-    from sqlalchemy import select
-
     from mailgate.db.queries import iso
     from mailgate.db.records import raw_mail
     from mailgate.ingest import reprocess_quarantined
@@ -633,43 +582,10 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
             for entry, result in results:
                 print(json.dumps({"id": entry, **result.as_json()}, ensure_ascii=False))
             return EX_OK
+        if args.quarantine_command == "list":
+            _list(store, args, "quarantine list")
+            return EX_OK
         with store.transaction() as session:
-            if args.quarantine_command == "list":
-                rows = [
-                    {
-                        "id": r.id,
-                        "message_id": r.message_id,
-                        "received_at": iso(r.received_at),
-                        "mail_from": r.mail_from,
-                        "size": r.size,
-                        "reason": r.reason,
-                    }
-                    for r in session.scalars(
-                        select(LedgerEntry)
-                        .where(LedgerEntry.outcome == Outcome.QUARANTINED.value)
-                        .order_by(LedgerEntry.id)
-                    )
-                ]
-                if args.json:
-                    print(json.dumps(rows, ensure_ascii=False, indent=2))
-                elif not rows:
-                    print("quarantine is empty")
-                else:
-                    print_table(
-                        ("ID", "RECEIVED (UTC)", "SIZE", "FROM", "REASON"),
-                        [
-                            (
-                                str(r["id"]),
-                                r["received_at"][:16].replace("T", " "),
-                                str(r["size"]),
-                                r["mail_from"] or "<>",
-                                r["reason"],
-                            )
-                            for r in rows
-                        ],
-                        right=(0, 2),
-                    )
-                return EX_OK
             row = session.get(LedgerEntry, args.id)
             if row is None or row.outcome != Outcome.QUARANTINED.value:
                 raise CliError(f"mail {args.id} is not in quarantine")

@@ -183,9 +183,16 @@ class SecurityConfig:
     # authserv_id names our MTA, "from-header" trusts a forgeable header (closed networks).
     agent_auth: tuple[str, ...] = ("authentication-results", "dkim")
     authserv_id: str | None = None  # our MTA's authserv-id in Authentication-Results
-    # Received "by" hosts an Authentication-Results header may stand below (default: the
-    # authserv-id); one of another host ends the headers we believe.
-    trusted_hosts: tuple[str, ...] = ()
+    # Received "by" hosts an Authentication-Results header may stand below (None: the
+    # authserv-id; [] none at all); one of another host ends the headers we believe.
+    trusted_hosts: tuple[str, ...] | None = None
+
+    @property
+    def believed_hosts(self) -> frozenset[str]:
+        """``trusted_hosts`` as set, else the authserv-id: the one place of that default."""
+        if self.trusted_hosts is not None:
+            return frozenset(self.trusted_hosts)
+        return frozenset((self.authserv_id,)) if self.authserv_id else frozenset()
 
     def warnings(self, agents: bool) -> tuple[str, ...]:
         """What an admin must know about these settings (check-config, serve's start)."""
@@ -612,9 +619,7 @@ def parse_config(
         require_dkim_for_commands=require,
         agent_auth=s.get("agent_auth", d_security.agent_auth, _list(_choice(*AGENT_AUTH_METHODS))),
         authserv_id=authserv_id,
-        trusted_hosts=s.get(
-            "trusted_hosts", (authserv_id,) if authserv_id else (), _list(_authserv_id)
-        ),
+        trusted_hosts=s.get("trusted_hosts", None, _list(_authserv_id)),
     )
 
     s = section(data.get("hygiene", {}), "hygiene", {"reports"})

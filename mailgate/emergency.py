@@ -2,11 +2,11 @@
 
 The out-of-hours acknowledgement tells customers to write NOTFALL (or EMERGENCY …) in the
 subject or the first line of their message, also in a reply. So a keyword counts in the
-subject wherever it stands, so reply prefixes do not matter ("Re: AW: NOTFALL: Server
-down"), and in the first
-non-empty line of the customer's own text; never in quoted history (a reply quoting last
-week's emergency is no new one) and never inside a word ("Notfallplan", "urgently").
-Case does not matter. Pure: the caller passes the text it already has.
+subject wherever it stands (reply prefixes do not matter: "Re: AW: NOTFALL: Server down")
+and in the first non-empty line of the customer's own text; never in quoted history (a
+reply quoting last week's emergency is no new one) and never inside a word
+("Notfallplan", "urgently"). Case does not matter. Pure: the caller passes the text it
+already has.
 """
 
 from __future__ import annotations

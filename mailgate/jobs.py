@@ -293,7 +293,7 @@ class Jobs:
         """
         if not draft.files:
             return [], []
-        with self.store.reading() as session:
+        with self.store.reading() as conn, Session(bind=conn) as session:
             shown = frozenset[str]()
             if draft.inbound is not None and any(f.content_id for f in draft.files):
                 entry = session.get(LedgerEntry, draft.inbound)
@@ -385,7 +385,10 @@ class Jobs:
             # Queueing never writes such a row; should one exist, it is never sent.
             raise ValueError("an internal comment is for agents only")
         body, history = comment.body if comment is not None else "", ""
-        if comment is not None and row.kind == NotificationKind.AGENT_NEW_TICKET:
+        if comment is not None and row.kind in (
+            NotificationKind.AGENT_NEW_TICKET,
+            NotificationKind.EMERGENCY,
+        ):
             # The request's own words first; what it quoted or forwarded below them.
             body, history = split_history(comment.body)
             history = shown_history(history)

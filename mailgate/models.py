@@ -167,6 +167,9 @@ class Ticket(Base):
         Index("ix_tickets_org_status", "organization_id", "status"),
         Index("ix_tickets_requester_created", "requester_id", "created_at"),
         Index("ix_tickets_assignee_status", "assignee_id", "status"),
+        # Auto-close, --status and the digest's waiting lists; --since/--until.
+        Index("ix_tickets_status_solved", "status", "solved_at"),
+        Index("ix_tickets_created", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -276,7 +279,11 @@ class Outbox(Base):
     """A notification waiting to be delivered, written in the transaction of its cause."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_status_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_status_due", "status", "next_attempt_at"),
+        Index("ix_outbox_created", "created_at"),  # outbox list --since/--until
+        Index("ix_outbox_status_id", "status", "id"),  # outbox list --status, newest first
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(40))

@@ -21,7 +21,7 @@ The context contract (every template may rely on exactly these names):
                emergency_phone, emergency_keywords (list; empty: no emergencies), on_call
                (bool: an emergency outside hours pages someone)
 ``comment``    mapping: author, author_name, body, attachments (list of mappings:
-               filename, size in bytes), history (for agent_new_ticket the quoted or
+               filename, size in bytes), history (for agent_new_ticket and emergency the quoted or
                forwarded text below the new text, which ``body`` then holds alone; else
                ""), secrets (list of mappings: number, url, expires — the one-time links to
                the ``[secret N]`` of the body, in an agent's own mail with ``[secrets]

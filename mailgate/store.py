@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from mailgate.config import Config
 from mailgate.confload import fingerprint
-from mailgate.db.sqlite import WalFile, WriterLock, immediate_transactions
+from mailgate.db.sqlite import READ_ONLY, WalFile, WriterLock, immediate_transactions
 from mailgate.db.sync import SYNCED_PARTS, sync_config
 from mailgate.errors import ConfigError, StoreUnavailable
 from mailgate.models import Meta
@@ -206,11 +206,19 @@ class Store:
             yield session
 
     @contextmanager
-    def reading(self) -> Iterator[Session]:
-        """A session that only reads, without the writer lock: SQLite's WAL and
-        PostgreSQL's MVCC let it read beside the writer (blobs for an outgoing mail)."""
-        with temporary_failures(), Session(self.engine) as session, session.begin():
-            yield session
+    def reading(self) -> Iterator[Connection]:
+        """A connection in a read-only transaction: for lists that may stream for minutes,
+        and the files of an outgoing mail, read beside the writer.
+
+        It takes neither the writer lock nor, on SQLite, the write lock (``BEGIN``, not
+        ``BEGIN IMMEDIATE``): in WAL mode its snapshot does not hold up ingest.
+        """
+        with temporary_failures(), self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                if self.dialect == "postgresql":
+                    conn.execute(text("SET TRANSACTION READ ONLY"))
+                yield conn
 
     @contextmanager
     def batch(self) -> Iterator[Session]:

@@ -220,3 +220,40 @@ def test_serve_warns_at_start_when_from_headers_are_trusted(
         pass
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any('agent_auth includes "from-header"' in w for w in warnings), warnings
+
+
+def _headers(text: str) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (name, value.strip())
+        for name, _, value in (line.partition(":") for line in text.split("\r\n") if line)
+    )
+
+
+@pytest.mark.parametrize(
+    ("trusted", "believed"),
+    [
+        (None, True),  # the default: the authserv-id's own host may stand above it
+        (["mx.test"], True),
+        ([], False),  # none: only what stands above every Received line counts
+    ],
+)
+def test_trusted_hosts_as_set_and_its_default(trusted: list[str] | None, believed: bool) -> None:
+    """``trusted_hosts = []`` is stricter than the default, never the default again."""
+    from mailgate.config import parse_config
+    from mailgate.pipeline.trust import authenticate
+
+    security: dict[str, object] = {"authserv_id": "mx.test"}
+    if trusted is not None:
+        security["trusted_hosts"] = trusted
+    config = parse_config(
+        {
+            "security": security,
+            "agents": {"addresses": [AGENT]},
+            "mail": {"recipients": ["support"]},
+        }
+    )
+    below_our_hop = _headers(OUR_HOP + AUTHENTICATED)
+    verdict = authenticate(below_our_hop, AGENT, None, config, True).verdict
+    assert (verdict is not None) is believed
+    above_every_hop = _headers(AUTHENTICATED + OUR_HOP)
+    assert authenticate(above_every_hop, AGENT, None, config, True).verdict is not None

@@ -126,5 +126,8 @@ def test_the_tour_shows_what_it_promises(workdir: Path) -> None:
     listed = outputs[prefix + "outbox list"]
     assert re.search(r"sent\s+ticket_created\s+#1\s.*anna@mueller-logistik\.de", listed), listed
     assert outputs["ls outbox/new/"].split(), "the acknowledgement is in the Maildir"
+    assigned = outputs[prefix + "tickets set 1 --assignee tech@support.example.com"]
+    assert "assignee tech@support.example.com" in assigned, assigned
+    assert outputs[prefix + "tickets list --assignee none"].strip() == "no tickets"
     checked = next(v for k, v in outputs.items() if k.startswith(prefix + "check-config"))
     assert "Müller Logistik GmbH" in checked or "organization" in checked, checked

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from mailgate.errors import NotFound
-from mailgate.models import Attachment, Blob, Comment, Organization, Participant, Ticket, User
+from mailgate.models import Attachment, Blob, Comment, Organization, Participant, Ticket
 
 
 def iso(value: datetime | None) -> str | None:
@@ -120,35 +120,6 @@ def attachment_data(session: Session, attachment: Attachment) -> bytes:
     if data is None:
         raise NotFound(f"the content of attachment {attachment.filename!r} is missing")
     return bytes(data)
-
-
-def list_tickets(
-    session: Session,
-    organization: str | None = None,
-    status: str | None = None,
-    assignee: str | None = None,
-) -> list[Ticket]:
-    """Tickets, oldest first; ``assignee`` is an address or ``"none"`` (unassigned)."""
-    query = (
-        select(Ticket)
-        .options(
-            selectinload(Ticket.organization),
-            selectinload(Ticket.requester),
-            selectinload(Ticket.assignee),
-        )
-        .order_by(Ticket.id)
-    )
-    if assignee is not None and assignee.lower() == "none":
-        query = query.where(Ticket.assignee_id.is_(None))
-    elif assignee is not None:
-        agent = select(User.id).where(User.email == assignee.lower()).scalar_subquery()
-        query = query.where(Ticket.assignee_id == agent)
-    if organization is not None:
-        org = find_organization(session, organization)
-        query = query.where(Ticket.organization_id == org.id)
-    if status is not None:
-        query = query.where(Ticket.status == status)
-    return list(session.scalars(query))
 
 
 def get_ticket(session: Session, ticket_id: int) -> Ticket:

@@ -183,6 +183,12 @@ class WalFile:
             self._fd = None
 
 
+# The execution option that marks a connection as reading only (see Store.reading).
+READ_ONLY = "mailgate_read_only"
+# SQLite function: Python's str.lower, for case-insensitive search beyond ASCII.
+UNICODE_LOWER = "unicode_lower"
+
+
 def immediate_transactions(engine: Engine, sync_each_commit: bool = True) -> None:
     """Take SQLite's write lock at BEGIN, so concurrent writers wait instead of deadlocking."""
 
@@ -198,6 +204,11 @@ def immediate_transactions(engine: Engine, sync_each_commit: bool = True) -> Non
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={'FULL' if sync_each_commit else 'NORMAL'}")
         cursor.close()
+        # SQLite's lower() folds ASCII only; ``--search`` must find "Über" by "über", as
+        # lower() does on PostgreSQL.
+        dbapi_connection.create_function(
+            UNICODE_LOWER, 1, lambda s: s.lower() if isinstance(s, str) else s, deterministic=True
+        )
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -205,9 +216,12 @@ def immediate_transactions(engine: Engine, sync_each_commit: bool = True) -> Non
         # BEGIN itself. Its errors ("database is locked") are SQLAlchemy's, as elsewhere.
         driver = conn.connection.driver_connection
         assert driver is not None  # a pooled connection that is checked out has one
+        # A reading connection (Store.reading) takes no write lock: in WAL mode its snapshot
+        # never blocks the listener's writes, however long a list streams.
+        begin = "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
         try:
-            driver.execute("BEGIN IMMEDIATE")
+            driver.execute(begin)
         except sqlite3.Error as exc:
             raise sa_exc.DBAPIError.instance(
-                "BEGIN IMMEDIATE", (), exc, sqlite3.Error, dialect=conn.dialect
+                begin, (), exc, sqlite3.Error, dialect=conn.dialect
             ) from exc

@@ -36,7 +36,15 @@ from mailgate.pipeline.decision import (
 )
 from mailgate.pipeline.facts import Facts, TicketFacts
 from mailgate.pipeline.filters import our_own_address, own_mail
-from mailgate.pipeline.inputs import Found, Hints, agent_text, masked, planned_ticket, reply_text
+from mailgate.pipeline.inputs import (
+    Found,
+    Hints,
+    agent_text,
+    mask_secrets,
+    masked,
+    planned_ticket,
+    reply_text,
+)
 from mailgate.pipeline.reading import Mail, Unreadable
 from mailgate.pipeline.threads import NO_REFERENCE, ThreadMatch, match_thread, status_after_reply
 from mailgate.pipeline.trust import Authentication, authentication
@@ -222,7 +230,9 @@ def agent_commands(case: Case) -> tuple[tuple[Change, ...], tuple[str, ...], str
         )
         commands = tuple(c for c in commands if c.name in ("note", "private"))
     changes, refused = check_commands(commands, case.router, mail.sender)
-    return changes + first_answer(case, public, changes), (*errors, *refused), body, public, secret
+    # A refused line is quoted back to the agent: masked like every text that leaves.
+    explained = tuple(mask_secrets(line)[0] for line in (*errors, *refused))
+    return changes + first_answer(case, public, changes), explained, body, public, secret
 
 
 def first_answer(case: Case, public: bool, changes: tuple[Change, ...]) -> tuple[Change, ...]:

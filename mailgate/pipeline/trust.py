@@ -167,8 +167,7 @@ def authenticate(
     dmarc_fail: str | None = None
     tried: list[str] = []
     if security.authserv_id is not None and sender:
-        trusted = frozenset(security.trusted_hosts or (security.authserv_id,))
-        results = trusted_results(headers, security.authserv_id, trusted)
+        results = trusted_results(headers, security.authserv_id, security.believed_hosts)
         mta_pass, dmarc_fail = from_mta(results, from_domain)
         if "authentication-results" in methods:
             verdict = mta_pass
