@@ -28,6 +28,7 @@ from mailgate.models import NotificationKind, Outbox
 from mailgate.store import Store
 
 from .conftest import AUTHENTICATED, Clock, mail, run_cli, send
+from .test_vault import KEY
 
 TECH = "tech@support.example.com"
 LISA = "lisa@support.example.com"
@@ -44,9 +45,19 @@ PLANTED = (
 )
 
 
-@pytest.fixture
-def made(make_config: Callable[..., tuple[Config, Path]]) -> tuple[Config, Path]:
-    return make_config({"agents": {"addresses": [TECH, LISA], "digest": "08:30"}})
+VAULT = {
+    "metrics": {"port": 0},
+    "secrets": {"key": KEY, "base_url": "https://support.example.com:8443"},
+}
+
+
+@pytest.fixture(params=["masked", "vault"])
+def made(
+    make_config: Callable[..., tuple[Config, Path]], request: pytest.FixtureRequest
+) -> tuple[Config, Path]:
+    """Masked only, and with the vault on: agents get one-time links, still no value."""
+    overlay = {"agents": {"addresses": [TECH, LISA], "digest": "08:30"}}
+    return make_config({**overlay, **(VAULT if request.param == "vault" else {})})
 
 
 @pytest.fixture
@@ -136,6 +147,8 @@ def test_a_planted_secret_is_in_no_notification_listing_or_log(
         text = _readable(message)
         for value in PLANTED:
             assert value not in text, (kind, value)
+    links = [m for kind, _, m in sent if kind == "agent_new_ticket" and b"/secret/" in m]
+    assert bool(links) is config.secrets.vault  # the vault's links, the only way to a value
     files = [p.read_bytes() for p in Path(config.outbound.maildir).rglob("*") if p.is_file()]
     assert len(files) == len(sent)
     for raw in files:
