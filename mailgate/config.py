@@ -32,6 +32,7 @@ from mailgate.confvalues import (
     _email,
     _holidays,
     _int,
+    _keep_for,
     _list,
     _lower,
     _number,
@@ -230,6 +231,15 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """How long stored mail keeps its bytes (``mailgate purge``); None: forever."""
+
+    sent_notifications: timedelta | None = timedelta(days=90)
+    raw_mail: timedelta | None = timedelta(days=365)
+    quarantine: timedelta | None = timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
 class JobsConfig:
     outbox_interval: timedelta = timedelta(seconds=10)
     close_interval: timedelta = timedelta(minutes=5)
@@ -345,6 +355,7 @@ class Config:
     organizations: tuple[OrganizationConfig, ...] = ()
     hours: HoursConfig = field(default_factory=HoursConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
@@ -455,6 +466,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         "organizations",
         "hours",
         "jobs",
+        "retention",
         "limits",
         "metrics",
         "security",
@@ -628,6 +640,10 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         close_interval=s.get("close_interval", d_jobs.close_interval, _duration),
     )
 
+    keys = {"sent_notifications", "raw_mail", "quarantine"}
+    s, kept = section(data.get("retention", {}), "retention", keys), RetentionConfig()
+    retention = RetentionConfig(**{k: s.get(k, getattr(kept, k), _keep_for) for k in sorted(keys)})
+
     d_route = RoutingConfig()
     s = section(
         data.get("routing", {}),
@@ -766,6 +782,7 @@ def parse_config(data: Mapping[str, Any], source: str = "inline") -> Config:
         organizations=tuple(organizations),
         hours=hours,
         jobs=jobs,
+        retention=retention,
         limits=limits,
         metrics=metrics,
         security=security,

@@ -185,6 +185,16 @@ def _duration(value: Any) -> timedelta:
     return result
 
 
+def _keep_for(value: Any) -> timedelta | None:
+    """A retention period: a duration, or "0"/"off" to keep forever (None)."""
+    if isinstance(value, str) and value.strip().lower() in ("0", "off"):
+        return None
+    try:
+        return _duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or 'off' to keep forever") from None
+
+
 def _database_url(value: Any) -> str:
     text = _str(value)
     if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", text):
