@@ -13,13 +13,14 @@ What it does, on a fresh database (SQLite in a temp dir, or ``--url``: an empty 
   outbox, each carrying a comment of its ticket;
 * starts ``mailgate serve`` on it (``--rate`` mails a second, one SMTP connection; 0: no
   server) and runs ``mailgate``'s ``Jobs.run_once`` in a child process with the Maildir
-  transport, as ``mailgate jobs run`` does;
+  transport (``--relay``: over SMTP to ``bench/baselines.py discard``), as ``mailgate jobs
+  run`` does;
 * prints the run's wall time, its ``jobs run --json`` counts, ms per notification
   delivered, the child's peak RSS, and the SMTP latency (DATA to 250) of the mails sent
   while the jobs ran: count, p50, p99, max.
 
 Run: ``python bench/jobs.py [--tickets 100000] [--closes 10000] [--notifications 12000]
-[--rate 20] [--url URL] [--profile OUT.prof]``. To compare with another checkout, run it
+[--rate 20] [--relay] [--url URL] [--profile OUT.prof]``. To compare with another checkout, run it
 with ``PYTHONPATH=/path/to/other/checkout``: the server and the child import the same code.
 """
 
@@ -50,6 +51,7 @@ from mailgate.models import Comment, Outbox, OutboxStatus, Ticket, User
 from mailgate.store import Store
 
 CHUNK = 20_000
+IDLE = 10.0  # seconds of SMTP latency measured before the run, for comparison
 
 
 def main() -> None:
@@ -59,6 +61,9 @@ def main() -> None:
     parser.add_argument("--notifications", type=int, default=12_000)
     parser.add_argument("--rate", type=float, default=20.0, help="SMTP mails/s during the run")
     parser.add_argument("--url", help="an empty database (default: SQLite in a temp dir)")
+    parser.add_argument(
+        "--relay", action="store_true", help="relay over SMTP to a discarding server, not Maildir"
+    )
     parser.add_argument("--profile", metavar="OUT", help="cProfile the run into OUT")
     parser.add_argument("--child", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -69,27 +74,37 @@ def main() -> None:
         work = Path(tmp)
         url = args.url or f"sqlite:///{work}/bench.db"
         config = work / "mailgate.toml"
-        write_config(config, url, work)
+        relay = start_relay() if args.relay else None
+        write_config(config, url, work, relay[1] if relay else None)
         now = datetime.now(UTC)
         prepare(url, config, now)
         # Started before the rows are seeded: its own jobs run once at start-up, and must
         # find nothing to do, so that the child's run does all of the work.
         server = start_server(config, work) if args.rate > 0 else None
+        time.sleep(3 if server else 0)  # its start-up jobs have run, on an empty database
         started = time.perf_counter()
         seed(url, config, now, args.tickets, args.closes, args.notifications)
         print(
             f"seeded {args.tickets:,} tickets ({args.closes:,} due to close, "
             f"{args.notifications:,} due notifications) in {time.perf_counter() - started:.0f} s"
         )
+        if server is not None and server[0].poll() is not None:
+            raise RuntimeError(
+                f"mailgate serve exited:\n{(work / 'serve.log').read_text()[-3000:]}"
+            )
         latencies: list[float] = []
         stop = threading.Event()
         sender = None
+        idle: list[float] = []
         if server is not None:
             sender = threading.Thread(
                 target=send_mail, args=(server[1], args.rate, stop, latencies), daemon=True
             )
             sender.start()
             time.sleep(1.0)  # the connection is up and warm
+            latencies.clear()
+            time.sleep(IDLE)
+            idle = latencies[:]
             latencies.clear()
         try:
             command = [sys.executable, __file__, "--child", str(config)]
@@ -100,9 +115,10 @@ def main() -> None:
             stop.set()
             if sender is not None:
                 sender.join(10)
-            if server is not None:
-                server[0].terminate()
-                server[0].wait(30)
+            for proc in (server, relay):
+                if proc is not None:
+                    proc[0].terminate()
+                    proc[0].wait(30)
         report = json.loads(out.strip().splitlines()[-1])
         result = report["result"]
         sent = max(1, result["sent"])
@@ -111,16 +127,41 @@ def main() -> None:
             f"{report['deliver_seconds'] * 1000 / sent:.2f} ms per notification, "
             f"close {report['close_seconds']:.2f} s, peak RSS {report['rss_mb']:.0f} MB"
         )
-        if latencies:
-            ms = sorted(x * 1000 for x in latencies)
-            p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-            print(
-                f"SMTP during the run: {len(ms)} mails, p50 {statistics.median(ms):.1f} ms, "
-                f"p99 {p99:.1f} ms, max {ms[-1]:.1f} ms"
-            )
+        if server is not None:
+            print(f"SMTP before the run ({IDLE:.0f} s): {percentiles(idle)}")
+            print(f"SMTP during the run: {percentiles(latencies)}")
 
 
-def write_config(path: Path, url: str, work: Path) -> None:
+def percentiles(seconds: list[float]) -> str:
+    if not seconds:
+        return "no mail"
+    ms = sorted(x * 1000 for x in seconds)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    return (
+        f"{len(ms)} mails, p50 {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms, "
+        f"max {ms[-1]:.1f} ms"
+    )
+
+
+def start_relay() -> tuple[subprocess.Popen[str], int]:
+    """``bench/baselines.py discard``: an aiosmtpd server that answers 250 and keeps nothing."""
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "baselines.py"), "discard"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    match = re.search(r":(\d+)", proc.stdout.readline())
+    assert match, "the discard server did not start"
+    return proc, int(match.group(1))
+
+
+def write_config(path: Path, url: str, work: Path, relay: int | None = None) -> None:
+    outbound = (
+        ['transport = "smtp"', 'smtp_host = "127.0.0.1"', f"smtp_port = {relay}"]
+        if relay
+        else ['transport = "maildir"', f'maildir = "{work / "maildir"}"']
+    )
     path.write_text(
         "\n".join(
             [
@@ -134,8 +175,7 @@ def write_config(path: Path, url: str, work: Path) -> None:
                 'address = "support@support.example.com"',
                 'secret = "bench-secret-0123456789abcdef"',
                 "[outbound]",
-                'transport = "maildir"',
-                f'maildir = "{work / "maildir"}"',
+                *outbound,
                 "[jobs]",
                 'outbox_interval = "24h"',
                 'close_interval = "24h"',
@@ -254,7 +294,11 @@ def start_server(config: Path, work: Path) -> tuple[subprocess.Popen[bytes], int
 
 def send_mail(port: int, rate: float, stop: threading.Event, latencies: list[float]) -> None:
     """New tickets at a steady rate over one connection; each DATA-to-250 time is kept."""
-    client = smtplib.SMTP("127.0.0.1", port, timeout=60)
+    try:
+        client = smtplib.SMTP("127.0.0.1", port, timeout=60)
+    except OSError as exc:
+        print(f"cannot connect to mailgate serve on port {port}: {exc}", file=sys.stderr)
+        return
     client.ehlo()
     n = 0
     next_at = time.monotonic()

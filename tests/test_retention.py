@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import mailbox
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -21,6 +22,7 @@ from mailgate.errors import RawMailPurged
 from mailgate.ingest import InboundEnvelope, ingest
 from mailgate.jobs import Jobs
 from mailgate.models import Attachment, Blob, Comment, LedgerEntry, Outbox, Ticket, User
+from mailgate.outbound import MaildirTransport
 from mailgate.store import Store
 
 from .conftest import Clock, mail, run_cli
@@ -304,3 +306,64 @@ def test_batched_close_keeps_the_boundary(
     assert jobs.close_solved(clock() - timedelta(minutes=2)) == []
     assert jobs.close_solved(clock() + timedelta(seconds=5)) == ids
     assert jobs.close_solved(clock() + timedelta(seconds=5)) == []
+
+
+def test_a_bounce_still_finds_a_purged_notification(
+    config: Config, store: Store, clock: Clock
+) -> None:
+    """The message goes, its Message-ID stays: a late bounce still marks the row bounced."""
+    stored(config, store, clock)
+    clock.advance(days=91)
+    assert retention.purge(store, config, clock())["sent_notifications"].rows == 3
+    ack = outbox(store)[0]
+    assert ack.message is None and ack.kind == "ticket_created"
+    dsn = (
+        b"From: MAILER-DAEMON@mx.mueller-logistik.de\r\nTo: support@support.example.com\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn-late@mx.example>\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\nI'm sorry.\r\n"
+        b"--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.mueller-logistik.de\r\n\r\n"
+        b"Final-Recipient: rfc822; anna@mueller-logistik.de\r\nAction: failed\r\n"
+        b"Status: 5.1.1\r\n"
+        b"--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        b"Message-ID: <" + (ack.message_id or "").encode() + b">\r\n"
+        b"--B--\r\n"
+    )
+    ingest(store, config, dsn, InboundEnvelope(""), clock())
+    assert outbox(store)[0].status == "bounced"
+
+
+# --- Maildir: a batch synced together --------------------------------------------------------
+
+
+def test_maildir_mails_appear_in_new_only_once_synced(tmp_path: Path) -> None:
+    transport = MaildirTransport(str(tmp_path / "box"))
+    first, second = mail(subject="Eins"), mail(subject="Zwei")
+    assert transport.send(first, "a@b.de", ["c@d.de"]) == {}
+    assert transport.send(second, "a@b.de", ["c@d.de"]) == {}
+    assert len(list((tmp_path / "box" / "tmp").iterdir())) == 2
+    assert list((tmp_path / "box" / "new").iterdir()) == []
+    transport.flush()
+    transport.close()
+    written = sorted(p.read_bytes() for p in (tmp_path / "box" / "new").iterdir())
+    assert written == sorted([first, second])  # byte for byte, as mailbox.Maildir.add wrote
+    assert len(mailbox.Maildir(tmp_path / "box", create=False)) == 2
+    assert list((tmp_path / "box" / "tmp").iterdir()) == []
+
+
+def test_a_maildir_that_cannot_take_the_batch_retries_it(
+    config: Config, store: Store, clock: Clock, tmp_path: Path
+) -> None:
+    """Nothing is recorded sent before it is durable: a failed sync leaves the rows to retry."""
+    ingest(store, config, mail(subject="Drucker kaputt"), InboundEnvelope(), clock())
+    broken = tmp_path / "broken"
+    (broken / "tmp").mkdir(parents=True)
+    (broken / "new").write_text("not a folder")  # the move into new/ fails
+    stats = Jobs(store, config, MaildirTransport(str(broken))).deliver_outbox(clock())
+    assert (stats.sent, stats.retry) == (0, 3)
+    assert {o.status for o in outbox(store)} == {"retry"}
+    assert all("cannot write to maildir" in (o.last_error or "") for o in outbox(store))
+    clock.advance(hours=1)
+    assert Jobs(store, config).deliver_outbox(clock()).sent == 3
