@@ -38,8 +38,8 @@ RULES = ("sent_notifications", "raw_mail", "quarantine")
 PURGE_BATCH = 200  # a raw mail's purge reads its headers: 200 take a few tens of ms
 # A purged entry keeps its header section up to this size (a raw mail's headers are a few kB).
 HEADERS_KEPT = 64 * 1024
-# Pages SQLite gives back per transaction after a purge (4 kB each: 32 MB).
-VACUUM_STEP = 8192
+# Pages SQLite gives back per transaction after a purge (4 kB each: 4 MB), a short hold.
+VACUUM_STEP = 1024
 
 _OUTBOX = table_of(Outbox)
 _LEDGER = table_of(LedgerEntry)
