@@ -20,14 +20,14 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from mailgate.config import Config
 from mailgate.errors import ConfigError, StoreUnavailable
-from mailgate.jobs import Jobs
+from mailgate.jobs import PURGE_INTERVAL, Jobs
 from mailgate.routing import Router
 from mailgate.smtp import Clock, Handler, listen, utc_now
 from mailgate.store import Store
@@ -198,7 +198,8 @@ _POOL_STOP_MINIMUM = 5.0
 
 
 class Scheduled:
-    """The outbox and auto-close jobs on apscheduler, off the event loop, one run at a time.
+    """The outbox, auto-close, digest and retention jobs on apscheduler, off the event loop,
+    one run at a time.
 
     On SIGTERM a run in progress is let finish, within ``drain_timeout`` (a job relaying a
     notification or closing tickets), instead of being cancelled, which apscheduler logged
@@ -217,7 +218,10 @@ class Scheduled:
             "close": server.config.jobs.close_interval,
             # Looks each minute whether the morning's digest is due (it is sent once a day).
             "digest": timedelta(minutes=1),
+            "purge": PURGE_INTERVAL,  # [retention]
         }
+        # The purge first runs a few minutes after start-up, not amid its first mail.
+        later = datetime.now(UTC) + timedelta(minutes=5)
         for name, interval in intervals.items():
             self.scheduler.add_job(
                 self._run,
@@ -226,7 +230,7 @@ class Scheduled:
                 seconds=interval.total_seconds(),
                 max_instances=1,
                 coalesce=True,
-                next_run_time=server.clock(),
+                next_run_time=later if name == "purge" else server.clock(),
                 id=name,
             )
         self.scheduler.start()
@@ -240,6 +244,7 @@ class Scheduled:
             "deliver": jobs.deliver_outbox,
             "close": jobs.close_solved,
             "digest": jobs.send_digest,
+            "purge": jobs.purge,
         }[name]
         task = asyncio.current_task()
         assert task is not None

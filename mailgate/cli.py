@@ -182,6 +182,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int, nargs="?")
     p.add_argument("--all", action="store_true", help="every quarantined mail")
 
+    p = command(sub, "purge", help="drop stored mail older than [retention] allows")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be freed")
+    p.add_argument("--vacuum", action="store_true", help="SQLite: rebuild the file (VACUUM)")
+    p.add_argument("--now", metavar="ISO8601", help="pretend it is this time (default: now)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
     p = command(sub, "stats", help="the ingest ledger, tickets and outbox in numbers")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -540,17 +546,23 @@ def cmd_follow(args: argparse.Namespace, config: Config) -> int:
     return EX_OK
 
 
+def _when(args: argparse.Namespace) -> datetime:
+    """``--now``, or now."""
+    if not args.now:
+        return now()
+    try:
+        when = datetime.fromisoformat(args.now)
+    except ValueError:
+        raise CliError(f"--now {args.now!r} is not an ISO 8601 time", EX_USAGE) from None
+    if when.tzinfo is None:
+        raise CliError("--now needs an offset, e.g. 2026-11-26T10:00:00+00:00", EX_USAGE)
+    return when
+
+
 def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
     from mailgate.jobs import Jobs
 
-    when = now()
-    if args.now:
-        try:
-            when = datetime.fromisoformat(args.now)
-        except ValueError:
-            raise CliError(f"--now {args.now!r} is not an ISO 8601 time", EX_USAGE) from None
-        if when.tzinfo is None:
-            raise CliError("--now needs an offset, e.g. 2026-11-26T10:00:00+00:00", EX_USAGE)
+    when = _when(args)
     store = _open_store(config, create=False)
     try:
         result = Jobs(store, config).run_once(when)
@@ -589,7 +601,8 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
             row = session.get(LedgerEntry, args.id)
             if row is None or row.outcome != Outcome.QUARANTINED.value:
                 raise CliError(f"mail {args.id} is not in quarantine")
-            raw = raw_mail(session, row)
+            # Purged by [retention]: --raw says so (RawMailPurged); the details show its headers.
+            raw = row.raw if row.purged_at is not None and not args.raw else raw_mail(session, row)
             if args.raw:
                 sys.stdout.buffer.write(raw)
                 return EX_OK
@@ -597,6 +610,10 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
             print(f"  message-id: {row.message_id}")
             print(f"  received:   {iso(row.received_at)} from {row.mail_from or '<>'}")
             print(f"  size:       {row.size} bytes, sha256 {row.sha256}")
+            if row.purged_at is not None:
+                print(
+                    f"  purged:     {iso(row.purged_at)} by [retention]; only its headers are kept"
+                )
             if row.error:
                 print("  error:")
                 print("    " + row.error.strip().replace("\n", "\n    "))
@@ -607,9 +624,27 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
     return EX_OK
 
 
+def cmd_purge(args: argparse.Namespace, config: Config) -> int:
+    from mailgate import retention
+
+    when = _when(args)
+    store = _open_store(config, create=False)
+    try:
+        run = retention.due if args.dry_run else retention.purge
+        result = {rule: freed.as_json() for rule, freed in run(store, config, when).items()}
+        if args.vacuum and not args.dry_run:
+            retention.vacuum(store)
+    finally:
+        store.close()
+    verb = "would free" if args.dry_run else "freed"
+    print(json.dumps(result, indent=2) if args.json else retention.describe(result, verb))
+    return EX_OK
+
+
 def cmd_stats(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy import func, select
 
+    from mailgate import retention
     from mailgate.models import LedgerEntry, Outbox, Ticket
 
     store = _open_store(config, create=False)
@@ -621,18 +656,23 @@ def cmd_stats(args: argparse.Namespace, config: Config) -> int:
                 return {str(key): int(n) for key, n in sorted(rows)}
 
             ledger = counts(LedgerEntry.outcome)
-            result = {
+            result: dict[str, Any] = {
                 "ledger": {**ledger, "total": sum(ledger.values())},
                 "tickets": counts(Ticket.status),
                 "outbox": counts(Outbox.status),
             }
+        # What [retention] would free now (mailgate purge): rows and bytes per rule.
+        freed = retention.due(store, config, now()).items()
+        result["retention"] = {rule: f.as_json() for rule, f in freed}
     finally:
         store.close()
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        freeable = result.pop("retention")
         for section, values in result.items():
             print(f"{section}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
+        print(retention.describe(freeable, "purge would free"))
     return EX_OK
 
 
@@ -675,6 +715,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "route": cmd_route,
     "quarantine": cmd_quarantine,
     "stats": cmd_stats,
+    "purge": cmd_purge,
     "outbox": cmd_outbox,
     "follow": cmd_follow,
     "jobs": cmd_jobs,

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from mailgate.confsupport import SUPPORT_KEYS, SupportConfig, parse_support
 from mailgate.confvalues import (
+    FREEMAIL_DOMAINS,
     ConfigProblems,
     _authserv_id,
     _bool,
@@ -29,6 +30,7 @@ from mailgate.confvalues import (
     _email,
     _holidays,
     _int,
+    _keep_for,
     _list,
     _lower,
     _number,
@@ -248,22 +250,18 @@ class SecretsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """How long stored mail keeps its bytes (``mailgate purge``); None: forever."""
+
+    sent_notifications: timedelta | None = timedelta(days=90)
+    raw_mail: timedelta | None = timedelta(days=365)
+    quarantine: timedelta | None = timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
 class JobsConfig:
     outbox_interval: timedelta = timedelta(seconds=10)
     close_interval: timedelta = timedelta(minutes=5)
-
-
-# Free-mail providers: their domains never identify an organization (anyone can sign up).
-FREEMAIL_DOMAINS: frozenset[str] = frozenset(
-    """
-    gmail.com googlemail.com outlook.com outlook.de hotmail.com hotmail.de live.com live.de
-    msn.com yahoo.com yahoo.de ymail.com icloud.com me.com mac.com aol.com aol.de gmx.de
-    gmx.net gmx.at gmx.ch gmx.com gmx.fr web.de t-online.de freenet.de posteo.de posteo.net
-    mailbox.org arcor.de 1und1.de online.de email.de mail.de vodafone.de kabelmail.de
-    protonmail.com proton.me pm.me tutanota.com tutanota.de tuta.io zoho.com yandex.ru
-    yandex.com mail.ru orange.fr free.fr laposte.net libero.it bluewin.ch
-    """.split()  # noqa: SIM905  (one word per domain reads better than 51 quoted lines)
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +362,7 @@ class Config:
     hours: HoursConfig = field(default_factory=HoursConfig)
     support: SupportConfig = field(default_factory=SupportConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
@@ -438,6 +437,7 @@ def parse_config(
         "hours",
         "support",
         "jobs",
+        "retention",
         "limits",
         "metrics",
         "secrets",
@@ -632,6 +632,10 @@ def parse_config(
         close_interval=s.get("close_interval", d_jobs.close_interval, _duration),
     )
 
+    keys = {"sent_notifications", "raw_mail", "quarantine"}
+    s, kept = section(data.get("retention", {}), "retention", keys), RetentionConfig()
+    retention = RetentionConfig(**{k: s.get(k, getattr(kept, k), _keep_for) for k in sorted(keys)})
+
     d_route = RoutingConfig()
     s = section(
         data.get("routing", {}),
@@ -776,6 +780,7 @@ def parse_config(
         hours=hours,
         support=support,
         jobs=jobs,
+        retention=retention,
         limits=limits,
         metrics=metrics,
         secrets=secrets,

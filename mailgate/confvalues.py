@@ -215,6 +215,16 @@ def _size(low: int, high: int) -> Callable[[Any], int]:
     return check
 
 
+def _keep_for(value: Any) -> timedelta | None:
+    """A retention period: a duration, or "0"/"off" to keep forever (None)."""
+    if isinstance(value, str) and value.strip().lower() in ("0", "off"):
+        return None
+    try:
+        return _duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or 'off' to keep forever") from None
+
+
 def _database_url(value: Any) -> str:
     text = _str(value)
     if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", text):
@@ -348,3 +358,16 @@ def _authserv_id(value: Any) -> str:
     if not _AUTHSERV_ID.fullmatch(text):
         raise ValueError("must be a host name like 'mx.example.com' (your MTA's authserv-id)")
     return text.lower().rstrip(".")
+
+
+# Free-mail providers: their domains never identify an organization (anyone can sign up).
+FREEMAIL_DOMAINS: frozenset[str] = frozenset(
+    """
+    gmail.com googlemail.com outlook.com outlook.de hotmail.com hotmail.de live.com live.de
+    msn.com yahoo.com yahoo.de ymail.com icloud.com me.com mac.com aol.com aol.de gmx.de
+    gmx.net gmx.at gmx.ch gmx.com gmx.fr web.de t-online.de freenet.de posteo.de posteo.net
+    mailbox.org arcor.de 1und1.de online.de email.de mail.de vodafone.de kabelmail.de
+    protonmail.com proton.me pm.me tutanota.com tutanota.de tuta.io zoho.com yandex.ru
+    yandex.com mail.ru orange.fr free.fr laposte.net libero.it bluewin.ch
+    """.split()  # noqa: SIM905  (one word per domain reads better than 51 quoted lines)
+)

@@ -25,3 +25,7 @@ class Refused(MailgateError):
 
 class TicketLocked(Refused):
     """A closed ticket's requester and organization can no longer change (user rule)."""
+
+
+class RawMailPurged(Refused):
+    """A ledger entry's raw mail was purged by ``[retention]``: only its headers are left."""

@@ -262,6 +262,8 @@ def reprocess_quarantined(
     query = select(LedgerEntry.id).where(LedgerEntry.outcome == Outcome.QUARANTINED.value)
     if ids is not None:
         query = query.where(LedgerEntry.id.in_(ids))
+    else:  # all: those [retention] purged have no mail left to process (one named says so)
+        query = query.where(LedgerEntry.purged_at.is_(None))
     with store.transaction() as session:
         todo = list(session.scalars(query.order_by(LedgerEntry.id)))
     router = Router(config)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -216,6 +217,16 @@ class LedgerEntry(Base):
     """The raw mail exactly as received: the ledger entry we answered 250 for."""
 
     __tablename__ = "inbound_messages"
+    __table_args__ = (
+        # What still has raw mail to purge ([retention]), by outcome and age.
+        Index(
+            "ix_inbound_unpurged",
+            "outcome",
+            "received_at",
+            sqlite_where=text("purged_at IS NULL"),
+            postgresql_where=text("purged_at IS NULL"),
+        ),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # Not unique on its own: some mailers reuse Message-IDs for different mails, and those
     # must not be dropped as duplicates. Redeliveries are recognised by ``dedup_key``.
@@ -232,6 +243,8 @@ class LedgerEntry(Base):
     error: Mapped[str | None] = mapped_column(Text)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     dkim: Mapped[str | None] = mapped_column(String(300))  # "pass d=…", "fail", "none"
+    # Set when [retention] took the raw mail: ``raw`` keeps only its headers from then on.
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Comment(Base):
@@ -283,6 +296,13 @@ class Outbox(Base):
         Index("ix_outbox_status_due", "status", "next_attempt_at"),
         Index("ix_outbox_created", "created_at"),  # outbox list --since/--until
         Index("ix_outbox_status_id", "status", "id"),  # outbox list --status, newest first
+        # Sent rows that still hold their message ([retention] sent_notifications).
+        Index(
+            "ix_outbox_sent_message",
+            "sent_at",
+            sqlite_where=text("message IS NOT NULL"),
+            postgresql_where=text("message IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

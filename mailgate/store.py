@@ -240,6 +240,17 @@ class Store:
                 finally:
                     self._local.batch = None
 
+    @contextmanager
+    def driver_connection(self) -> Iterator[Any]:
+        """SQLite's own connection outside any transaction, with the write lock held: for
+        what cannot run in one (``VACUUM``)."""
+        with (
+            self._writer.held(self.lock_timeout),
+            temporary_failures(),
+            self.engine.connect() as conn,
+        ):
+            yield conn.connection.driver_connection
+
     def _batch_connection(self) -> Connection:
         """This thread's connection for group commits, kept from one group to the next.
 

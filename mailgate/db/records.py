@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from mailgate.db.fastexec import Prebuilt, insert_for, insert_once
 from mailgate.db.queries import find_organization
-from mailgate.errors import NotFound, Refused, StoreUnavailable, TicketLocked
+from mailgate.errors import NotFound, RawMailPurged, Refused, StoreUnavailable, TicketLocked
 from mailgate.models import Blob, LedgerEntry, Meta, Status, Ticket, User, table_of
 
 _USERS = table_of(User)
@@ -99,8 +99,14 @@ def raw_mail(db: Session | Connection, row: LedgerEntry) -> bytes:
     an empty ``raw``. There the content is the last column of its row: SQLite fills such a
     zeroblob piece by piece. In ``inbound_messages`` it is not last, and SQLite would hold
     the whole zeroblob, twice over, to write it (2x a 25 MB mail, measured). Entries
-    written before keep their mail in ``raw``.
+    written before keep their mail in ``raw``. An entry ``[retention]`` purged has only its
+    headers left: :class:`RawMailPurged`, never those headers as if they were the mail.
     """
+    if row.purged_at is not None:
+        raise RawMailPurged(
+            f"mail {row.id}: its raw mail was purged on {row.purged_at:%Y-%m-%d} by "
+            "[retention]; the ledger keeps only its outcome, digest and headers"
+        )
     if row.raw or not row.size:
         return row.raw
     conn = db if isinstance(db, Connection) else db.connection()

@@ -197,6 +197,10 @@ def immediate_transactions(engine: Engine, sync_each_commit: bool = True) -> Non
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
+        # A new database frees the pages a purge empties ([retention]) with
+        # ``PRAGMA incremental_vacuum``; it must be set before the first table exists, and
+        # on an existing database it changes nothing until a VACUUM (``purge --vacuum``).
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         # WAL: readers (the CLI, the jobs) never block the listener's writes. synchronous=FULL
         # fsyncs the WAL at every commit; NORMAL would not, and a power cut could then lose
         # mail we already answered 250 for (RFC 5321 4.1.1.4) -- unless the caller syncs
