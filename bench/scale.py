@@ -90,6 +90,7 @@ class Figures:
     rss_mb: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
     size_mb: float = 0.0
+    purged_mb: float = 0.0  # after purge (and vacuum), when measured
     seed_s: float = 0.0
 
 
@@ -389,6 +390,35 @@ def _send(port: int, k: int, count: int, latencies: list[float], lock: threading
                     latencies.append(elapsed)
 
 
+def measure_purge(config: Path, url: str, figures: Figures) -> None:
+    """``mailgate purge`` with the default retention, then the size the database keeps:
+    SQLite's file after ``--vacuum`` (a database made before incremental auto_vacuum gives
+    nothing back without it), PostgreSQL's after ``VACUUM FULL`` (a plain VACUUM only
+    makes the space reusable)."""
+    out = config.parent / "purge.json"
+    now = NOW.isoformat()
+    extra = ("--vacuum",) if url.startswith("sqlite") else ()
+    seconds, rss, status = run_command(config, "purge", "--json", "--now", now, *extra, out=out)
+    figures.seconds["purge"] = seconds
+    figures.rss_mb["purge"] = rss
+    freed = json.loads(out.read_text() or "{}") if not status else {}
+    figures.notes["purge"] = ", ".join(
+        f"{rule} {f.get('rows')} rows / {f.get('bytes', 0) / 1e6:,.0f} MB"
+        for rule, f in freed.items()
+    )
+    if url.startswith("postgresql"):
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("VACUUM FULL"))
+        engine.dispose()
+    figures.purged_mb = database_size(url)
+    print(
+        f"    {'purge':<32} {seconds:8.2f} s {rss:8.0f} MB  {figures.notes['purge']}; "
+        f"size after {figures.purged_mb:,.0f} MB",
+        flush=True,
+    )
+
+
 def database_size(url: str) -> float:
     if url.startswith("sqlite"):
         path = Path(url.split("///", 1)[1])
@@ -415,6 +445,7 @@ def pg_database(base: str, name: str) -> str:
 ROWS = (
     *(name for name, _ in COMMANDS),
     "jobs run",
+    "purge",
     "ingest msgs/s",
     "ingest p99 ms",
     "ingest CPU ms/mail",
@@ -445,6 +476,12 @@ def report(db: str, results: Sequence[Figures]) -> None:
         print("| " + " | ".join(cells) + " |")
     sizes = [f"{r.size_mb:,.0f} MB" for r in results]
     print("| database size | " + " | ".join(sizes) + (" | |" if len(results) > 1 else " |"))
+    if any(r.purged_mb for r in results):
+        after = [
+            f"{r.purged_mb:,.0f} MB ({r.purged_mb / r.n * 100_000:,.0f} MB per 100k)"
+            for r in results
+        ]
+        print("| size after purge | " + " | ".join(after) + (" | |" if len(results) > 1 else " |"))
     seeds = [f"{r.seed_s:,.0f} s" for r in results]
     print("| (seeding) | " + " | ".join(seeds) + (" | |" if len(results) > 1 else " |"))
     for r in results:
@@ -467,6 +504,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", metavar="DIR", help="keep the databases here")
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-jobs", action="store_true", help="leave the due work as it is")
+    parser.add_argument(
+        "--purge",
+        action="store_true",
+        help="last: mailgate purge (default [retention]) and the size after (SQLite: --vacuum)",
+    )
     parser.add_argument(
         "--seed-only", action="store_true", help="seed the databases (into --keep) and stop"
     )
@@ -511,6 +553,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     measure_jobs(config, figures)
                 if not args.skip_ingest:
                     measure_ingest(config, workdir, args.mails, figures)
+                if args.purge:
+                    measure_purge(config, url, figures)
                 results.append(figures)
                 if not args.keep:
                     shutil.rmtree(workdir, ignore_errors=True)
