@@ -505,6 +505,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-jobs", action="store_true", help="leave the due work as it is")
     parser.add_argument(
+        "--purge-up-to",
+        type=int,
+        default=100_000,
+        help="purge only databases up to this size (a VACUUM of 1M tickets takes long)",
+    )
+    parser.add_argument(
         "--purge",
         action="store_true",
         help="last: mailgate purge (default [retention]) and the size after (SQLite: --vacuum)",
@@ -553,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     measure_jobs(config, figures)
                 if not args.skip_ingest:
                     measure_ingest(config, workdir, args.mails, figures)
-                if args.purge:
+                if args.purge and n <= args.purge_up_to:
                     measure_purge(config, url, figures)
                 results.append(figures)
                 if not args.keep:
