@@ -649,10 +649,10 @@ def cmd_stats(args: argparse.Namespace, config: Config) -> int:
 
     store = _open_store(config, create=False)
     try:
-        with store.transaction() as session:
+        with store.reading() as conn:  # counting holds no write lock: ingest goes on
 
             def counts(column: Any) -> dict[str, int]:
-                rows = session.execute(select(column, func.count()).group_by(column)).all()
+                rows = conn.execute(select(column, func.count()).group_by(column)).all()
                 return {str(key): int(n) for key, n in sorted(rows)}
 
             ledger = counts(LedgerEntry.outcome)

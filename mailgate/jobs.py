@@ -397,6 +397,7 @@ class Jobs:
                     values["claimed_at"] = None
                 else:
                     values = {"message": data, "message_id": message_id}
+                    values["message_size"] = len(data)
                     kept[claim.id] = _Claim(
                         claim.id, data, claim.recipients, claim.created_at, claim.attempts
                     )

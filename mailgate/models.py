@@ -223,6 +223,7 @@ class LedgerEntry(Base):
             "ix_inbound_unpurged",
             "outcome",
             "received_at",
+            "size",  # what a purge frees, summed from the index alone
             sqlite_where=text("purged_at IS NULL"),
             postgresql_where=text("purged_at IS NULL"),
         ),
@@ -300,6 +301,7 @@ class Outbox(Base):
         Index(
             "ix_outbox_sent_message",
             "sent_at",
+            "message_size",
             sqlite_where=text("message IS NOT NULL"),
             postgresql_where=text("message IS NOT NULL"),
         ),
@@ -312,6 +314,8 @@ class Outbox(Base):
     subject: Mapped[str] = mapped_column(Text, default="")
     message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     message: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Its length, kept beside it: what [retention] would free is summed from an index.
+    message_size: Mapped[int | None] = mapped_column(Integer)
     # What the renderer needs beyond the ticket: the comment to send, an error to explain.
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.PENDING.value)

@@ -85,7 +85,7 @@ def _due(rule: str, cutoff: datetime) -> ColumnElement[bool]:
 
 def _size(rule: str) -> ColumnElement[Any]:
     if rule == "sent_notifications":
-        return func.length(_OUTBOX.c.message)
+        return _OUTBOX.c.message_size
     return _LEDGER.c.size
 
 
@@ -96,8 +96,7 @@ def _table(rule: str) -> Any:
 def due(store: Store, config: Config, now: datetime) -> dict[str, Freed]:
     """What each rule would free now: one aggregate by index per rule, nothing written."""
     result = {rule: Freed() for rule in RULES}
-    with store.transaction() as session:
-        conn = session.connection()
+    with store.reading() as conn:  # a read: never SQLite's write lock
         for rule in RULES:
             period = _period(config, rule)
             if period is None:
