@@ -580,12 +580,13 @@ def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
 def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
     from mailgate.db.queries import iso
     from mailgate.db.records import raw_mail
-    from mailgate.ingest import reprocess_quarantined
     from mailgate.models import LedgerEntry, Outcome
 
     store = _open_store(config, create=False)
     try:
         if args.quarantine_command == "reprocess":
+            from mailgate.ingest import reprocess_quarantined  # the pipeline: only to reprocess
+
             if args.all == (args.id is not None):
                 raise CliError("give one ID or --all", EX_USAGE)
             results = reprocess_quarantined(store, config, now(), None if args.all else [args.id])
