@@ -47,7 +47,7 @@ from typing import Any
 
 from sqlalchemy import insert, inspect, select, text
 
-from mailgate.config import load_config
+from mailgate.confload import load_config
 from mailgate.jobs import Jobs
 from mailgate.models import Comment, Outbox, OutboxStatus, Ticket, User
 from mailgate.store import Store
