@@ -23,6 +23,7 @@ from sqlalchemy import Connection, func, select, update
 
 from mailgate.config import Config
 from mailgate.db.fastexec import insert_for
+from mailgate.db.lists import tickets_with_names, user_id
 from mailgate.db.outbox import queue_notification
 from mailgate.hours import SupportHours
 from mailgate.models import Meta, NotificationKind, Organization, Status, Ticket, User, table_of
@@ -95,7 +96,7 @@ def send_digest(store: Store, config: Config, hours: SupportHours, now: datetime
         overdue = _section(conn, hours, _TICKETS.c.updated_at < cutoff)
         queued = 0
         for agent in config.agents.addresses:
-            mine = _section(conn, hours, _TICKETS.c.assignee_id == _agent_id(agent))
+            mine = _section(conn, hours, _TICKETS.c.assignee_id == user_id(agent))
             if not (mine.total or unassigned.total or overdue.total):
                 continue
             payload = {
@@ -144,30 +145,17 @@ def _claim(conn: Connection, day: date, last: str | None) -> bool:
     return bool(claimed.rowcount)
 
 
-def _agent_id(email: str) -> Any:
-    return select(_USERS.c.id).where(_USERS.c.email == email).scalar_subquery()
-
-
 def _section(conn: Connection, hours: SupportHours, condition: Any) -> Section:
     """Tickets waiting on us that meet ``condition``, oldest first."""
     waiting = (_TICKETS.c.status.in_(WAITING), condition)
     total = conn.execute(select(func.count()).select_from(_TICKETS).where(*waiting)).scalar()
-    requester, assignee = _USERS.alias("requester_user"), _USERS.alias("assignee_user")
     rows = conn.execute(
-        select(
+        tickets_with_names(
             _TICKETS.c.id,
             _TICKETS.c.subject,
             _TICKETS.c.status,
             _TICKETS.c.priority,
             _TICKETS.c.updated_at,
-            _ORGS.c.name.label("organization"),
-            requester.c.email.label("requester"),
-            assignee.c.email.label("assignee"),
-        )
-        .select_from(
-            _TICKETS.join(requester, requester.c.id == _TICKETS.c.requester_id)
-            .outerjoin(_ORGS, _ORGS.c.id == _TICKETS.c.organization_id)
-            .outerjoin(assignee, assignee.c.id == _TICKETS.c.assignee_id)
         )
         .where(*waiting)
         .order_by(_TICKETS.c.updated_at, _TICKETS.c.id)

@@ -128,8 +128,26 @@ class Listing:
         return select(func.count()).select_from(capped)
 
 
-def _user_id(email: str) -> Any:
+def user_id(email: str) -> Any:
+    """The id of the user with this address, as a scalar subquery (no such user: none)."""
     return select(_USERS.c.id).where(_USERS.c.email == email.lower()).scalar_subquery()
+
+
+def tickets_with_names(*columns: Any) -> Select[Any]:
+    """``columns`` of tickets with the names people read beside them: ``organization``,
+    ``requester`` and ``assignee`` (labelled), over the one join every ticket list uses."""
+    t = _TICKETS
+    requester, assignee = _USERS.alias("requester"), _USERS.alias("assignee")
+    return select(
+        *columns,
+        _ORGS.c.name.label("organization"),
+        requester.c.email.label("requester"),
+        assignee.c.email.label("assignee"),
+    ).select_from(
+        t.join(requester, requester.c.id == t.c.requester_id)
+        .outerjoin(_ORGS, _ORGS.c.id == t.c.organization_id)
+        .outerjoin(assignee, assignee.c.id == t.c.assignee_id)
+    )
 
 
 def _contains(dialect: str, column: Any, text: str) -> ColumnElement[bool]:
@@ -191,33 +209,17 @@ def ticket_listing(dialect: str, filters: Filters, organization_id: int | None =
     if filters.assignee is not None and filters.assignee.lower() == "none":
         conditions.append(t.c.assignee_id.is_(None))
     elif filters.assignee is not None:
-        conditions.append(t.c.assignee_id == _user_id(filters.assignee))
+        conditions.append(t.c.assignee_id == user_id(filters.assignee))
     if filters.requester is not None:
-        conditions.append(t.c.requester_id == _user_id(filters.requester))
+        conditions.append(t.c.requester_id == user_id(filters.requester))
     conditions += _between(t.c.created_at, filters)
     if filters.tag is not None:
         conditions.append(_has_tag(dialect, filters.tag))
     if filters.search is not None:
         conditions.append(_contains(dialect, t.c.subject, filters.search))
-    requester, assignee = _USERS.alias("requester"), _USERS.alias("assignee")
-    query = (
-        select(
-            t.c.id,
-            t.c.subject,
-            t.c.status,
-            _ORGS.c.name.label("organization"),
-            requester.c.email.label("requester"),
-            assignee.c.email.label("assignee"),
-            t.c.created_at,
-            t.c.updated_at,
-        )
-        .select_from(
-            t.join(requester, requester.c.id == t.c.requester_id)
-            .outerjoin(_ORGS, _ORGS.c.id == t.c.organization_id)
-            .outerjoin(assignee, assignee.c.id == t.c.assignee_id)
-        )
-        .where(*conditions)
-    )
+    query = tickets_with_names(
+        t.c.id, t.c.subject, t.c.status, t.c.created_at, t.c.updated_at
+    ).where(*conditions)
     return Listing(query, t.c.id, ticket_row, tuple(conditions), t, _order(dialect, t, filters))
 
 
