@@ -26,7 +26,7 @@ from mailgate.db.fastexec import insert_for
 from mailgate.db.lists import tickets_with_names, user_id
 from mailgate.db.outbox import queue_notification
 from mailgate.hours import SupportHours
-from mailgate.models import Meta, NotificationKind, Organization, Status, Ticket, User, table_of
+from mailgate.models import Meta, NotificationKind, Status, Ticket, table_of
 from mailgate.pipeline.decision import Notify
 from mailgate.pipeline.threads import reply_address
 from mailgate.store import Store
@@ -38,8 +38,6 @@ WAITING = (Status.NEW.value, Status.OPEN.value)  # waiting on the team, not the 
 _META_KEY = "digest"
 
 _TICKETS = table_of(Ticket)
-_USERS = table_of(User)
-_ORGS = table_of(Organization)
 _META = table_of(Meta)
 
 
