@@ -10,13 +10,10 @@ until it is part of it.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -28,6 +25,7 @@ from mailgate.models import NotificationKind, Outbox
 from mailgate.store import Store
 
 from .conftest import AUTHENTICATED, Clock, mail, run_cli, send
+from .test_secrets_eval import _readable
 from .test_vault import KEY
 
 TECH = "tech@support.example.com"
@@ -68,17 +66,6 @@ def config(made: tuple[Config, Path]) -> Config:
 @pytest.fixture
 def config_path(made: tuple[Config, Path]) -> Path:
     return made[1]
-
-
-def _readable(raw: bytes) -> str:
-    """Headers and every text part, decoded: base64 or quoted-printable hides nothing."""
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    texts = [f"{key}: {value}" for key, value in message.items()]
-    for part in message.walk():
-        if part.get_content_maintype() == "text":
-            texts.append(part.get_content())
-    return "\n".join(texts)
 
 
 def agent(sender: str, ticket: int, body: str, subject: str = "Drucker") -> bytes:
