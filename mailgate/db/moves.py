@@ -145,10 +145,13 @@ def assign(
             )
         )
     session.flush()
+    notes = notify.assigned(email, by, previous)
+    if not notes:  # taken by oneself (every first answer) or given back: nobody to tell
+        return
     facts = ticket_facts(conn, ticket.id)
     assert facts is not None
     latest = conn.execute(_LATEST_CUSTOMER_COMMENT, {"ticket": ticket.id}).scalar()
-    for note in notify.assigned(email, by, previous):
+    for note in notes:
         queue_notification(conn, config, facts, facts.organization_id, note, now, latest)
 
 
