@@ -233,13 +233,27 @@ def make_config(db_url: str, tmp_path: Path) -> Callable[..., tuple[Config, Path
 
 
 @pytest.fixture
-def config(make_config: Callable[..., tuple[Config, Path]]) -> Config:
-    return make_config()[0]
+def overlay() -> dict[str, Any]:
+    """What a test module adds to the base config: a module overrides this fixture, and
+    ``config`` and ``config_path`` are that config and its file."""
+    return {}
 
 
 @pytest.fixture
-def config_path(make_config: Callable[..., tuple[Config, Path]]) -> Path:
-    return make_config()[1]
+def made(
+    make_config: Callable[..., tuple[Config, Path]], overlay: dict[str, Any]
+) -> tuple[Config, Path]:
+    return make_config(overlay)
+
+
+@pytest.fixture
+def config(made: tuple[Config, Path]) -> Config:
+    return made[0]
+
+
+@pytest.fixture
+def config_path(made: tuple[Config, Path]) -> Path:
+    return made[1]
 
 
 @pytest.fixture

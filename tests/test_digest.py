@@ -73,23 +73,11 @@ def test_overdue_means_untouched_for_a_full_working_day(today: date, since: date
 
 
 @pytest.fixture
-def made(make_config: Callable[..., tuple[Config, Path]], sink: Sink) -> tuple[Config, Path]:
-    return make_config(
-        {
-            "agents": {"addresses": [TECH, LISA], "digest": "08:30"},
-            "outbound": {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": sink.port},
-        }
-    )
-
-
-@pytest.fixture
-def config(made: tuple[Config, Path]) -> Config:
-    return made[0]
-
-
-@pytest.fixture
-def config_path(made: tuple[Config, Path]) -> Path:
-    return made[1]
+def overlay(sink: Sink) -> dict[str, Any]:
+    return {
+        "agents": {"addresses": [TECH, LISA], "digest": "08:30"},
+        "outbound": {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": sink.port},
+    }
 
 
 def digests(store: Store) -> list[tuple[list[str], dict[str, Any]]]:

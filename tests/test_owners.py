@@ -38,18 +38,8 @@ def _overlay(sink: Sink, **agents: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def made(make_config: Callable[..., tuple[Config, Path]], sink: Sink) -> tuple[Config, Path]:
-    return make_config(_overlay(sink))
-
-
-@pytest.fixture
-def config(made: tuple[Config, Path]) -> Config:
-    return made[0]
-
-
-@pytest.fixture
-def config_path(made: tuple[Config, Path]) -> Path:
-    return made[1]
+def overlay(sink: Sink) -> dict[str, Any]:
+    return _overlay(sink)
 
 
 def outbox(store: Store, kind: str) -> list[list[str]]:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -50,22 +50,10 @@ VAULT = {
 
 
 @pytest.fixture(params=["masked", "vault"])
-def made(
-    make_config: Callable[..., tuple[Config, Path]], request: pytest.FixtureRequest
-) -> tuple[Config, Path]:
+def overlay(request: pytest.FixtureRequest) -> dict[str, Any]:
     """Masked only, and with the vault on: agents get one-time links, still no value."""
-    overlay = {"agents": {"addresses": [TECH, LISA], "digest": "08:30"}}
-    return make_config({**overlay, **(VAULT if request.param == "vault" else {})})
-
-
-@pytest.fixture
-def config(made: tuple[Config, Path]) -> Config:
-    return made[0]
-
-
-@pytest.fixture
-def config_path(made: tuple[Config, Path]) -> Path:
-    return made[1]
+    agents = {"agents": {"addresses": [TECH, LISA], "digest": "08:30"}}
+    return {**agents, **(VAULT if request.param == "vault" else {})}
 
 
 def agent(sender: str, ticket: int, body: str, subject: str = "Drucker") -> bytes:
