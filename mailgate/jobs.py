@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, case, func, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from mailgate import retention
@@ -190,6 +190,16 @@ def _owned(conn: Connection, claims: list[_Claim]) -> dict[int, Row[Any]]:
         for row in rows
         if row.status == OutboxStatus.SENDING and row.attempts == attempts[row.id]
     }
+
+
+def _update_rows(conn: Connection, changes: list[tuple[int, dict[str, Any]]]) -> None:
+    """Each outbox row's new values, as one executemany per set of columns: a statement
+    built, cached and run per row was most of the cost of keeping and recording a batch."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row_id, values in changes:
+        groups.setdefault(tuple(sorted(values)), []).append({"row_id": row_id, **values})
+    for params in groups.values():  # the SET clause is the parameters' other keys
+        conn.execute(update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id")), params)
 
 
 @dataclass
@@ -371,13 +381,13 @@ class Jobs:
                 message = build_message(
                     self.config, draft.envelope, rendered.text, rendered.html, now=now, files=files
                 )
-                message_id = str(message["Message-ID"]).strip().strip("<>")
-                built.append((claim, message.as_bytes(), message_id))
+                built.append((claim, message.data, message.message_id))
             except Exception as exc:  # a template bug ends in this row, never in the run
                 built.append((claim, exc, ""))
         if not built:
             return claims
         kept: dict[int, _Claim] = {}
+        changes: list[tuple[int, dict[str, Any]]] = []
         with self.store.transaction() as session:
             conn = session.connection()
             owned = _owned(conn, [claim for claim, _, _ in built])
@@ -401,7 +411,8 @@ class Jobs:
                     kept[claim.id] = _Claim(
                         claim.id, data, claim.recipients, claim.created_at, claim.attempts
                     )
-                conn.execute(update(_OUTBOX).where(_OUTBOX.c.id == claim.id).values(values))
+                changes.append((claim.id, values))
+            _update_rows(conn, changes)
         return [
             claim if claim.message is not None else kept[claim.id]
             for claim in claims
@@ -441,6 +452,7 @@ class Jobs:
         if not results:
             return
         counted: list[tuple[Verdict, int, str | None]] = []
+        changes: list[tuple[int, dict[str, Any]]] = []
         with self.store.transaction() as session:
             conn = session.connection()
             owned = _owned(conn, [claim for claim, _ in results])
@@ -482,8 +494,9 @@ class Jobs:
                     **({"accepted": list(settled.accepted)} if settled.accepted else {}),
                     **({"refused": settled.refused} if settled.refused else {}),
                 }
-                conn.execute(update(_OUTBOX).where(_OUTBOX.c.id == claim.id).values(values))
+                changes.append((claim.id, values))
                 counted.append((verdict, claim.id, error))
+            _update_rows(conn, changes)
         for verdict, row_id, error in counted:
             stats.count(verdict, row_id, error)
 

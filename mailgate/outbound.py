@@ -21,15 +21,13 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
-from email.message import EmailMessage
-from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Protocol
 from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
+from mailgate import mime
 from mailgate.config import Config
 
 # Header marking our own mail, so a bounce or an auto-reply of it is recognised (loops).
@@ -127,32 +125,6 @@ class OutboundEnvelope:
     auto_submitted: str  # "auto-replied" for acknowledgements, else "auto-generated"
 
 
-class _MessageIdList(UnstructuredHeader):
-    """``In-Reply-To``/``References``: msg-ids folded between ids, never as encoded-words.
-
-    The stdlib treats these headers as unstructured text and turns an id longer than a
-    line into ``=?utf-8?q?…?=``, which no mail client matches to the thread (RFC 5322
-    section 3.6.4 allows only ``<id-left@id-right>`` there).
-    """
-
-    name: str  # set by BaseHeader, which the registry mixes in
-
-    def fold(self, *, policy: Any) -> str:
-        lines = [f"{self.name}:"]
-        for msg_id in str(self).split():
-            if len(lines[-1]) + 1 + len(msg_id) > 78 and lines[-1] != f"{self.name}:":
-                lines.append("")
-            lines[-1] += " " + msg_id
-        return str(policy.linesep).join(lines) + str(policy.linesep)
-
-
-_HEADERS = HeaderRegistry()
-_HEADERS.map_to_type("in-reply-to", cast("type[BaseHeader]", _MessageIdList))
-_HEADERS.map_to_type("references", cast("type[BaseHeader]", _MessageIdList))
-# SMTP: ASCII headers, CRLF, lines at 78. SMTPUTF8 (RFC 6532): addresses stay UTF-8.
-POLICY_ASCII = SMTP.clone(header_factory=_HEADERS)
-POLICY_UTF8 = SMTPUTF8.clone(header_factory=_HEADERS)
-
 # What may stand between < and > of a message id we put into our headers: RFC 5322's
 # dot-atom-text on both sides, or a domain literal on the right. Anything else (spaces,
 # control characters, raw UTF-8 from a sloppy sender) is left out of the thread headers.
@@ -187,11 +159,11 @@ def needs_smtputf8(address: str) -> bool:
     return not split_address(address)[0].isascii()
 
 
-def _header_address(address: str, utf8: bool, display_name: str = "") -> Address:
+def _header_address(address: str, utf8: bool, display_name: str = "") -> str:
     local, domain = split_address(address)
     if not utf8:
         domain = ascii_domain(domain)
-    return Address(display_name=display_name, username=local, domain=domain)
+    return mime.address(f"{local}@{domain}", utf8, display_name)
 
 
 def _msg_ids(ids: Sequence[str]) -> list[str]:
@@ -268,6 +240,14 @@ def _attachment_type(content_type: str) -> tuple[str, str]:
     return maintype, subtype
 
 
+@dataclass(frozen=True, slots=True)
+class BuiltMessage:
+    """A notification as it goes on the wire, and its Message-ID (without ``<>``)."""
+
+    data: bytes
+    message_id: str
+
+
 def build_message(
     config: Config,
     envelope: OutboundEnvelope,
@@ -276,13 +256,15 @@ def build_message(
     message_id: str | None = None,
     now: datetime | None = None,
     files: Sequence[tuple[StoredFile, bytes]] = (),
-) -> EmailMessage:
+) -> BuiltMessage:
     """One RFC 5322 notification with our headers; pure, so it can be tested and stored.
 
     ``now`` (aware) is the time of building and becomes ``Date`` in the offset of
     ``[hours] timezone``, the zone the support team and its customers read. Addresses go
     out in A-labels unless a local part is non-ASCII or the mail goes to a maildir: then
-    the message is UTF-8 throughout (RFC 6532) and a relay must offer SMTPUTF8.
+    the message is UTF-8 throughout (RFC 6532) and a relay must offer SMTPUTF8. How each
+    field and part is written (folding, encoded-words, quoted-printable) is
+    :mod:`mailgate.mime`'s.
     """
     addresses = [config.mail.address, envelope.reply_to, *envelope.to]
     utf8 = any(needs_smtputf8(a) for a in addresses) or (
@@ -290,35 +272,32 @@ def build_message(
     )
     domain = ascii_domain(split_address(config.mail.address)[1])
     when = (now or datetime.now(UTC)).astimezone(ZoneInfo(config.hours.timezone))
-    message = EmailMessage(policy=POLICY_UTF8 if utf8 else POLICY_ASCII)
-    message["Date"] = format_datetime(when)
-    message["From"] = _header_address(config.mail.address, utf8, "Support")
-    message["To"] = [_header_address(a, utf8) for a in envelope.to]
-    message["Subject"] = one_line(envelope.subject)
-    message["Reply-To"] = _header_address(envelope.reply_to, utf8)
-    message["Message-ID"] = message_id or make_msgid(domain=domain)
+    message_id = message_id or make_msgid(domain=domain)
+    fields = [
+        mime.fold("Date", [format_datetime(when)]),
+        mime.fold("From", [_header_address(config.mail.address, utf8, "Support")]),
+        mime.fold("To", [_header_address(a, utf8) for a in envelope.to], ", "),
+        mime.fold("Subject", mime.text_tokens(one_line(envelope.subject), utf8)),
+        mime.fold("Reply-To", [_header_address(envelope.reply_to, utf8)]),
+        mime.fold("Message-ID", [message_id]),
+    ]
+    # msg-ids folded between ids, never as encoded-words: RFC 5322 3.6.4 allows only
+    # <id-left@id-right> there, and no mail client would match anything else to the thread.
     in_reply_to = _msg_ids([envelope.in_reply_to] if envelope.in_reply_to else [])
     if in_reply_to:
-        message["In-Reply-To"] = in_reply_to[0]
+        fields.append(mime.fold("In-Reply-To", in_reply_to[:1]))
     references = _msg_ids(envelope.references)
     if references:
-        message["References"] = " ".join(references)
+        fields.append(mime.fold("References", references))
     # RFC 3834: mark what robots sent, so other robots do not answer it.
-    message["Auto-Submitted"] = envelope.auto_submitted
-    message["X-Auto-Response-Suppress"] = "All"
-    message[LOOP_HEADER] = domain
-    # Quoted-printable keeps every body line within 78 characters and the body 7-bit.
-    message.set_content(text, charset="utf-8", cte="quoted-printable")
-    message.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
+    fields.append(mime.fold("Auto-Submitted", [envelope.auto_submitted]))
+    fields.append(mime.fold("X-Auto-Response-Suppress", ["All"]))
+    fields.append(mime.fold(LOOP_HEADER, [domain]))
+    parts = [mime.Part("text/plain", text=text), mime.Part("text/html", text=html)]
     for file, data in files:
-        # multipart/mixed around the alternative; base64; a non-ASCII name as RFC 2231's
-        # filename*=utf-8''… (the email package's add_attachment does both).
         maintype, subtype = _attachment_type(file.content_type)
-        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=file.filename)
-    for part in message.walk():  # MIME-Version belongs to the top only (RFC 2045 4)
-        if part is not message:
-            del part["MIME-Version"]
-    return message
+        parts.append(mime.Part(f"{maintype}/{subtype}", data=data, filename=file.filename))
+    return BuiltMessage(mime.message(fields, parts), message_id.strip().strip("<>"))
 
 
 # Recipients the relay refused while it accepted others: address → (code, reply).

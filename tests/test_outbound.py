@@ -138,7 +138,7 @@ def test_no_header_injection(config: Config) -> None:
         references=(),
         auto_submitted="auto-generated",
     )
-    raw = build_message(config, envelope, "t", "<p>t</p>").as_bytes()
+    raw = build_message(config, envelope, "t", "<p>t</p>").data
     assert b"\nBcc:" not in raw
     assert b"Subject: [#1] Hallo Bcc: victim@evil.example" in raw
 
