@@ -134,7 +134,8 @@ def main() -> None:
         print(
             f"jobs run: {report['seconds']:.1f} s, {json.dumps(result)}, "
             f"{report['deliver_seconds'] * 1000 / sent:.2f} ms per notification, "
-            f"close {report['close_seconds']:.2f} s, peak RSS {report['rss_mb']:.0f} MB"
+            f"close {report['close_seconds']:.2f} s, peak RSS {report['rss_mb']:.0f} MB, "
+            f"CPU user {report['cpu_seconds'][0]:.1f} s, system {report['cpu_seconds'][1]:.1f} s"
         )
         if server is not None:
             print(f"SMTP before the run ({IDLE:.0f} s): {percentiles(idle)}")
@@ -373,9 +374,12 @@ def child(config_path: str, profile: str | None) -> None:
     jobs.close_solved = timed_close  # type: ignore[method-assign]
     jobs.deliver_outbox = timed_deliver  # type: ignore[method-assign]
     started = time.perf_counter()
+    cpu_started = os.times()
     if profiler is not None:
         profiler.enable()
     result = jobs.run_once(now)
+    ended = os.times()
+    cpu = (ended.user - cpu_started.user, ended.system - cpu_started.system)
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(profile)
@@ -388,6 +392,7 @@ def child(config_path: str, profile: str | None) -> None:
         "deliver_seconds": times.get("deliver", 0.0),
         "result": result,
         "rss_mb": rss,
+        "cpu_seconds": cpu,
     }
     print(json.dumps(report))
 

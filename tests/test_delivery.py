@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from mailgate.config import Config
 from mailgate.ingest import InboundEnvelope, ingest
 from mailgate.jobs import Jobs, judge_unexpected
-from mailgate.models import Outbox
+from mailgate.models import Comment, Outbox
 from mailgate.outbound import Verdict
 from mailgate.store import Store
 
@@ -145,3 +145,32 @@ def test_unexpected_errors_are_judged_by_kind() -> None:
     assert judge_unexpected(TimeoutError("timed out")) is Verdict.RETRY
     assert judge_unexpected(UnicodeEncodeError("ascii", "ö", 0, 1, "no")) is Verdict.FAILED
     assert judge_unexpected(KeyError("ticket")) is Verdict.FAILED
+
+
+def test_a_row_that_cannot_be_drafted_fails_alone(
+    broken: tuple[Config, Path], store: Store, sink: Sink, clock: Clock
+) -> None:
+    """A row whose draft refuses (it would show a customer an internal comment) fails with
+    its reason, and the other rows of its batch, drafted in the same transaction without a
+    savepoint each, are sent; on PostgreSQL too, where a failed statement would abort it."""
+    config, _ = broken
+    for subject in ("Drucker kaputt", "Scanner kaputt"):
+        ingest(store, config, mail(subject=subject), InboundEnvelope(), clock())
+    with store.transaction() as s:
+        first = s.scalars(
+            select(Outbox).where(Outbox.kind == "ticket_created").order_by(Outbox.id)
+        ).first()
+        assert first is not None
+        s.execute(
+            update(Comment).where(Comment.id == first.payload["comment"]).values(public=False)
+        )
+    stats = Jobs(store, config).deliver_outbox(clock())
+    assert (stats.sent, stats.failed) == (1, 3)  # the good acknowledgement; two followers'
+    rows = _rows(store)
+    assert (rows[0].status, rows[0].last_error) == (
+        "failed",
+        "render: ValueError: an internal comment is for agents only",
+    )
+    assert rows[0].claimed_at is None and rows[0].message is None
+    assert [r.rcpt_to for r in sink.received] == [["anna@mueller-logistik.de"]]
+    assert sink.received[0].message["Subject"].endswith("Scanner kaputt")
