@@ -273,8 +273,13 @@ def _status(ticket: int, n: int, due: int, rng: random.Random) -> str:
 # --------------------------------------------------------------------------- measuring
 
 
+# The CPU seconds (user, system) of the last command run_command ran.
+LAST_CPU: list[float] = [0.0, 0.0]
+
+
 def run_command(config: Path, *args: str, out: Path | None = None) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS in MB and exit status of one ``mailgate`` command."""
+    """Wall seconds, peak RSS in MB and exit status of one ``mailgate`` command (its CPU
+    time in :data:`LAST_CPU`)."""
     started = time.perf_counter()
     with open(out or os.devnull, "wb") as sink:
         proc = subprocess.Popen(
@@ -287,6 +292,7 @@ def run_command(config: Path, *args: str, out: Path | None = None) -> tuple[floa
         assert proc.stderr is not None
         error = proc.stderr.read().decode(errors="replace")
     seconds = time.perf_counter() - started
+    LAST_CPU[:] = [usage.ru_utime, usage.ru_stime]
     if proc.returncode != 0:
         print(f"    {' '.join(args)}: exit {proc.returncode}: {error.strip()[-300:]}")
     return seconds, usage.ru_maxrss / 1024, proc.returncode
@@ -324,7 +330,10 @@ def measure_jobs(config: Path, figures: Figures) -> None:
     counts = json.loads(out.read_text() or "{}") if not status else {}
     figures.seconds["jobs run"] = seconds
     figures.rss_mb["jobs run"] = rss
-    figures.notes["jobs run"] = f"closed {counts.get('closed')}, sent {counts.get('sent')}"
+    figures.notes["jobs run"] = (
+        f"closed {counts.get('closed')}, sent {counts.get('sent')}; "
+        f"CPU user {LAST_CPU[0]:.1f} s, system {LAST_CPU[1]:.1f} s"
+    )
     print(f"    {'jobs run':<32} {seconds:8.2f} s {rss:8.0f} MB  {figures.notes['jobs run']}")
 
 
