@@ -26,7 +26,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, delete, exists, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    select,
+    update,
+)
 
 from mailgate.config import Config
 from mailgate.models import Attachment, Blob, LedgerEntry, Outbox, Outcome, table_of
@@ -130,25 +140,45 @@ def purge(store: Store, config: Config, now: datetime) -> dict[str, Freed]:
     return result
 
 
+def _ranges(rule: str, cutoff: datetime) -> list[tuple[ColumnElement[Any], ColumnElement[bool]]]:
+    """The index ranges ``rule`` walks, each with the column its index orders it by: one
+    per outcome for the ledger. Over ``outcome IN (…)`` the index gives no single order, so
+    every batch sorted every due row again to find its 200 oldest (a million at a time)."""
+    if rule == "sent_notifications":
+        return [(_OUTBOX.c.sent_at, _due(rule, cutoff))]
+    outcomes = (Outcome.QUARANTINED.value,) if rule == "quarantine" else _TAKEN
+    due = _due(rule, cutoff)
+    return [(_LEDGER.c.received_at, and_(due, _LEDGER.c.outcome == o)) for o in outcomes]
+
+
 def _batches(store: Store, rule: str, cutoff: datetime, now: datetime) -> Iterator[tuple[int, int]]:
-    """Purge ``rule``'s due rows, a batch per transaction; rows and bytes of each batch."""
+    """Purge ``rule``'s due rows, a batch per transaction; rows and bytes of each batch.
+
+    Each batch starts where the last one ended (``order >= start``): a purged row leaves
+    the partial index, but on PostgreSQL its old entry stays there until a vacuum, and a
+    batch that started from the first entry stepped over all of them again.
+    """
     table = _table(rule)
-    order = table.c.sent_at if rule == "sent_notifications" else table.c.received_at
-    while True:
-        with store.transaction() as session:
-            conn = session.connection()
-            query = select(table.c.id, _size(rule)).where(_due(rule, cutoff))
-            batch = conn.execute(query.order_by(order, table.c.id).limit(PURGE_BATCH)).all()
-            if not batch:
-                return
-            ids = [row[0] for row in batch]
-            if rule == "sent_notifications":
-                conn.execute(update(_OUTBOX).where(_OUTBOX.c.id.in_(ids)).values(message=None))
-            else:
-                _purge_raw(conn, ids, now)
-        yield len(batch), sum(int(row[1] or 0) for row in batch)
-        if len(batch) < PURGE_BATCH:
-            return
+    for order, due in _ranges(rule, cutoff):
+        start: Any = None
+        while True:
+            with store.transaction() as session:
+                conn = session.connection()
+                query = select(table.c.id, _size(rule), order).where(due)
+                if start is not None:
+                    query = query.where(order >= start)
+                batch = conn.execute(query.order_by(order).limit(PURGE_BATCH)).all()
+                if not batch:
+                    break
+                ids = [row[0] for row in batch]
+                if rule == "sent_notifications":
+                    conn.execute(update(_OUTBOX).where(_OUTBOX.c.id.in_(ids)).values(message=None))
+                else:
+                    _purge_raw(conn, ids, now)
+            start = batch[-1][2]
+            yield len(batch), sum(int(row[1] or 0) for row in batch)
+            if len(batch) < PURGE_BATCH:
+                break
 
 
 def _purge_raw(conn: Connection, ids: list[int], now: datetime) -> None:
@@ -168,13 +198,16 @@ def _purge_raw(conn: Connection, ids: list[int], now: datetime) -> None:
             )
         )
         heads = {sha: bytes(head) for sha, head in found}
-    for entry, sha, head in entries:
-        raw = bytes(head or heads.get(sha) or b"")
-        conn.execute(
-            update(_LEDGER)
-            .where(_LEDGER.c.id == entry)
-            .values(raw=header_section(raw), purged_at=now)
-        )
+    kept = [
+        {
+            "entry": entry,
+            "raw": header_section(bytes(head or heads.get(sha) or b"")),
+            "purged_at": now,
+        }
+        for entry, sha, head in entries
+    ]
+    if kept:
+        conn.execute(update(_LEDGER).where(_LEDGER.c.id == bindparam("entry")), kept)
     if in_blobs:
         conn.execute(
             delete(_BLOBS).where(

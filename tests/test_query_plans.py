@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,15 @@ import pytest
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.sql.dml import Insert
 
+from mailgate import retention
 from mailgate.config import Config
 from mailgate.db import lists
 from mailgate.db.lists import Filters, Page
+from mailgate.ingest import InboundEnvelope, ingest
 from mailgate.jobs import Jobs
 from mailgate.store import Store
 
-from .conftest import Clock
+from .conftest import Clock, mail
 from .test_fastexec import CASES
 
 CHECKED = ("tickets", "comments", "outbox", "inbound_messages")
@@ -212,6 +214,27 @@ def test_jobs_use_indexes(
     sql = " ".join(p.sql for p in plans)
     assert "solved_at" in sql and "next_attempt_at" in sql and "updated_at" in sql
     _assert_indexed(plans)
+
+
+def test_purge_uses_indexes(
+    config: Config, store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[retention]``'s purge, batch after batch (two rows a batch here, so that each rule
+    runs the query that starts where the last batch ended)."""
+    for n in range(3):
+        ingest(store, config, mail(subject=f"Drucker {n}"), InboundEnvelope(), clock())
+    Jobs(store, config).deliver_outbox(clock())
+    monkeypatch.setattr(retention, "PURGE_BATCH", 2)
+    with explaining(store.engine) as plans:
+        freed = retention.purge(store, config, clock() + timedelta(days=400))
+    assert freed["raw_mail"].rows == 3 and freed["sent_notifications"].rows > 2, freed
+    assert sum(">=" in p.sql for p in plans) >= 2  # a later batch, from where the last ended
+    _assert_indexed(plans)
+    # Each batch reads its rows in the index's order: no sort of every due row to find them.
+    batches = [p for p in plans if p.sql.lstrip().startswith("SELECT") and "LIMIT" in p.sql]
+    assert batches
+    sorted_ = [p for p in batches if "TEMP B-TREE" in p.detail or '"Sort"' in p.detail]
+    assert not sorted_, "\n\n".join(f"{p.sql}\n{p.detail}" for p in sorted_)
 
 
 def test_ingest_lookups_use_indexes(store: Store) -> None:
