@@ -21,9 +21,9 @@ from mailgate import __version__
 from mailgate.config import Config
 from mailgate.confload import load_config
 from mailgate.errors import ConfigError, MailgateError, NotFound, Refused, StoreUnavailable
-from mailgate.listing import add_list_options
+from mailgate.listargs import add_list_options
 from mailgate.logsetup import setup_logging
-from mailgate.models import OutboxStatus, Status
+from mailgate.schema import OutboxStatus, Status
 from mailgate.vault import cli as vault_cli
 from mailgate.views import print_detail
 
@@ -404,18 +404,23 @@ def _ingest(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
-    from mailgate.db import queries as st
-
     store = _open_store(config, create=False)
     try:
         if args.tickets_command == "list":
             _list(store, args, "tickets list")
             return EX_OK
+        if args.tickets_command == "show":
+            # Core alone and a read-only transaction: the command agents run most.
+            from mailgate.db.detail import ticket_detail_of
+
+            with store.reading() as conn:
+                detail = ticket_detail_of(conn, args.id)
+            print_detail(detail, args.json)
+            return EX_OK
+        from mailgate.db import queries as st
+
         with store.transaction() as session:
-            if args.tickets_command == "show":
-                detail = st.ticket_detail(session, st.get_ticket(session, args.id))
-                print_detail(detail, args.json)
-            elif args.tickets_command == "attachment":
+            if args.tickets_command == "attachment":
                 ticket = st.get_ticket(session, args.id)
                 _, attachment = st.find_attachment(ticket, args.which)
                 _save(st.attachment_data(session, attachment), args.output, attachment.filename)

@@ -23,17 +23,21 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
 
 from mailgate.config import Config
 from mailgate.confload import fingerprint
 from mailgate.db.sqlite import READ_ONLY, WalFile, WriterLock, immediate_transactions
-from mailgate.db.sync import SYNCED_PARTS, sync_config
 from mailgate.errors import ConfigError, StoreUnavailable
-from mailgate.models import Meta
 
+# The ORM, alembic and the config sync are imported where they are used: a command that
+# only reads (``tickets show``) needs none of them, and importing the ORM alone took longer
+# than such a command may take (issue #21).
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
+    from sqlalchemy.orm import Session
+
+# The parts of the config that are synced into the database (its fingerprint in ``meta``).
+SYNCED_PARTS = ("organizations", "agents")
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +201,8 @@ class Store:
                 self._local.spoiled = True
                 raise
             return
+        from sqlalchemy.orm import Session
+
         with (
             self._writer.held(self.lock_timeout),
             temporary_failures(),
@@ -229,6 +235,8 @@ class Store:
         is committed. Nothing of the group is durable before the commit at the end, so
         callers answer the senders only after this block returns.
         """
+        from sqlalchemy.orm import Session
+
         with self._writer.held(self.lock_timeout), temporary_failures():
             conn = self._batch_connection()
             with conn.begin(), Session(bind=conn) as session:
@@ -331,11 +339,16 @@ class Store:
         if config.partial:
             raise ValueError("a config loaded without its organizations is never synced")
         digest = fingerprint(config, SYNCED_PARTS)
-        with temporary_failures(), Session(self.engine) as probe:
-            current = probe.get(Meta, "config")
-            unchanged = current is not None and current.value == digest
+        with temporary_failures(), self.engine.connect() as probe:
+            current = probe.execute(text("SELECT value FROM meta WHERE key = 'config'")).scalar()
+        unchanged = current == digest
         if unchanged and config.file_digest is None:
             return False
+        from sqlalchemy.orm import Session
+
+        from mailgate.db.sync import sync_config
+        from mailgate.models import Meta
+
         with self._locked_connection() as conn, Session(bind=conn) as session:
             if not unchanged:
                 sync_config(session, config, now)

@@ -18,10 +18,9 @@ from mailgate.confload import fingerprint
 from mailgate.db.fastexec import Prebuilt
 from mailgate.db.records import ensure_blob
 from mailgate.db.sqlite import WalFile
-from mailgate.db.sync import SYNCED_PARTS
 from mailgate.errors import StoreUnavailable
 from mailgate.models import Base, Blob, Follower, Membership, Meta, Organization, Outbox, User
-from mailgate.store import Store
+from mailgate.store import SYNCED_PARTS, Store
 
 from .conftest import BASE_CONFIG, Clock
 

@@ -6,19 +6,14 @@ Times are ISO 8601 in UTC (:func:`iso`); a ticket or organization that does not 
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from mailgate.db.detail import iso, ticket_detail_of
 from mailgate.errors import NotFound
 from mailgate.models import Attachment, Blob, Comment, Organization, Participant, Ticket
-
-
-def iso(value: datetime | None) -> str | None:
-    """ISO 8601 with offset, in UTC, as the JSON contract promises."""
-    return value.isoformat() if value is not None else None
 
 
 def ticket_summary(ticket: Ticket) -> dict[str, Any]:
@@ -35,44 +30,9 @@ def ticket_summary(ticket: Ticket) -> dict[str, Any]:
 
 
 def ticket_detail(session: Session, ticket: Ticket) -> dict[str, Any]:
-    numbers = {a.id: n for n, a in enumerate(attachments(ticket), 1)}
-    detail = ticket_summary(ticket)
-    detail.update(
-        {
-            "solved_at": iso(ticket.solved_at),
-            "closed_at": iso(ticket.closed_at),
-            "follow_up_of": ticket.follow_up_of,
-            "routing": {"reason": ticket.routing_reason, "score": ticket.routing_score},
-            "priority": ticket.priority,
-            "tags": list(ticket.tags),
-            "participants": [p.user.email for p in ticket.participants],
-            # Of those, the ones no longer sent anything: left behind by a move, or removed.
-            "inactive_participants": [p.user.email for p in ticket.participants if not p.active],
-            "comments": [
-                {
-                    "author": c.author.email,
-                    "author_kind": c.author_kind,
-                    "authentication": c.authentication,
-                    "public": c.public,
-                    "body": c.body,
-                    "created_at": iso(c.created_at),
-                    "message_id": c.message_id,
-                    "attachments": [
-                        {
-                            "number": numbers[a.id],
-                            "filename": a.filename,
-                            "content_type": a.content_type,
-                            "size": a.size,
-                            "sha256": a.sha256,
-                        }
-                        for a in c.attachments
-                    ],
-                }
-                for c in ticket.comments
-            ],
-        }
-    )
-    return detail
+    """The ticket as ``tickets show`` prints it, with what the session changed so far."""
+    session.flush()
+    return ticket_detail_of(session.connection(), ticket.id)
 
 
 def attachments(ticket: Ticket) -> list[Attachment]:

@@ -27,7 +27,6 @@ from mailgate.models import Follower, Membership, Organization, User, table_of
 
 # The sections of the config that sync_config reads: Store.sync runs it again only when
 # their fingerprint (mailgate.confload.fingerprint) changed.
-SYNCED_PARTS = ("organizations", "agents")
 
 _ORGS = table_of(Organization)
 _USERS = table_of(User)
