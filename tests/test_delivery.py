@@ -50,8 +50,9 @@ def _rows(store: Store) -> list[Outbox]:
         return list(s.scalars(select(Outbox).order_by(Outbox.id)))
 
 
-def _queue_bad_and_good(store: Store, config: Config, clock: Clock) -> None:
-    """Two new tickets: the first acknowledgement goes to an address smtplib cannot encode."""
+def _two_tickets(store: Store, config: Config, clock: Clock) -> Outbox:
+    """Two new tickets, "Drucker kaputt" and "Scanner kaputt"; the first one's
+    acknowledgement (detached: its id and payload)."""
     for subject in ("Drucker kaputt", "Scanner kaputt"):
         ingest(store, config, mail(subject=subject), InboundEnvelope(), clock())
     with store.transaction() as s:
@@ -59,7 +60,18 @@ def _queue_bad_and_good(store: Store, config: Config, clock: Clock) -> None:
             select(Outbox).where(Outbox.kind == "ticket_created").order_by(Outbox.id)
         ).first()
         assert first is not None
-        first.recipients = ["jörg@müller-logistik.de"]
+        return first
+
+
+def _queue_bad_and_good(store: Store, config: Config, clock: Clock) -> None:
+    """Two new tickets: the first acknowledgement goes to an address smtplib cannot encode."""
+    first = _two_tickets(store, config, clock)
+    with store.transaction() as s:
+        s.execute(
+            update(Outbox)
+            .where(Outbox.id == first.id)
+            .values(recipients=["jörg@müller-logistik.de"])
+        )
 
 
 def _assert_outcome(store: Store, sink: Sink) -> None:
@@ -154,16 +166,10 @@ def test_a_row_that_cannot_be_drafted_fails_alone(
     its reason, and the other rows of its batch, drafted in the same transaction without a
     savepoint each, are sent; on PostgreSQL too, where a failed statement would abort it."""
     config, _ = broken
-    for subject in ("Drucker kaputt", "Scanner kaputt"):
-        ingest(store, config, mail(subject=subject), InboundEnvelope(), clock())
+    first = _two_tickets(store, config, clock)
     with store.transaction() as s:
-        first = s.scalars(
-            select(Outbox).where(Outbox.kind == "ticket_created").order_by(Outbox.id)
-        ).first()
-        assert first is not None
-        s.execute(
-            update(Comment).where(Comment.id == first.payload["comment"]).values(public=False)
-        )
+        comment = first.payload["comment"]
+        s.execute(update(Comment).where(Comment.id == comment).values(public=False))
     stats = Jobs(store, config).deliver_outbox(clock())
     assert (stats.sent, stats.failed) == (1, 3)  # the good acknowledgement; two followers'
     rows = _rows(store)
