@@ -8,6 +8,7 @@ one clear line and an exit status (sysexits(3) where an MTA reads it), never a t
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -204,6 +205,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
+    # What was imported so far (SQLAlchemy above all) lives until the process ends: kept out
+    # of the collector, whose passes over it, and above all the final one at exit, took
+    # 0.1 s of every command (a third of ``tickets show``).
+    gc.freeze()
     sys.exit(run(argv))
 
 

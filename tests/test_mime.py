@@ -9,6 +9,7 @@ message is 7-bit throughout.
 
 from __future__ import annotations
 
+import binascii
 import string
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -226,3 +227,11 @@ def test_a_long_file_name_continues_by_rfc2231() -> None:
     assert len(tokens) > 1 and all(len(t) + 2 <= 78 for t in tokens)
     assert mime._parameter("filename", "a b.pdf") == ['filename="a b.pdf"']
     assert mime._parameter("filename", 'a "b".pdf') == ["filename*=utf-8''a%20%22b%22.pdf"]
+
+
+def test_quoted_printable_in_pieces_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long text is encoded a piece of lines at a time: the bytes are those of one call."""
+    text = "Zeile mit ä, = und Leerzeichen am Ende   \n" * 50 + "x" * 300 + "\nletzte Zeile"
+    whole = binascii.b2a_qp((text + "\n").encode(), quotetabs=False, istext=True)
+    monkeypatch.setattr(mime, "QP_PIECE", 100)
+    assert mime._part_body(mime.Part("text/plain", text=text)) == whole.replace(b"\n", b"\r\n")
