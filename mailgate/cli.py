@@ -448,7 +448,7 @@ def cmd_tickets(args: argparse.Namespace, config: Config) -> int:
                     requester=args.requester,
                     **changes,
                 )
-                summary = st.ticket_summary(ticket)
+                summary = st.ticket_summary(session, ticket)
                 if args.json:
                     print(json.dumps(summary, ensure_ascii=False, indent=2))
                 else:
@@ -588,7 +588,7 @@ def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
-    from mailgate.db.queries import iso
+    from mailgate.db.lists import iso
     from mailgate.db.records import raw_mail
     from mailgate.models import LedgerEntry, Outcome
 

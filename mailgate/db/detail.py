@@ -9,48 +9,38 @@ callers that hold a session.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Row, select
 
 from mailgate import schema
+from mailgate.db.lists import iso, ticket_row, tickets_with_names
 from mailgate.errors import NotFound
 
 _TICKETS = schema.tickets
 _USERS = schema.users
-_ORGS = schema.organizations
 _COMMENTS = schema.comments
 _ATTACHMENTS = schema.attachments
 _PARTICIPANTS = schema.participants
 
 
-def iso(value: datetime | None) -> str | None:
-    """ISO 8601 with offset, in UTC, as the JSON contract promises."""
-    return value.isoformat() if value is not None else None
+def _ticket(conn: Connection, ticket_id: int) -> Row[Any]:
+    """The ticket's row with the names the lists show beside it (their very join)."""
+    row = conn.execute(tickets_with_names(_TICKETS).where(_TICKETS.c.id == ticket_id)).one_or_none()
+    if row is None:
+        raise NotFound(f"ticket {ticket_id} not found")
+    return row
+
+
+def ticket_summary_of(conn: Connection, ticket_id: int) -> dict[str, Any]:
+    """The ticket as ``tickets list --json`` shows it (and ``tickets set`` after a change)."""
+    return ticket_row(_ticket(conn, ticket_id))
 
 
 def ticket_detail_of(conn: Connection, ticket_id: int) -> dict[str, Any]:
     """The ticket, its participants and comments with their attachments, numbered from 1
     in the order they came (the number ``tickets attachment`` takes)."""
-    t = _TICKETS
-    requester, assignee = _USERS.alias("requester"), _USERS.alias("assignee")
-    row = conn.execute(
-        select(
-            t,
-            _ORGS.c.name.label("organization_name"),
-            requester.c.email.label("requester_email"),
-            assignee.c.email.label("assignee_email"),
-        )
-        .select_from(
-            t.join(requester, requester.c.id == t.c.requester_id)
-            .outerjoin(_ORGS, _ORGS.c.id == t.c.organization_id)
-            .outerjoin(assignee, assignee.c.id == t.c.assignee_id)
-        )
-        .where(t.c.id == ticket_id)
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"ticket {ticket_id} not found")
+    row = _ticket(conn, ticket_id)
     p = _PARTICIPANTS
     participants = conn.execute(
         select(_USERS.c.email, p.c.active)
@@ -93,14 +83,7 @@ def ticket_detail_of(conn: Connection, ticket_id: int) -> dict[str, Any]:
         return shown
 
     return {
-        "id": row.id,
-        "subject": row.subject,
-        "status": row.status,
-        "organization": row.organization_name,
-        "requester": row.requester_email,
-        "assignee": row.assignee_email,
-        "created_at": iso(row.created_at),
-        "updated_at": iso(row.updated_at),
+        **ticket_row(row),
         "solved_at": iso(row.solved_at),
         "closed_at": iso(row.closed_at),
         "follow_up_of": row.follow_up_of,

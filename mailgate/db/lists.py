@@ -28,28 +28,26 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from mailgate.db.queries import find_organization, iso
+from mailgate import schema
 from mailgate.db.sqlite import UNICODE_LOWER
-from mailgate.models import (
-    Follower,
-    LedgerEntry,
-    Organization,
-    Outbox,
-    Outcome,
-    Ticket,
-    User,
-    table_of,
-)
+from mailgate.schema import Outcome
 
-_TICKETS = table_of(Ticket)
-_USERS = table_of(User)
-_ORGS = table_of(Organization)
-_OUTBOX = table_of(Outbox)
-_LEDGER = table_of(LedgerEntry)
-_FOLLOWERS = table_of(Follower)
+# Core tables alone, no ORM: ``tickets show`` (mailgate.db.detail) reads through the same
+# join and row shape as the lists, and must not pay for importing the ORM.
+_TICKETS = schema.tickets
+_USERS = schema.users
+_ORGS = schema.organizations
+_OUTBOX = schema.outbox
+_LEDGER = schema.inbound_messages
+_FOLLOWERS = schema.followers
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 with offset, in UTC, as the JSON contract promises."""
+    return value.isoformat() if value is not None else None
+
 
 # How far the "N more" hint counts: an exact count of a million rows is a scan of a
 # million rows; past this the hint says "over N".
@@ -332,6 +330,10 @@ def organization_id(conn: Connection, name: str | None) -> int | None:
     """The id of an organization named by hand (any case); None when none is named."""
     if name is None:
         return None
+    from sqlalchemy.orm import Session
+
+    from mailgate.db.queries import find_organization
+
     with Session(bind=conn) as session:
         return find_organization(session, name).id
 

@@ -1,7 +1,7 @@
 """The CLI's read side: tickets and organizations, shaped as its JSON output promises.
 
-Times are ISO 8601 in UTC (:func:`iso`); a ticket or organization that does not exist is
-:class:`mailgate.errors.NotFound` (the CLI's exit code for it).
+Times are ISO 8601 in UTC (:func:`mailgate.db.lists.iso`); a ticket or organization that
+does not exist is :class:`mailgate.errors.NotFound` (the CLI's exit code for it).
 """
 
 from __future__ import annotations
@@ -11,22 +11,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from mailgate.db.detail import iso, ticket_detail_of
+from mailgate.db.detail import ticket_detail_of, ticket_summary_of
 from mailgate.errors import NotFound
 from mailgate.models import Attachment, Blob, Comment, Organization, Participant, Ticket
 
 
-def ticket_summary(ticket: Ticket) -> dict[str, Any]:
-    return {
-        "id": ticket.id,
-        "subject": ticket.subject,
-        "status": ticket.status,
-        "organization": ticket.organization.name if ticket.organization else None,
-        "requester": ticket.requester.email,
-        "assignee": ticket.assignee.email if ticket.assignee is not None else None,
-        "created_at": iso(ticket.created_at),
-        "updated_at": iso(ticket.updated_at),
-    }
+def ticket_summary(session: Session, ticket: Ticket) -> dict[str, Any]:
+    """The ticket as ``tickets list --json`` shows it, with what the session changed so far."""
+    session.flush()
+    return ticket_summary_of(session.connection(), ticket.id)
 
 
 def ticket_detail(session: Session, ticket: Ticket) -> dict[str, Any]:
