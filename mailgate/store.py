@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
     from sqlalchemy.orm import Session
 
-# The parts of the config that are synced into the database (its fingerprint in ``meta``).
+# The sections of the config that sync_config reads: Store.sync runs it again only when
+# their fingerprint (mailgate.confload.fingerprint, kept in ``meta``) changed.
 SYNCED_PARTS = ("organizations", "agents")
 
 log = logging.getLogger(__name__)
@@ -339,9 +340,7 @@ class Store:
         if config.partial:
             raise ValueError("a config loaded without its organizations is never synced")
         digest = fingerprint(config, SYNCED_PARTS)
-        with temporary_failures(), self.engine.connect() as probe:
-            current = probe.execute(text("SELECT value FROM meta WHERE key = 'config'")).scalar()
-        unchanged = current == digest
+        unchanged = self._noted("config") == digest
         if unchanged and config.file_digest is None:
             return False
         from sqlalchemy.orm import Session
@@ -363,6 +362,10 @@ class Store:
 
     def in_sync(self, file_digest: str) -> bool:
         """Whether the database was last synced from a file with exactly these bytes."""
+        return self._noted("config_file") == file_digest
+
+    def _noted(self, key: str) -> str | None:
+        """A fact ``meta`` keeps about the database, read without the ORM."""
         with temporary_failures(), self.engine.connect() as conn:
-            noted = conn.execute(text("SELECT value FROM meta WHERE key = 'config_file'")).scalar()
-        return noted == file_digest
+            value = conn.execute(text("SELECT value FROM meta WHERE key = :key"), {"key": key})
+            return value.scalar()

@@ -25,9 +25,6 @@ from mailgate.config import Config
 from mailgate.db.fastexec import insert_for
 from mailgate.models import Follower, Membership, Organization, User, table_of
 
-# The sections of the config that sync_config reads: Store.sync runs it again only when
-# their fingerprint (mailgate.confload.fingerprint) changed.
-
 _ORGS = table_of(Organization)
 _USERS = table_of(User)
 _BATCH = 500  # addresses per IN (…) and rows per statement
