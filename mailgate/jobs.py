@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import Connection, Row, and_, case, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from mailgate import retention
 from mailgate.config import Config, OrganizationConfig
 from mailgate.db.outbox import queue_notification
-from mailgate.db.records import blob_data, ensure_secret, raw_mail
+from mailgate.db.records import blob_data, ensure_secret, raw_mail, update_each
 from mailgate.digest import send_digest, with_reply_addresses
 from mailgate.dkim_sign import DkimSigner
 from mailgate.emergency import is_emergency
@@ -192,16 +192,6 @@ def _owned(conn: Connection, claims: list[_Claim]) -> dict[int, Row[Any]]:
         for row in rows
         if row.status == OutboxStatus.SENDING and row.attempts == attempts[row.id]
     }
-
-
-def _update_rows(conn: Connection, changes: list[tuple[int, dict[str, Any]]]) -> None:
-    """Each outbox row's new values, as one executemany per set of columns: a statement
-    built, cached and run per row was most of the cost of keeping and recording a batch."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row_id, values in changes:
-        groups.setdefault(tuple(sorted(values)), []).append({"row_id": row_id, **values})
-    for params in groups.values():  # the SET clause is the parameters' other keys
-        conn.execute(update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id")), params)
 
 
 @dataclass
@@ -433,7 +423,7 @@ class Jobs:
                         claim.id, data, claim.recipients, claim.created_at, claim.attempts
                     )
                 changes.append((claim.id, values))
-            _update_rows(conn, changes)
+            update_each(conn, _OUTBOX, changes)
         return [
             claim if claim.message is not None else kept[claim.id]
             for claim in claims
@@ -517,7 +507,7 @@ class Jobs:
                 }
                 changes.append((claim.id, values))
                 counted.append((verdict, claim.id, error))
-            _update_rows(conn, changes)
+            update_each(conn, _OUTBOX, changes)
         for verdict, row_id, error in counted:
             stats.count(verdict, row_id, error)
 

@@ -30,7 +30,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     and_,
-    bindparam,
     delete,
     exists,
     func,
@@ -39,6 +38,7 @@ from sqlalchemy import (
 )
 
 from mailgate.config import Config
+from mailgate.db.records import update_each
 from mailgate.models import Attachment, Blob, LedgerEntry, Outbox, Outcome, table_of
 from mailgate.store import Store
 
@@ -199,15 +199,10 @@ def _purge_raw(conn: Connection, ids: list[int], now: datetime) -> None:
         )
         heads = {sha: bytes(head) for sha, head in found}
     kept = [
-        {
-            "entry": entry,
-            "raw": header_section(bytes(head or heads.get(sha) or b"")),
-            "purged_at": now,
-        }
+        (entry, {"raw": header_section(bytes(head or heads.get(sha) or b"")), "purged_at": now})
         for entry, sha, head in entries
     ]
-    if kept:
-        conn.execute(update(_LEDGER).where(_LEDGER.c.id == bindparam("entry")), kept)
+    update_each(conn, _LEDGER, kept)
     if in_blobs:
         conn.execute(
             delete(_BLOBS).where(

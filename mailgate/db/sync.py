@@ -18,11 +18,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Table, bindparam, delete, select, tuple_, update
+from sqlalchemy import Connection, Table, delete, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from mailgate.config import Config
 from mailgate.db.fastexec import insert_for
+from mailgate.db.records import update_each
 from mailgate.models import Follower, Membership, Organization, User, table_of
 
 _ORGS = table_of(Organization)
@@ -68,23 +69,17 @@ def _organizations(conn: Connection, config: Config) -> dict[str, int]:
     for batch in _batches(new):
         conn.execute(insert_for(conn)(_ORGS), list(batch))
     changed = [
-        {"org": existing[org.name][0], "active": True, "position": position}
+        (existing[org.name][0], {"active": True, "position": position})
         for position, org in enumerate(config.organizations)
         if org.name in existing and existing[org.name][1:] != (True, position)
     ]
     wanted = {org.name for org in config.organizations}
     changed += [
-        {"org": id_, "active": False, "position": position}
+        (id_, {"active": False, "position": position})
         for name, (id_, active, position) in existing.items()
         if name not in wanted and active  # keeps its tickets; no new routing into it
     ]
-    if changed:
-        conn.execute(
-            update(_ORGS)
-            .where(_ORGS.c.id == bindparam("org"))
-            .values(active=bindparam("active"), position=bindparam("position")),
-            changed,
-        )
+    update_each(conn, _ORGS, changed)
     if not new:
         return {name: existing[name][0] for name in wanted}
     return {
