@@ -81,14 +81,19 @@ def _period(config: Config, rule: str) -> timedelta | None:
     return period
 
 
-def _due(rule: str, cutoff: datetime) -> ColumnElement[bool]:
-    """The rows ``rule`` purges at ``cutoff``; each condition names its partial index's."""
+def _outcomes(rule: str) -> tuple[str, ...]:
+    """The ledger outcomes whose raw mail ``rule`` purges."""
+    return (Outcome.QUARANTINED.value,) if rule == "quarantine" else _TAKEN
+
+
+def _due(rule: str, cutoff: datetime, outcome: str | None = None) -> ColumnElement[bool]:
+    """The rows ``rule`` purges at ``cutoff`` (of one ``outcome`` only, when given); each
+    condition names its partial index's."""
     if rule == "sent_notifications":
         return and_(_OUTBOX.c.message.is_not(None), _OUTBOX.c.sent_at <= cutoff)
-    outcomes = (Outcome.QUARANTINED.value,) if rule == "quarantine" else _TAKEN
     return and_(
         _LEDGER.c.purged_at.is_(None),
-        _LEDGER.c.outcome.in_(outcomes),
+        _LEDGER.c.outcome.in_(_outcomes(rule)) if outcome is None else _LEDGER.c.outcome == outcome,
         _LEDGER.c.received_at <= cutoff,
     )
 
@@ -146,9 +151,7 @@ def _ranges(rule: str, cutoff: datetime) -> list[tuple[ColumnElement[Any], Colum
     every batch sorted every due row again to find its 200 oldest (a million at a time)."""
     if rule == "sent_notifications":
         return [(_OUTBOX.c.sent_at, _due(rule, cutoff))]
-    outcomes = (Outcome.QUARANTINED.value,) if rule == "quarantine" else _TAKEN
-    due = _due(rule, cutoff)
-    return [(_LEDGER.c.received_at, and_(due, _LEDGER.c.outcome == o)) for o in outcomes]
+    return [(_LEDGER.c.received_at, _due(rule, cutoff, o)) for o in _outcomes(rule)]
 
 
 def _batches(store: Store, rule: str, cutoff: datetime, now: datetime) -> Iterator[tuple[int, int]]:
