@@ -32,6 +32,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from mailgate import schema
 from mailgate.db.sqlite import UNICODE_LOWER
+from mailgate.errors import NotFound
 from mailgate.schema import Outcome
 
 # Core tables alone, no ORM: ``tickets show`` (mailgate.db.detail) reads through the same
@@ -327,15 +328,15 @@ def follower_row(row: Any) -> dict[str, Any]:
 
 
 def organization_id(conn: Connection, name: str | None) -> int | None:
-    """The id of an organization named by hand (any case); None when none is named."""
+    """The id of an organization named by hand, by exact name in any case (admins type
+    them); None when none is named."""
     if name is None:
         return None
-    from sqlalchemy.orm import Session
-
-    from mailgate.db.queries import find_organization
-
-    with Session(bind=conn) as session:
-        return find_organization(session, name).id
+    wanted = name.casefold()
+    for id_, found in conn.execute(select(_ORGS.c.id, _ORGS.c.name).order_by(_ORGS.c.position)):
+        if found.casefold() == wanted:
+            return int(id_)
+    raise NotFound(f"organization {name!r} not found")
 
 
 def stream(conn: Connection, statement: Select[Any]) -> Iterator[Any]:

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from mailgate.db.detail import ticket_detail_of, ticket_summary_of
+from mailgate.db.lists import organization_id
 from mailgate.errors import NotFound
 from mailgate.models import Attachment, Blob, Comment, Organization, Participant, Ticket
 
@@ -92,7 +93,6 @@ def get_ticket(session: Session, ticket_id: int) -> Ticket:
 
 def find_organization(session: Session, name: str) -> Organization:
     """An organization by exact name, case-insensitively (admins type them by hand)."""
-    for org in session.scalars(select(Organization).order_by(Organization.position)):
-        if org.name.casefold() == name.casefold():
-            return org
-    raise NotFound(f"organization {name!r} not found")
+    org = session.get(Organization, organization_id(session.connection(), name))
+    assert org is not None
+    return org
