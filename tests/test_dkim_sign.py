@@ -49,19 +49,26 @@ def _dns(record: bytes) -> Callable[..., bytes | None]:
     return lookup
 
 
-def test_notifications_relayed_by_smtp_carry_a_valid_signature(
-    make_config: Any, store: Store, sink: Sink, clock: Clock, key: tuple[Path, bytes]
-) -> None:
-    """The bytes the relay receives verify against the published key; a changed body fails."""
-    path, record = key
+@pytest.fixture
+def signing_relay(make_config: Any, sink: Sink, key: tuple[Path, bytes]) -> Config:
+    """Relaying to the sink, signing with the test key under SELECTOR."""
     outbound = {
         "transport": "smtp",
         "smtp_host": "127.0.0.1",
         "smtp_port": sink.port,
         "dkim_selector": SELECTOR,
-        "dkim_key": str(path),
+        "dkim_key": str(key[0]),
     }
     config: Config = make_config({"outbound": outbound}, name="dkim.toml")[0]
+    return config
+
+
+def test_notifications_relayed_by_smtp_carry_a_valid_signature(
+    signing_relay: Config, store: Store, sink: Sink, clock: Clock, key: tuple[Path, bytes]
+) -> None:
+    """The bytes the relay receives verify against the published key; a changed body fails."""
+    _, record = key
+    config = signing_relay
     assert config.outbound.dkim_domain == DOMAIN  # the default: [mail] address's domain
     ingest(store, config, mail(), InboundEnvelope(), clock())
     stats = Jobs(store, config).deliver_outbox(clock())
@@ -86,18 +93,11 @@ def test_notifications_relayed_by_smtp_carry_a_valid_signature(
 
 
 def test_an_agent_reply_with_files_verifies(
-    make_config: Any, store: Store, sink: Sink, clock: Clock, key: tuple[Path, bytes]
+    signing_relay: Config, store: Store, sink: Sink, clock: Clock, key: tuple[Path, bytes]
 ) -> None:
     """The signature covers the final bytes, files included: a changed byte of one fails."""
-    path, record = key
-    outbound = {
-        "transport": "smtp",
-        "smtp_host": "127.0.0.1",
-        "smtp_port": sink.port,
-        "dkim_selector": SELECTOR,
-        "dkim_key": str(path),
-    }
-    config: Config = make_config({"outbound": outbound}, name="dkim.toml")[0]
+    _, record = key
+    config = signing_relay
     created = ingest(store, config, mail(), InboundEnvelope(), clock())
     answer = EmailMessage()
     answer["From"], answer["To"] = "Tech <tech@support.example.com>", "support@support.example.com"
