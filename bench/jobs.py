@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -353,26 +354,19 @@ def child(config_path: str, profile: str | None) -> None:
     now = datetime.now(UTC)
     profiler = cProfile.Profile() if profile else None
     times: dict[str, float] = {}
-    closed = jobs.close_solved
 
-    def timed_close(when: datetime) -> Any:
-        started = time.perf_counter()
-        try:
-            return closed(when)
-        finally:
-            times["close"] = time.perf_counter() - started
+    def timed(name: str, job: Callable[[datetime], Any]) -> Callable[[datetime], Any]:
+        def run(when: datetime) -> Any:
+            started = time.perf_counter()
+            try:
+                return job(when)
+            finally:
+                times[name] = time.perf_counter() - started
 
-    deliver = jobs.deliver_outbox
+        return run
 
-    def timed_deliver(when: datetime) -> Any:
-        started = time.perf_counter()
-        try:
-            return deliver(when)
-        finally:
-            times["deliver"] = time.perf_counter() - started
-
-    jobs.close_solved = timed_close  # type: ignore[method-assign]
-    jobs.deliver_outbox = timed_deliver  # type: ignore[method-assign]
+    jobs.close_solved = timed("close", jobs.close_solved)  # type: ignore[method-assign]
+    jobs.deliver_outbox = timed("deliver", jobs.deliver_outbox)  # type: ignore[method-assign]
     started = time.perf_counter()
     cpu_started = os.times()
     if profiler is not None:
