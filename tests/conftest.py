@@ -273,13 +273,22 @@ def relayed(make_config: Callable[..., tuple[Config, Path]], sink: Sink) -> tupl
     )
 
 
+@contextmanager
+def open_store(config: Config, clock: Clock) -> Iterator[Store]:
+    """The config's store, migrated and synced as ``serve`` leaves it; closed after."""
+    store = Store(config.database.url, config.database.lock_timeout)
+    try:
+        store.migrate()
+        store.sync(config, clock())
+        yield store
+    finally:
+        store.close()
+
+
 @pytest.fixture
 def store(config: Config, clock: Clock) -> Iterator[Store]:
-    store = Store(config.database.url, config.database.lock_timeout)
-    store.migrate()
-    store.sync(config, clock())
-    yield store
-    store.close()
+    with open_store(config, clock) as opened:
+        yield opened
 
 
 @pytest.fixture

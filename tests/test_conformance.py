@@ -26,7 +26,7 @@ from mailgate.models import Comment, NotificationKind, Outbox, OutboxStatus
 from mailgate.render import LANGUAGES
 from mailgate.store import Store
 
-from .conftest import AUTHENTICATED, Clock, mail
+from .conftest import AUTHENTICATED, Clock, mail, open_store
 from .test_render import digest
 
 # A message id longer than a header line: the stdlib would fold it as an encoded-word.
@@ -64,6 +64,13 @@ def _queue_every_kind(store: Store, ticket: int, now: datetime) -> None:
                     next_attempt_at=now,
                 )
             )
+
+
+def _delivered(store: Store, config: Config, clock: Clock) -> dict[str, bytes]:
+    """Five minutes later, the outbox delivered once: each kind's bytes as sent."""
+    clock.advance(minutes=5)
+    Jobs(store, config).deliver_outbox(clock())
+    return _wire(store)
 
 
 def _wire(store: Store) -> dict[str, bytes]:
@@ -120,19 +127,12 @@ def test_every_kind_is_rfc5322(
     make_config: Callable[..., tuple[Config, Path]], clock: Clock, language: str
 ) -> None:
     config, _ = make_config({"mail": {"language": language}})
-    store = Store(config.database.url, config.database.lock_timeout)
-    try:
-        store.migrate()
-        store.sync(config, clock())
+    with open_store(config, clock) as store:
         raw = mail(subject="Lieferung – Übergabe", message_id=f"<{LONG_ID}>")
         created = ingest(store, config, raw, InboundEnvelope(), clock())
         assert created.ticket is not None
         _queue_every_kind(store, created.ticket, clock())
-        clock.advance(minutes=5)
-        Jobs(store, config).deliver_outbox(clock())
-        wire = _wire(store)
-    finally:
-        store.close()
+        wire = _delivered(store, config, clock)
     assert set(wire) == set(NotificationKind)
     zone = ZoneInfo(config.hours.timezone)
     for kind, data in wire.items():
@@ -149,10 +149,7 @@ def test_a_notification_without_ticket_is_rfc5322(
     """An agent's unauthenticated mail that names no ticket waits in quarantine; the agent
     is told, in an answer to that mail (In-Reply-To its Message-ID)."""
     config, _ = make_config({"mail": {"language": language}})
-    store = Store(config.database.url, config.database.lock_timeout)
-    try:
-        store.migrate()
-        store.sync(config, clock())
+    with open_store(config, clock) as store:
         raw = mail(
             sender="Tech <tech@support.example.com>",
             subject="Rundschreiben – Wartung",
@@ -160,11 +157,7 @@ def test_a_notification_without_ticket_is_rfc5322(
         )
         kept = ingest(store, config, raw, InboundEnvelope(), clock())
         assert (kept.action, kept.reason) == ("quarantined", "unauthenticated agent mail")
-        clock.advance(minutes=5)
-        Jobs(store, config).deliver_outbox(clock())
-        wire = _wire(store)
-    finally:
-        store.close()
+        wire = _delivered(store, config, clock)
     assert set(wire) == {NotificationKind.AGENT_UNVERIFIED}
     message = _check(
         wire[NotificationKind.AGENT_UNVERIFIED], clock(), ZoneInfo(config.hours.timezone)
@@ -185,10 +178,7 @@ def test_an_agent_reply_with_files_is_rfc5322(
     config, _ = make_config(
         {"mail": {"language": language}, "outbound": {"max_attachment_size": "1MB"}}
     )
-    store = Store(config.database.url, config.database.lock_timeout)
-    try:
-        store.migrate()
-        store.sync(config, clock())
+    with open_store(config, clock) as store:
         created = ingest(store, config, mail(message_id=f"<{LONG_ID}>"), InboundEnvelope(), clock())
         answer = EmailMessage()
         answer["From"] = "Tech <tech@support.example.com>"
@@ -207,11 +197,7 @@ def test_an_agent_reply_with_files_is_rfc5322(
         assert replied.ticket == created.ticket
         with store.transaction() as session:
             session.query(Outbox).filter(Outbox.kind != "agent_reply").delete()
-        clock.advance(minutes=5)
-        Jobs(store, config).deliver_outbox(clock())
-        wire = _wire(store)
-    finally:
-        store.close()
+        wire = _delivered(store, config, clock)
     assert set(wire) == {NotificationKind.AGENT_REPLY}
     data = wire[NotificationKind.AGENT_REPLY]
     message = _check(data, clock(), ZoneInfo(config.hours.timezone))
