@@ -25,7 +25,7 @@ from mailgate.jobs import Jobs
 from mailgate.models import Outbox
 from mailgate.store import Store
 
-from .conftest import AUTHENTICATED, Clock, mail, run_cli, send
+from .conftest import AUTHENTICATED, Clock, mail, open_store, run_cli, send
 from .sink import Sink
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -171,17 +171,12 @@ def test_no_digest_without_the_setting_on_weekends_or_for_an_empty_queue(
 ) -> None:
     off, _ = make_config({"agents": {"addresses": [TECH]}}, name="off.toml")
     on, _ = make_config({"agents": {"addresses": [TECH], "digest": "08:30"}}, name="on.toml")
-    store = Store(on.database.url)
-    store.migrate()
-    store.sync(on, clock())
-    try:
+    with open_store(on, clock) as store:
         monday = berlin("2026-11-30", "09:00")
         assert send_digest(store, off, HOURS, monday) == 0
         assert send_digest(store, on, HOURS, berlin("2026-11-28", "09:00")) == 0  # Saturday
         assert send_digest(store, on, HOURS, monday) == 0  # nothing waits: no mail
         assert digests(store) == []
-    finally:
-        store.close()
 
 
 def test_two_instances_send_a_day_once(

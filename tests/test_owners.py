@@ -22,7 +22,7 @@ from mailgate.jobs import Jobs
 from mailgate.models import Comment, Outbox, Ticket
 from mailgate.store import Store
 
-from .conftest import AUTHENTICATED, Clock, mail, run_cli, send
+from .conftest import AUTHENTICATED, Clock, mail, open_store, run_cli, send
 from .sink import Sink
 
 ANNA = "anna@mueller-logistik.de"
@@ -157,10 +157,7 @@ def test_assign_on_reply_false_leaves_tickets_unassigned(
     from mailgate.ingest import ingest
     from mailgate.pipeline.reading import InboundEnvelope
 
-    store = Store(config.database.url)
-    store.migrate()
-    store.sync(config, clock())
-    try:
+    with open_store(config, clock) as store:
         ingest(store, config, mail(), InboundEnvelope(), clock())
         answer = mail(
             sender=f"Tech <{TECH}>",
@@ -173,8 +170,6 @@ def test_assign_on_reply_false_leaves_tickets_unassigned(
             ticket = session.get(Ticket, 1)
             assert ticket is not None and ticket.assignee_id is None
         assert outbox(store, "agent_reply") == [[ANNA]]
-    finally:
-        store.close()
 
 
 def test_tickets_set_assignee_tells_the_agent_and_refuses_anyone_else(

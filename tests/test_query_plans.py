@@ -33,7 +33,7 @@ from mailgate.ingest import InboundEnvelope, ingest
 from mailgate.jobs import Jobs
 from mailgate.store import Store
 
-from .conftest import Clock, mail
+from .conftest import Clock, mail, open_store
 from .test_fastexec import CASES
 
 CHECKED = ("tickets", "comments", "outbox", "inbound_messages")
@@ -203,14 +203,8 @@ def test_jobs_use_indexes(
     """Auto-close, the outbox claim and the digest's three lists, as ``jobs run`` runs them
     (on a working Monday after the digest's hour, so the digest runs too)."""
     config, _ = make_config({"agents": {"digest": "08:30"}})
-    store = Store(config.database.url, config.database.lock_timeout)
-    store.migrate()
-    store.sync(config, clock())
-    try:
-        with explaining(store.engine) as plans:
-            Jobs(store, config).run_once(datetime(2026, 11, 30, 9, 0, tzinfo=UTC))
-    finally:
-        store.close()
+    with open_store(config, clock) as store, explaining(store.engine) as plans:
+        Jobs(store, config).run_once(datetime(2026, 11, 30, 9, 0, tzinfo=UTC))
     sql = " ".join(p.sql for p in plans)
     assert "solved_at" in sql and "next_attempt_at" in sql and "updated_at" in sql
     _assert_indexed(plans)

@@ -25,7 +25,7 @@ from mailgate.models import Attachment, Blob, Comment, LedgerEntry, Outbox, Tick
 from mailgate.outbound import MaildirTransport
 from mailgate.store import Store
 
-from .conftest import Clock, mail, run_cli
+from .conftest import Clock, mail, open_store, run_cli
 
 GARBAGE = b"\x00\xff\xfe binary \x89PNG\r\n\x1a\n" * 20
 
@@ -95,17 +95,12 @@ def test_off_keeps_forever(make_config: Any, clock: Clock) -> None:
     config, _ = make_config(
         {"retention": {"raw_mail": "off", "quarantine": "0", "sent_notifications": "1d"}}
     )
-    store = Store(config.database.url)
-    store.migrate()
-    store.sync(config, clock())
-    try:
+    with open_store(config, clock) as store:
         stored(config, store, clock)
         clock.advance(days=3650)
         freed = retention.purge(store, config, clock())
         assert (freed["raw_mail"].rows, freed["quarantine"].rows) == (0, 0)
         assert freed["sent_notifications"].rows == 3
-    finally:
-        store.close()
 
 
 def test_config_rejects_a_bad_period() -> None:

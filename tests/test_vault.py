@@ -34,7 +34,7 @@ from mailgate.vault.crypto import token_hash
 from mailgate.vault.pages import FAILURES, SecretPages
 from mailgate.web import start_http
 
-from .conftest import BASE_CONFIG, Clock, mail, run_cli, send
+from .conftest import BASE_CONFIG, Clock, mail, open_store, run_cli, send
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 OTHER_KEY = base64.b64encode(bytes(range(1, 33))).decode()
@@ -237,12 +237,9 @@ def test_each_agent_gets_own_links_and_the_first_reveal_uses_the_secret(
     links of their own; whoever reveals first is named, the other's link says used."""
     agents = {"addresses": ["tech@support.example.com", "ops@support.example.com"]}
     config, _ = make_config({**VAULT, "agents": agents})
-    store = Store(config.database.url, config.database.lock_timeout)
-    store.migrate()
-    store.sync(config, clock())
     from mailgate.app import ServerThread
 
-    try:
+    with open_store(config, clock) as store:
         with ServerThread(config, store, clock) as thread:
             port = thread.server.port
             assert port is not None
@@ -267,8 +264,6 @@ def test_each_agent_gets_own_links_and_the_first_reveal_uses_the_secret(
             assert status == 410 and "already used" in html
         with store.transaction() as s:
             assert s.scalars(select(Secret)).one().revealed_by == "ops@support.example.com"
-    finally:
-        store.close()
 
 
 def test_wrong_key_leaves_values_unreadable_with_a_clear_error(
@@ -486,10 +481,7 @@ def test_without_the_vault_credentials_stay_masked_and_links_lead_nowhere(
 
     plain, _ = make_config({"metrics": {"port": 0}}, name="plain.toml")
     assert not plain.secrets.vault
-    store = Store(plain.database.url, plain.database.lock_timeout)
-    store.migrate()
-    store.sync(plain, clock())
-    try:
+    with open_store(plain, clock) as store:
         with ServerThread(plain, store, clock) as thread:
             assert thread.server.port is not None
             assert send(thread.server.port, mail(subject="Zugang", body=BODY)) == {}
@@ -501,5 +493,3 @@ def test_without_the_vault_credentials_stay_masked_and_links_lead_nowhere(
             status, headers, html = request(listener.url("A" * 43))
             assert status == 404 and "Unknown link" in html
             assert headers["Referrer-Policy"] == "no-referrer"
-    finally:
-        store.close()
