@@ -410,22 +410,9 @@ def _rule(raw: Any, index: int, problems: list[str]) -> RoutingRule:
     return rule
 
 
-def parse_config(
-    data: Mapping[str, Any], source: str = "inline", known: frozenset[str] = frozenset()
-) -> Config:
-    """Validate a decoded TOML document; raise :class:`ConfigProblems` naming every bad key.
-
-    A mistake is noted and parsing goes on with the key's default, so that every mistake is
-    reported at once; checks across keys are skipped when one of their keys was wrong.
-    ``known``: organization names (case-folded) that references may name besides the
-    document's own (a document without its organizations, see :mod:`mailgate.confcache`).
-    """
-    problems: list[str] = []
-
-    def section(data: Any, name: str, known: set[str]) -> _Section:
-        return _Section(data, name, known, problems)
-
-    sections = {
+# The sections a config file may have; each but [[organizations]] is a field of Config.
+SECTIONS = frozenset(
+    {
         "server",
         "database",
         "mail",
@@ -444,7 +431,25 @@ def parse_config(
         "security",
         "hygiene",
     }
-    for name in sorted(set(data) - sections):
+)
+
+
+def parse_config(
+    data: Mapping[str, Any], source: str = "inline", known: frozenset[str] = frozenset()
+) -> Config:
+    """Validate a decoded TOML document; raise :class:`ConfigProblems` naming every bad key.
+
+    A mistake is noted and parsing goes on with the key's default, so that every mistake is
+    reported at once; checks across keys are skipped when one of their keys was wrong.
+    ``known``: organization names (case-folded) that references may name besides the
+    document's own (a document without its organizations, see :mod:`mailgate.confcache`).
+    """
+    problems: list[str] = []
+
+    def section(data: Any, name: str, known: set[str]) -> _Section:
+        return _Section(data, name, known, problems)
+
+    for name in sorted(set(data) - SECTIONS):
         problems.append(f"[{name}]: unknown section")
 
     d_server = ServerConfig()
