@@ -101,7 +101,7 @@ def encoded_words(text: str) -> list[str]:
     """RFC 2047 encoded-words for ``text``, each whole characters and at most
     :data:`ENCODED_WORD` long; "Q" when it is shorter than "B" (mostly-Latin text)."""
     data = text.encode("utf-8")
-    q_len = sum(1 if b in _Q_SAFE or b == 0x20 else 3 for b in data)
+    q_len = len(_q_encode(data))
     room = ENCODED_WORD - len("=?utf-8?q??=")
     if q_len <= (len(data) + 2) // 3 * 4:
         pieces = _chars_split(text, room, lambda c: len(_q_encode(c.encode("utf-8"))))
@@ -142,6 +142,11 @@ def text_tokens(text: str, utf8: bool) -> list[str]:
     return tokens
 
 
+def _quoted(text: str) -> str:
+    """An RFC 5322 quoted-string: backslash and quote escaped."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def address(addr: str, utf8: bool, display_name: str = "") -> str:
     """``local@domain`` (quoted when the local part is not a dot-atom), after a display
     name when one is given. The domain must already be as the mode wants it."""
@@ -151,14 +156,14 @@ def address(addr: str, utf8: bool, display_name: str = "") -> str:
     if not local or not domain or (not utf8 and not addr.isascii()):
         raise ValueError(f"cannot write address {addr!r}")
     if not _DOT_ATOM.match(local):
-        local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        local = _quoted(local)
     spec = f"{local}@{domain}"
     if not display_name:
         return spec
     if all(_ATOM.match(w) for w in display_name.split(" ")) and (utf8 or display_name.isascii()):
         phrase = display_name
     elif display_name.isascii() or utf8:
-        phrase = '"' + display_name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        phrase = _quoted(display_name)
     else:
         phrase = " ".join(encoded_words(display_name))
     return f"{phrase} <{spec}>"
