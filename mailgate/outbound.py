@@ -230,14 +230,13 @@ def choose_files(
 _MIME_TOKEN = re.compile(r"^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+$")
 
 
-def _attachment_type(content_type: str) -> tuple[str, str]:
-    """A file's type as (maintype, subtype) for a leaf part: containers, ``message/*`` (the
-    email package wants a Message object for them) and junk go as application/octet-stream."""
+def _attachment_type(content_type: str) -> str:
+    """A file's type for a base64 leaf part: containers and ``message/*`` (composite types,
+    which RFC 2045 6.4 forbids to encode in base64) and junk go as application/octet-stream."""
     value = content_type.strip().lower()
     if not _MIME_TOKEN.match(value) or value.startswith(("multipart/", "message/")):
-        return "application", "octet-stream"
-    maintype, subtype = value.split("/", 1)
-    return maintype, subtype
+        return "application/octet-stream"
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,8 +294,9 @@ def build_message(
     fields.append(mime.fold(LOOP_HEADER, [domain]))
     parts = [mime.Part("text/plain", text=text), mime.Part("text/html", text=html)]
     for file, data in files:
-        maintype, subtype = _attachment_type(file.content_type)
-        parts.append(mime.Part(f"{maintype}/{subtype}", data=data, filename=file.filename))
+        parts.append(
+            mime.Part(_attachment_type(file.content_type), data=data, filename=file.filename)
+        )
     return BuiltMessage(mime.message(fields, parts), message_id.strip().strip("<>"))
 
 
